@@ -1,0 +1,1 @@
+"""Triton kernels of sgcvq, installed as `sgcvq.kernels` (never import as plain `kernels`)."""

@@ -1,0 +1,69 @@
+"""Build of sgcvq: the CPU op library always, the CUDA one where torch has CUDA and nvcc is found.
+
+    python setup.py build_ext --inplace      # development build next to the sources
+    pip install --no-build-isolation .       # install against the torch already installed
+
+`--no-build-isolation` matters: an isolated build would fetch a second torch from the registry.
+"""
+import glob
+import os
+import warnings
+
+from setuptools import setup
+
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cpu_extension():
+    # -fopenmp: at::parallel_for is inlined into our code and uses OpenMP pragmas.
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+    return cpp_extension.CppExtension(
+        "sgcvq._C",
+        sources=_rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp"),
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+def cuda_extension():
+    """The CUDA op library, or None with the reason printed."""
+    import torch
+
+    if torch.version.cuda is None:
+        print("sgcvq: torch has no CUDA: building the CPU extension only")
+        return None
+    if cpp_extension.CUDA_HOME is None:
+        warnings.warn("sgcvq: torch has CUDA but nvcc was not found (set CUDA_HOME): no CUDA extension")
+        return None
+    sources = _rel("csrc/cuda/*.cu") + _rel("csrc/cuda/*.cpp")
+    if not sources:
+        return None
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+    return cpp_extension.CUDAExtension(
+        "sgcvq._C_cuda",
+        sources=sources,
+        extra_compile_args={
+            "cxx": ["-O3"],
+            "nvcc": ["-O3", "-lineinfo"]  # no fast-math: the search must be exact,
+        },
+    )
+
+
+# Keep parallel compile jobs in check on small machines (flash-attention's habit).
+os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
+
+ext_modules = [cpu_extension()]
+cuda_ext = cuda_extension()
+if cuda_ext is not None:
+    ext_modules.append(cuda_ext)
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
