@@ -32,7 +32,11 @@ def cpu_extension():
 
 
 def cuda_extension():
-    """The CUDA op library, or None with the reason printed."""
+    """The CUDA op library `sgcvq._C_cuda`, or None with the reason printed.
+
+    The kernels (csrc/cuda/*.cu) include only CUDA headers; csrc/cuda/ops_cuda.cpp is the torch glue
+    and registers them under TORCH_LIBRARY_IMPL(sgcvq, CUDA, m).
+    """
     import torch
 
     if torch.version.cuda is None:
@@ -44,13 +48,17 @@ def cuda_extension():
     sources = _rel("csrc/cuda/*.cu") + _rel("csrc/cuda/*.cpp")
     if not sources:
         return None
+    # sm_80 (A100) and sm_90a (H100, arch-specific features); override with TORCH_CUDA_ARCH_LIST.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+    print(f"sgcvq: building the CUDA extension for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     return cpp_extension.CUDAExtension(
         "sgcvq._C_cuda",
         sources=sources,
         extra_compile_args={
-            "cxx": ["-O3"],
-            "nvcc": ["-O3", "-lineinfo"]  # no fast-math: the search must be exact,
+            "cxx": ["-O3", "-fvisibility=hidden"],
+            # NOTE: never --use_fast_math: the search must be exact (IEEE division and sqrt, no
+            # flush-to-zero surprises in the certified bounds).
+            "nvcc": ["-O3", "-lineinfo"],
         },
     )
 

@@ -1,6 +1,7 @@
 """sgcvq: semantic-guided clustering vector quantization on compiled kernels."""
 from .ops import BACKENDS, MODES, available_backends, cluster_stats, ema_update, nearest_code
 from .reference import cluster_stats_reference, ema_update_reference, nearest_code_reference
+from .quantizer import FastSemanticQuantizer
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,5 @@ __all__ = [
     "nearest_code_reference",
     "cluster_stats_reference",
     "ema_update_reference",
+    "FastSemanticQuantizer",
 ]

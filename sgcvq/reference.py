@@ -9,6 +9,8 @@ import torch
 
 __all__ = ["nearest_code_reference", "cluster_stats_reference", "ema_update_reference"]
 
+_MAX_CHUNK_ELEMENTS = 1 << 24
+
 
 def nearest_code_reference(
     x: torch.Tensor,
@@ -22,7 +24,8 @@ def nearest_code_reference(
 
     x [N, D], codebook [K, D]; labels [N] in [-1, C) with offsets [C+1] restrict token i to codes
     [offsets[labels[i]], offsets[labels[i]+1]); label -1 searches all codes. Distances in float64;
-    ties go to the lowest index (torch.argmin returns the first minimum).
+    ties go to the lowest index (torch.argmin returns the first minimum). `chunk` caps the tokens
+    handled at once; fewer are taken when K * D is large, so memory stays bounded.
     """
     del mode  # every mode has the same exact answer
     N, K = x.shape[0], codebook.shape[0]
@@ -35,6 +38,9 @@ def nearest_code_reference(
         lo = torch.where(labels < 0, 0, offsets[labels.clamp(min=0)])
         hi = torch.where(labels < 0, K, offsets[labels.clamp(min=0) + 1])
     ar = torch.arange(K, device=x.device)
+    # NOTE: the [rows, K, D] float64 difference tensor is the memory peak, so the rows per chunk
+    # shrink with K * D (at most _MAX_CHUNK_ELEMENTS elements, 128 MB) instead of a fixed count.
+    chunk = max(1, min(chunk, _MAX_CHUNK_ELEMENTS // max(1, K * x.shape[1])))
     for start in range(0, N, chunk):
         xs = x[start : start + chunk].to(torch.float64)
         d = ((xs[:, None, :] - e[None, :, :]) ** 2).sum(-1)  # [n, K]

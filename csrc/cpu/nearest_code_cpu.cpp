@@ -4,30 +4,32 @@
 // consecutive tokens over all K codes; with labels, tokens are counting-sorted by class first and
 // each run searches only its class's codes, so the cost is sum_c n_c * K_c * D.
 //
-// Large D: per item, S = X_tile @ E_tile^T through ATen's GEMM into a thread-local scratch of
-// kTileN x kTileK floats (L2-sized), then one fused pass computes ||e||^2 - 2 x.e and keeps the two
-// best (value, index) per token. The expansion loses precision to cancellation, so the final pass
-// re-scores the candidates with the direct fp32 sum of squared differences: the returned index is
-// the fp32 argmin unless the true best and second best are closer than the expansion's error bound.
-// Small D: a direct difference-square loop, exact as is.
+// Every item keeps the two best codes per token by the approximate distance ||e||^2 - 2 x.e
+// (x pre-scaled by -2, exact): for D > 16 from GEMM tiles (ATen at::mm_out into a thread-local,
+// L2-sized scratch), for D <= 16 from a register-blocked SIMD scan (nearest_code_scan.cpp).
+// The final pass re-scores the candidates with the direct fp32 sum of squared differences and
+// CERTIFIES the winner: from a rigorous bound on the expansion's rounding error it checks that no
+// other code can have a smaller fp32 distance; a token that fails the check (true near-ties,
+// non-finite values) is re-searched exactly. The result is therefore the argmin of the direct fp32
+// distance, ties to the lowest index, on every path.
 #include "../checks.h"
+#include "nearest_code_scan.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 namespace sgcvq {
 namespace {
 
-constexpr int64_t kTileN = 256;      // tokens per work item
-constexpr int64_t kTileK = 512;      // codes per GEMM tile (scratch: kTileN * kTileK floats = 512 KB)
-constexpr int64_t kDirectMaxD = 16;  // at or below this D the direct loop beats the GEMM path
-constexpr int64_t kDirectBlockK = 64;
-constexpr float kInf = std::numeric_limits<float>::infinity();
+using cpu::kInf;
+using cpu::Top2;
+
+constexpr int64_t kTileN = 512;  // tokens per work item (the GEMM packs each code tile once per 512)
+constexpr int64_t kTileK = 512;  // codes per GEMM tile (scratch: kTileN * kTileK floats = 1 MB, in L2)
 
 struct WorkItem {
   int64_t t0, t1;  // positions in the (possibly label-sorted) token order
@@ -35,72 +37,32 @@ struct WorkItem {
   int64_t split;   // which candidate slot this item writes (code-range split)
 };
 
-// Reads row `row` of x (any supported dtype) into float32.
+// Reads row `row` of x (any supported dtype) into float32, times `scale` (a power of two: exact).
 template <typename scalar_t>
-inline void load_row(const scalar_t* x, int64_t row, int64_t D, float* out) {
+inline void load_row(const scalar_t* x, int64_t row, int64_t D, float scale, float* out) {
   const scalar_t* src = x + row * D;
-  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<float>(src[d]);
+  for (int64_t d = 0; d < D; ++d) out[d] = scale * static_cast<float>(src[d]);
 }
 
-// NOTE: this sequential fp32 sum is the definition of "the fp32 distance" on the CPU: the direct
-// path and the re-score use it, so both paths agree bit for bit.
-inline float direct_sqdist(const float* a, const float* b, int64_t D) {
-  float s = 0.f;
-  for (int64_t d = 0; d < D; ++d) {
-    const float t = a[d] - b[d];
-    s += t * t;
-  }
-  return s;
-}
+using cpu::direct_sqdist;
 
-// vals[j] = norms[j] - 2 * dots[j], in place; returns min(vals). Vectorised per CPU (ifunc).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-float expand_and_min(float* __restrict__ dots, const float* __restrict__ norms, int64_t n) {
-  float m = kInf;
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = norms[j] - 2.f * dots[j];
-    dots[j] = v;
-    m = std::min(m, v);
-  }
-  return m;
-}
-
-// acc[j] = sum_d (x[d] - et[d * ldk + j])^2 for j < n (codes stored transposed, [D][K]).
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void direct_block(const float* __restrict__ x, const float* __restrict__ et, int64_t ldk, int64_t D,
-                  int64_t n, float* __restrict__ acc) {
-  for (int64_t j = 0; j < n; ++j) acc[j] = 0.f;
-  for (int64_t d = 0; d < D; ++d) {
-    const float xd = x[d];
-    const float* e = et + d * ldk;
-    for (int64_t j = 0; j < n; ++j) {
-      const float t = xd - e[j];
-      acc[j] += t * t;
-    }
-  }
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-float row_min(const float* __restrict__ v, int64_t n) {
-  float m = kInf;
-  for (int64_t j = 0; j < n; ++j) m = std::min(m, v[j]);
-  return m;
-}
-
-// Keeps the two smallest (value, index); codes arrive in increasing index order, so strict '<'
-// keeps the lowest index among equal values.
-struct Top2 {
-  float v1 = kInf, v2 = kInf;
-  int64_t i1 = -1, i2 = -1;
-  inline void scan(const float* vals, int64_t n, int64_t base) {
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = vals[j];
-      if (v < v1) {
-        v2 = v1; i2 = i1; v1 = v; i1 = base + j;
-      } else if (v < v2) {
-        v2 = v; i2 = base + j;
-      }
-    }
+// Rounding-error model of the certificate (unit roundoff u = 2^-24, rounded up generously).
+// Approximate distance a_k = fl(||e_k||^2) + sum_d (-2 x_d) e_{kd}, any summation order:
+//   |a_k - a_k*| <= g (2 ||e_k||^2 + 2 ||x|| ||e_k||) =: delta, with g = (2D + 8) u.
+// Direct fp32 distance of D non-negative rounded terms: fl(d_k) >= (1 - g) d_k*.
+// Every code outside the candidates has a_k >= thr, so fl(d_k) >= (||x||^2 + thr - delta)(1 - g);
+// when that exceeds the best re-scored distance, the best is the fp32 argmin.
+struct Certificate {
+  double g, max_e2, max_e;
+  Certificate(int64_t D, double max_norm2)
+      : g((2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24)),
+        max_e2(max_norm2 * 1.001), max_e(std::sqrt(max_norm2 * 1.001)) {}
+  // xx: ||x||^2 as summed in fp32 (relative error <= g, accounted for here).
+  bool holds(float xx, float thr, float best) const {
+    if (!std::isfinite(thr) || !std::isfinite(xx)) return false;
+    const double xx_lo = static_cast<double>(xx) * (1.0 - g), xx_hi = static_cast<double>(xx) * (1.0 + g);
+    const double delta = g * (2.0 * max_e2 + 2.0 * std::sqrt(xx_hi) * max_e);
+    return (xx_lo + static_cast<double>(thr) - delta) * (1.0 - g) > static_cast<double>(best);
   }
 };
 
@@ -117,7 +79,6 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const at::Tensor E = cb_in.to(at::kFloat).contiguous();  // [K, D] float32 (a view if already so)
   const float* ep = E.data_ptr<float>();
-  const bool direct = D <= kDirectMaxD;
 
   // ---- token order and code ranges -------------------------------------------------------
   std::vector<int64_t> perm;                        // empty: identity order
@@ -180,90 +141,94 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     return (a.t1 - a.t0) * (a.k1 - a.k0) > (b.t1 - b.t0) * (b.k1 - b.k0);
   });
 
-  // ---- candidates: [splits][N][2] (index, value) -----------------------------------------
-  std::vector<int64_t> cand_i(static_cast<size_t>(splits * N * 2), -1);
-  std::vector<float> cand_v(static_cast<size_t>(splits * N * 2), kInf);
+  // ---- candidates: [splits][N] top-2 by the approximate distance --------------------------
+  std::vector<Top2> cand(static_cast<size_t>(splits * N));
 
-  at::Tensor Et, enorm;
-  if (direct) {
-    Et = E.t().contiguous();  // [D, K]: codes along the vector lanes
-  } else {
-    enorm = E.pow(2).sum(1);  // [K]
+  const at::Tensor enorm = E.pow(2).sum(1);  // [K]
+  const float* np_ = enorm.data_ptr<float>();
+  const bool small = D <= cpu::kSmallMaxD;
+  at::Tensor blocks, bnorms;  // the small-D layout, see nearest_code_scan.h
+  if (small) {
+    const int64_t nb = (K + cpu::kLanes - 1) / cpu::kLanes;
+    blocks = at::zeros({nb * cpu::kLanes, D}, E.options());
+    blocks.narrow(0, 0, K).copy_(E);
+    blocks = blocks.view({nb, cpu::kLanes, D}).transpose(1, 2).contiguous();
+    bnorms = at::zeros({nb * cpu::kLanes}, E.options());
+    bnorms.narrow(0, 0, K).copy_(enorm);
   }
-  const float* etp = direct ? Et.data_ptr<float>() : nullptr;
-  const float* np_ = direct ? nullptr : enorm.data_ptr<float>();
+  const cpu::SmallDCodebook small_cb{small ? blocks.data_ptr<float>() : nullptr,
+                                     small ? bnorms.data_ptr<float>() : nullptr};
 
   std::atomic<size_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    std::vector<float> xt(static_cast<size_t>(kTileN * D));
-    std::vector<float> scratch(static_cast<size_t>(direct ? kDirectBlockK : kTileN * kTileK));
+    const int64_t pad = small ? cpu::kSmallTokens : 1;
+    std::vector<float> xt(static_cast<size_t>((kTileN + pad) * D), 0.f);
+    std::vector<float> scratch(small ? 0 : static_cast<size_t>(kTileN * kTileK));
+    std::vector<Top2> best;
     for (size_t w = next.fetch_add(1); w < items.size(); w = next.fetch_add(1)) {
       const WorkItem& it = items[w];
-      const int64_t tn = it.t1 - it.t0;
+      const int64_t tn = it.t1 - it.t0, tpad = (tn + pad - 1) / pad * pad;
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
-        load_row(xp, row, D, xt.data() + t * D);
+        load_row(xp, row, D, -2.f, xt.data() + t * D);
       }
-      std::vector<Top2> best(static_cast<size_t>(tn));
-      if (direct) {
-        for (int64_t t = 0; t < tn; ++t) {
-          Top2& b = best[t];
-          for (int64_t kb = it.k0; kb < it.k1; kb += kDirectBlockK) {
-            const int64_t kn = std::min(kDirectBlockK, it.k1 - kb);
-            direct_block(xt.data() + t * D, etp + kb, K, D, kn, scratch.data());
-            if (row_min(scratch.data(), kn) < b.v1) {
-              for (int64_t j = 0; j < kn; ++j)
-                if (scratch[j] < b.v1) { b.v1 = scratch[j]; b.i1 = kb + j; }
-            }
-          }
-        }
+      std::fill(xt.begin() + tn * D, xt.begin() + tpad * D, 0.f);
+      best.assign(static_cast<size_t>(tpad), Top2{});
+      if (small) {
+        cpu::small_d_scan(xt.data(), tpad, D, small_cb, it.k0, it.k1, best.data());
       } else {
         const at::Tensor X = at::from_blob(xt.data(), {tn, D}, at::kFloat);
         for (int64_t kb = it.k0; kb < it.k1; kb += kTileK) {
           const int64_t kn = std::min(kTileK, it.k1 - kb);
           at::Tensor S = at::from_blob(scratch.data(), {tn, kn}, at::kFloat);
           at::mm_out(S, X, E.narrow(0, kb, kn).t());
-          for (int64_t t = 0; t < tn; ++t) {
-            float* row = scratch.data() + t * kn;
-            if (expand_and_min(row, np_ + kb, kn) < best[t].v2) best[t].scan(row, kn, kb);
-          }
+          cpu::top2_rows(scratch.data(), kn, tn, kn, np_ + kb, kb, best.data());
         }
       }
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
-        const size_t slot = static_cast<size_t>((it.split * N + tok) * 2);
-        cand_i[slot] = best[t].i1; cand_v[slot] = best[t].v1;
-        cand_i[slot + 1] = best[t].i2; cand_v[slot + 1] = best[t].v2;
+        cand[static_cast<size_t>(it.split * N + tok)] = best[t];
       }
     }
   });
 
-  // ---- final pass: exact fp32 re-score of the candidates, ties to the lowest index ---------
+  // ---- final pass: fp32 re-score, certificate, exact re-search where it fails ---------------
   int64_t* ip = index.data_ptr<int64_t>();
   float* dp = sqdist.data_ptr<float>();
-  std::vector<int64_t> first_code(labels.has_value() ? N : 0, 0);
+  const int64_t* lp = nullptr;
+  at::Tensor lab;
   if (labels.has_value()) {
-    const at::Tensor lab = labels->to(at::kLong).contiguous();
-    const int64_t* lp = lab.data_ptr<int64_t>();
-    for (int64_t i = 0; i < N; ++i) first_code[i] = lp[i] < 0 ? 0 : off[lp[i]];
+    lab = labels->to(at::kLong).contiguous();
+    lp = lab.data_ptr<int64_t>();
   }
+  const Certificate cert(D, enorm.max().item<float>());
   at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
     std::vector<float> xr(static_cast<size_t>(D));
     for (int64_t i = i0; i < i1; ++i) {
-      load_row(xp, i, D, xr.data());
-      float bv = kInf;
-      int64_t bi = -1;
+      load_row(xp, i, D, 1.f, xr.data());
+      const int64_t lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
+      const int64_t hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
+      float bv = kInf, thr = kInf;
+      int64_t bi = -1, found = 0;
       for (int64_t s = 0; s < splits; ++s) {
-        for (int r = 0; r < 2; ++r) {
-          const size_t slot = static_cast<size_t>((s * N + i) * 2 + r);
-          const int64_t c = cand_i[slot];
-          if (c < 0) continue;
-          const float v = direct ? cand_v[slot] : direct_sqdist(xr.data(), ep + c * D, D);
-          if (v < bv || (v == bv && c < bi)) { bv = v; bi = c; }
+        const Top2& c = cand[static_cast<size_t>(s * N + i)];
+        thr = std::min(thr, c.v2);
+        for (const int64_t k : {c.i1, c.i2}) {
+          if (k < 0) continue;
+          ++found;
+          const float v = direct_sqdist(xr.data(), ep + k * D, D);
+          if (v < bv || (v == bv && k < bi)) { bv = v; bi = k; }
+        }
+      }
+      if (!(found >= hi - lo || cert.holds(cpu::sum_squares(xr.data(), D), thr, bv))) {
+        bv = kInf; bi = -1;  // exact re-search of the token's codes in index order
+        for (int64_t k = lo; k < hi; ++k) {
+          const float v = direct_sqdist(xr.data(), ep + k * D, D);
+          if (v < bv) { bv = v; bi = k; }
         }
       }
       if (bi < 0) {  // only non-finite inputs get here: report the first code and its (NaN) distance
-        bi = first_code.empty() ? 0 : first_code[i];
+        bi = lo;
         bv = direct_sqdist(xr.data(), ep + bi * D, D);
       }
       ip[i] = bi;

@@ -1,0 +1,212 @@
+"""CPU op benchmarks: sgcvq's kernels next to the usual ways of doing the same thing.
+
+Groups (one pytest-benchmark group each, providers side by side in one run):
+* nearest-code N,K,D   : ours (auto backend) vs torch.cdist+argmin, torch.addmm+argmin,
+                         faiss IndexFlatL2.search(k=1) (skipped if faiss is missing);
+* semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes vs a
+                         full distance matrix masked outside each token's group;
+* cluster-stats N,K,D  : ours vs the one-hot matmul (vector-quantize-pytorch's way) vs index_add_.
+
+Every provider's answer is checked against ours before it is timed, so a wrong provider fails
+instead of being fast. Peak extra memory comes from a fresh process per provider (conftest.py).
+Run as a script with `--memprobe KIND PROVIDER N K D` it is that child process.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sgcvq
+
+QUICK = os.environ.get("SGCVQ_BENCH_QUICK", "0") not in ("", "0")
+C = 16  # semantic classes, labels uniform over them, equal code groups
+
+NEAREST_SHAPES = [(4096, 1024, 256), (4096, 2048, 64), (8192, 4096, 8)] if QUICK else [
+    (65536, 1024, 256), (16384, 8192, 64), (65536, 16384, 8)]
+SEMANTIC_SHAPES = [(8192, 4096, 8)] if QUICK else [(65536, 16384, 8), (65536, 8192, 64)]
+STATS_SHAPES = [(8192, 1024, 64)] if QUICK else [(65536, 8192, 256)]
+
+NEAREST_PROVIDERS = ["ours", "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
+SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "masked full matrix"]
+STATS_PROVIDERS = ["ours", "one-hot matmul", "index_add_"]
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and providers (shared by the benchmarks and the memory-probe child)
+# --------------------------------------------------------------------------------------------
+def search_inputs(N: int, K: int, D: int) -> dict:
+    g = torch.Generator().manual_seed(N * 7 + K * 3 + D)
+    x = torch.randn(N, D, generator=g)
+    codebook = torch.randn(K, D, generator=g)
+    labels = torch.randint(0, C, (N,), generator=g)
+    offsets = torch.arange(C + 1) * K // C
+    return {"x": x, "codebook": codebook, "labels": labels, "offsets": offsets}
+
+
+def stats_inputs(N: int, K: int, D: int) -> dict:
+    g = torch.Generator().manual_seed(N + K + D)
+    return {"index": torch.randint(0, K, (N,), generator=g), "x": torch.randn(N, D, generator=g), "K": K}
+
+
+def addmm_distances(x, codebook):
+    """||e||^2 - 2 x.e (the ||x||^2 term does not change the argmin): one [N, K] matrix."""
+    return torch.addmm(codebook.pow(2).sum(1)[None], x, codebook.t(), alpha=-2)
+
+
+def nearest_provider(name: str, inp: dict):
+    """A no-argument callable returning index [N] int64; setup that is not search (index build) done here."""
+    x, e = inp["x"], inp["codebook"]
+    if name == "ours":
+        return lambda: sgcvq.nearest_code(x, e, check=False)[0]
+    if name == "torch.cdist+argmin":
+        return lambda: torch.cdist(x, e).argmin(1)
+    if name == "torch.addmm+argmin":
+        return lambda: addmm_distances(x, e).argmin(1)
+    if name == "faiss.IndexFlatL2":
+        faiss = pytest.importorskip("faiss")
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(e.numpy())
+        xn = x.numpy()
+        return lambda: torch.from_numpy(index.search(xn, 1)[1][:, 0])
+    raise ValueError(f"unknown nearest-code provider {name!r}")
+
+
+def semantic_provider(name: str, inp: dict):
+    x, e, labels, offsets = inp["x"], inp["codebook"], inp["labels"], inp["offsets"]
+    if name == "ours C=16":
+        return lambda: sgcvq.nearest_code(x, e, labels, offsets, check=False)[0]
+    if name == "ours all codes":
+        return lambda: sgcvq.nearest_code(x, e, check=False)[0]
+    if name == "masked full matrix":
+        group_of_code = torch.bucketize(torch.arange(e.shape[0]), offsets[1:], right=True)
+
+        def masked():
+            d = addmm_distances(x, e)
+            return d.masked_fill_(group_of_code[None, :] != labels[:, None], float("inf")).argmin(1)
+
+        return masked
+    raise ValueError(f"unknown semantic provider {name!r}")
+
+
+def stats_provider(name: str, inp: dict):
+    index, x, K = inp["index"], inp["x"], inp["K"]
+    if name == "ours":
+        return lambda: sgcvq.cluster_stats(index, x, K, check=False)
+    if name == "one-hot matmul":
+        def one_hot():
+            onehot = F.one_hot(index, K).float()  # [N, K], vector-quantize-pytorch's EMA statistics
+            return onehot.sum(0), onehot.t() @ x
+
+        return one_hot
+    if name == "index_add_":
+        def index_add():
+            sums = torch.zeros(K, x.shape[1]).index_add_(0, index, x)
+            return torch.bincount(index, minlength=K).float(), sums
+
+        return index_add
+    raise ValueError(f"unknown cluster-stats provider {name!r}")
+
+
+KINDS = {
+    "nearest": (search_inputs, nearest_provider),
+    "semantic": (search_inputs, semantic_provider),
+    "stats": (stats_inputs, stats_provider),
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_inputs(kind: str, N: int, K: int, D: int) -> dict:
+    return KINDS[kind][0](N, K, D)
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a == b).double().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------
+def _ids(shapes):
+    return [f"{N}x{K}x{D}" for N, K, D in shapes]
+
+
+@pytest.mark.parametrize("provider", NEAREST_PROVIDERS)
+@pytest.mark.parametrize("shape", NEAREST_SHAPES, ids=_ids(NEAREST_SHAPES))
+def test_nearest_code(benchmark, matmul_gflops, bench_record, peak_memory_mb, shape, provider):
+    N, K, D = shape
+    inp = _cached_inputs("nearest", N, K, D)
+    fn = nearest_provider(provider, inp)
+    ours = sgcvq.nearest_code(inp["x"], inp["codebook"], check=False)[0]
+    # Random Gaussian data has next to no near-ties: the fp32 providers must agree with ours.
+    assert _agreement(fn(), ours) > 0.999, f"{provider} disagrees with sgcvq.nearest_code"
+    benchmark.group = f"nearest-code {N}x{K}x{D} fp32"
+    slow = provider in ("torch.cdist+argmin", "torch.addmm+argmin") and N * K >= 2**28
+    run_rounds = 1 if slow else (2 if QUICK else 5)
+    benchmark.pedantic(fn, rounds=run_rounds, iterations=1, warmup_rounds=0 if slow else 1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours",
+                 flops=2.0 * N * K * D, extra_mb=peak_memory_mb(__file__, "nearest", provider, N, K, D))
+
+
+@pytest.mark.parametrize("provider", SEMANTIC_PROVIDERS)
+@pytest.mark.parametrize("shape", SEMANTIC_SHAPES, ids=_ids(SEMANTIC_SHAPES))
+def test_semantic_search(benchmark, matmul_gflops, bench_record, peak_memory_mb, shape, provider):
+    N, K, D = shape
+    inp = _cached_inputs("nearest", N, K, D)
+    fn = semantic_provider(provider, inp)
+    index = fn()
+    if provider != "ours all codes":
+        lo, hi = inp["offsets"][inp["labels"]], inp["offsets"][inp["labels"] + 1]
+        assert bool(((index >= lo) & (index < hi)).all()), f"{provider} left a token's code group"
+        grouped = sgcvq.nearest_code(inp["x"], inp["codebook"], inp["labels"], inp["offsets"], check=False)[0]
+        assert _agreement(index, grouped) > 0.999, f"{provider} disagrees with the grouped search"
+    benchmark.group = f"semantic {N}x{K}x{D} C={C}"
+    slow = provider == "masked full matrix" and N * K >= 2**28
+    benchmark.pedantic(fn, rounds=1 if slow else (2 if QUICK else 5), iterations=1,
+                       warmup_rounds=0 if slow else 1)
+    # FLOPs of the search the provider actually does: a grouped search touches K / C codes per token.
+    flops = 2.0 * N * (K // C if provider == "ours C=16" else K) * D
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours C=16",
+                 flops=flops, extra_mb=peak_memory_mb(__file__, "semantic", provider, N, K, D))
+
+
+@pytest.mark.parametrize("provider", STATS_PROVIDERS)
+@pytest.mark.parametrize("shape", STATS_SHAPES, ids=_ids(STATS_SHAPES))
+def test_cluster_stats(benchmark, matmul_gflops, bench_record, peak_memory_mb, shape, provider):
+    N, K, D = shape
+    inp = _cached_inputs("stats", N, K, D)
+    fn = stats_provider(provider, inp)
+    counts, sums = fn()
+    ref_counts, ref_sums = sgcvq.cluster_stats(inp["index"], inp["x"], K, check=False)
+    assert torch.equal(counts, ref_counts), f"{provider}: counts differ from sgcvq.cluster_stats"
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-4, atol=1e-4)
+    benchmark.group = f"cluster-stats {N}x{K}x{D}"
+    slow = provider == "one-hot matmul" and not QUICK
+    benchmark.pedantic(fn, rounds=2 if slow or QUICK else 5, iterations=1, warmup_rounds=0 if slow else 1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours",
+                 extra_mb=peak_memory_mb(__file__, "stats", provider, N, K, D))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory-probe child: python benchmarks/test_bench_ops.py --memprobe KIND PROVIDER N K D
+# --------------------------------------------------------------------------------------------
+def _memprobe(argv: list[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sgcvq_bench_conftest", Path(__file__).with_name("conftest.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    kind, provider = argv[0], argv[1]
+    N, K, D = map(int, argv[2:5])
+    make, build = KINDS[kind]
+    inputs = make(N, K, D)
+    common.child_measure_peak(build(provider, inputs))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--memprobe":
+    _memprobe(sys.argv[2:])

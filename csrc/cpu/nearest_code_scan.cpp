@@ -1,0 +1,249 @@
+// The inner scans of the CPU nearest_code (see nearest_code_scan.h).
+//
+// The AVX-512 small-D scan register-blocks 8 tokens x 16 codes: the block's D code vectors stay in
+// registers, each token's approximate distances come from D FMAs with x broadcast from memory, and
+// one compare against the token's running second-best decides whether the (rare, after the first
+// blocks) scalar top-2 update runs. Codes are swept in chunks that fit L1, the token tile reuses
+// each chunk 8 times. Compiled with function-level target attributes, never -march flags, so the
+// library still loads on CPUs without AVX-512 and uses the portable loops there.
+#include "nearest_code_scan.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace sgcvq {
+namespace cpu {
+namespace {
+
+// Lanes of block b (codes b*16 .. b*16+15) that lie in [k0, k1).
+inline uint32_t lane_mask(int64_t b, int64_t k0, int64_t k1) {
+  const int64_t lo = std::max<int64_t>(0, k0 - b * kLanes);
+  const int64_t hi = std::min<int64_t>(kLanes, k1 - b * kLanes);
+  if (hi <= lo) return 0;
+  return ((hi >= 32 ? 0u : (1u << hi)) - 1u) & ~((1u << lo) - 1u) & 0xFFFFu;
+}
+
+// Scalar top-2 update from the lanes in `hit`, in lane (= index) order.
+inline void push_lanes(Top2& b, const float* vals, uint32_t hit, int64_t base) {
+  while (hit) {
+    const int j = __builtin_ctz(hit);
+    hit &= hit - 1;
+    b.push(vals[j], base + j);
+  }
+}
+
+// Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
+// outside [k0, k1) get an infinite norm, so they never pass the (strict) compare.
+template <int D, int NB>
+__attribute__((target("avx512f,avx512dq"))) inline void small_d_step(const float* x, const SmallDCodebook& cb,
+                                                            int64_t b, int64_t k0, int64_t k1,
+                                                            __m512* thr, Top2* best) {
+  constexpr int kT = static_cast<int>(kSmallTokens);
+  alignas(64) float tmp[kLanes];
+  __m512 ev[NB][D], nv[NB];
+#pragma GCC unroll 2
+  for (int n = 0; n < NB; ++n) {
+    const float* e = cb.blocks + (b + n) * (D * kLanes);
+#pragma GCC unroll 16
+    for (int d = 0; d < D; ++d) ev[n][d] = _mm512_loadu_ps(e + d * kLanes);
+    nv[n] = _mm512_loadu_ps(cb.norms + (b + n) * kLanes);
+    if ((b + n) * kLanes < k0 || (b + n + 1) * kLanes > k1)
+      nv[n] = _mm512_mask_blend_ps(static_cast<__mmask16>(lane_mask(b + n, k0, k1)),
+                                   _mm512_set1_ps(kInf), nv[n]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kT; ++i) {
+    __m512 acc[NB];
+#pragma GCC unroll 2
+    for (int n = 0; n < NB; ++n) acc[n] = nv[n];
+#pragma GCC unroll 16
+    for (int d = 0; d < D; ++d) {
+      const __m512 xb = _mm512_set1_ps(x[i * D + d]);
+#pragma GCC unroll 2
+      for (int n = 0; n < NB; ++n) acc[n] = _mm512_fmadd_ps(xb, ev[n][d], acc[n]);
+    }
+    __mmask16 hit[NB];
+#pragma GCC unroll 2
+    for (int n = 0; n < NB; ++n) hit[n] = _mm512_cmp_ps_mask(acc[n], thr[i], _CMP_LT_OQ);
+    const __mmask16 any = NB == 1 ? hit[0] : _kor_mask16(hit[0], hit[NB - 1]);
+    if (__builtin_expect(!_kortestz_mask16_u8(any, any), 0)) {
+      for (int n = 0; n < NB; ++n) {
+        _mm512_store_ps(tmp, acc[n]);
+        push_lanes(best[i], tmp, hit[n], (b + n) * kLanes);
+      }
+      thr[i] = _mm512_set1_ps(best[i].v2);
+    }
+  }
+}
+
+template <int D>
+__attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float* xs, int64_t T,
+                                                            const SmallDCodebook& cb, int64_t k0,
+                                                            int64_t k1, Top2* best) {
+  constexpr int kT = static_cast<int>(kSmallTokens);
+  // Two blocks per step where their 2D code vectors fit the 32 registers next to the thresholds:
+  // each broadcast of x then feeds two FMAs, which halves the loads per FMA.
+  constexpr int NB = D <= 8 ? 2 : 1;
+  const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
+  // Blocks per chunk: codes + norms of a chunk take about 24 KB, inside a 32-48 KB L1.
+  const int64_t chunk = std::max<int64_t>(4, 24576 / (64 * (D + 1))) / NB * NB;
+  for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+    const int64_t c1 = std::min(b1, c0 + chunk);
+    for (int64_t t0 = 0; t0 < T; t0 += kT) {
+      __m512 thr[kT];
+#pragma GCC unroll 8
+      for (int i = 0; i < kT; ++i) thr[i] = _mm512_set1_ps(best[t0 + i].v2);
+      int64_t b = c0;
+      for (; b + NB <= c1; b += NB) small_d_step<D, NB>(xs + t0 * D, cb, b, k0, k1, thr, best + t0);
+      for (; b < c1; ++b) small_d_step<D, 1>(xs + t0 * D, cb, b, k0, k1, thr, best + t0);
+    }
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void small_d_scan_portable(
+    const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0, int64_t k1,
+    Top2* best) {
+  const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
+  float acc[kLanes];
+  for (int64_t t = 0; t < T; ++t) {
+    const float* x = xs + t * D;
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* e = cb.blocks + b * (D * kLanes);
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] = cb.norms[b * kLanes + l];
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += x[d] * e[d * kLanes + l];
+      const int64_t lo = std::max<int64_t>(0, k0 - b * kLanes);
+      const int64_t hi = std::min<int64_t>(kLanes, k1 - b * kLanes);
+      for (int64_t l = lo; l < hi; ++l)
+        if (acc[l] < best[t].v2) best[t].push(acc[l], b * kLanes + l);
+    }
+  }
+}
+
+using SmallFn = void (*)(const float*, int64_t, const SmallDCodebook&, int64_t, int64_t, Top2*);
+
+template <int... Ds>
+SmallFn pick_small(int64_t D, std::integer_sequence<int, Ds...>) {
+  SmallFn fn = nullptr;
+  ((D == Ds + 1 ? (fn = &small_d_scan_avx512<Ds + 1>, 0) : 0), ...);
+  return fn;
+}
+
+__attribute__((target("avx512f"))) void top2_rows_avx512(const float* S, int64_t ld, int64_t tn,
+                                                         int64_t kn, const float* norms,
+                                                         int64_t kbase, Top2* best) {
+  alignas(64) float tmp[4 * kLanes];
+  const int64_t full = kn / (4 * kLanes) * (4 * kLanes);
+  for (int64_t t = 0; t < tn; ++t) {
+    const float* row = S + t * ld;
+    __m512 thr = _mm512_set1_ps(best[t].v2);
+    for (int64_t j = 0; j < full; j += 4 * kLanes) {
+      // Four vectors per compare-and-branch: the branch is taken rarely once the top-2 settles.
+      const __m512 a = _mm512_add_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(norms + j));
+      const __m512 b = _mm512_add_ps(_mm512_loadu_ps(row + j + 16), _mm512_loadu_ps(norms + j + 16));
+      const __m512 c = _mm512_add_ps(_mm512_loadu_ps(row + j + 32), _mm512_loadu_ps(norms + j + 32));
+      const __m512 d = _mm512_add_ps(_mm512_loadu_ps(row + j + 48), _mm512_loadu_ps(norms + j + 48));
+      const uint64_t hit = static_cast<uint64_t>(_mm512_cmp_ps_mask(a, thr, _CMP_LT_OQ)) |
+                           static_cast<uint64_t>(_mm512_cmp_ps_mask(b, thr, _CMP_LT_OQ)) << 16 |
+                           static_cast<uint64_t>(_mm512_cmp_ps_mask(c, thr, _CMP_LT_OQ)) << 32 |
+                           static_cast<uint64_t>(_mm512_cmp_ps_mask(d, thr, _CMP_LT_OQ)) << 48;
+      if (__builtin_expect(hit != 0, 0)) {
+        _mm512_store_ps(tmp, a);
+        _mm512_store_ps(tmp + 16, b);
+        _mm512_store_ps(tmp + 32, c);
+        _mm512_store_ps(tmp + 48, d);
+        for (uint64_t h = hit; h; h &= h - 1) {
+          const int l = __builtin_ctzll(h);
+          best[t].push(tmp[l], kbase + j + l);
+        }
+        thr = _mm512_set1_ps(best[t].v2);
+      }
+    }
+    for (int64_t j = full; j < kn; j += kLanes) {
+      const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, kn - j));
+      const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + j));
+      const __mmask16 hit = _mm512_mask_cmp_ps_mask(m, a, thr, _CMP_LT_OQ);
+      if (hit) {
+        _mm512_store_ps(tmp, a);
+        push_lanes(best[t], tmp, hit, kbase + j);
+        thr = _mm512_set1_ps(best[t].v2);
+      }
+    }
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) void top2_rows_portable(
+    const float* S, int64_t ld, int64_t tn, int64_t kn, const float* norms, int64_t kbase,
+    Top2* best) {
+  for (int64_t t = 0; t < tn; ++t) {
+    const float* row = S + t * ld;
+    // A vectorisable min first: most tiles hold nothing below the running second best.
+    float m = kInf;
+    for (int64_t j = 0; j < kn; ++j) m = std::min(m, row[j] + norms[j]);
+    if (!(m < best[t].v2)) continue;
+    for (int64_t j = 0; j < kn; ++j) {
+      const float v = row[j] + norms[j];
+      if (v < best[t].v2) best[t].push(v, kbase + j);
+    }
+  }
+}
+
+// Fixed tree over the 16 lanes: 8, 4, 2, 1.
+inline float reduce_lanes(float* acc) {
+  for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+}  // namespace
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) float direct_sqdist(
+    const float* a, const float* b, int64_t D) {
+  float acc[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float t = a[d + l] - b[d + l];
+      acc[l] += t * t;
+    }
+  for (int64_t l = 0; d + l < D; ++l) {
+    const float t = a[d + l] - b[d + l];
+    acc[l] += t * t;
+  }
+  return reduce_lanes(acc);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) float sum_squares(const float* a,
+                                                                               int64_t D) {
+  float acc[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[d + l] * a[d + l];
+  for (int64_t l = 0; d + l < D; ++l) acc[l] += a[d + l] * a[d + l];
+  return reduce_lanes(acc);
+}
+
+bool scan_uses_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return yes;
+}
+
+void small_d_scan(const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0,
+                  int64_t k1, Top2* best) {
+  if (scan_uses_avx512()) {
+    const SmallFn fn = pick_small(D, std::make_integer_sequence<int, kSmallMaxD>{});
+    if (fn != nullptr) return fn(xs, T, cb, k0, k1, best);
+  }
+  small_d_scan_portable(xs, T, D, cb, k0, k1, best);
+}
+
+void top2_rows(const float* S, int64_t ld, int64_t tn, int64_t kn, const float* norms,
+               int64_t kbase, Top2* best) {
+  if (scan_uses_avx512()) return top2_rows_avx512(S, ld, tn, kn, norms, kbase, best);
+  top2_rows_portable(S, ld, tn, kn, norms, kbase, best);
+}
+
+}  // namespace cpu
+}  // namespace sgcvq

@@ -1,0 +1,60 @@
+// The inner scans of the CPU nearest_code: approximate distances ||e||^2 - 2 x.e, top-2 per token.
+//
+// Both scans see x already scaled by -2 (exact in floating point), so the approximate distance of
+// code k is norms[k] + (-2x).e_k. They keep the two smallest approximate values per token; the
+// caller re-scores those in fp32 and certifies the result (nearest_code_cpu.cpp). Each scan has an
+// AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64.
+#pragma once
+#include <cstdint>
+#include <limits>
+
+namespace sgcvq {
+namespace cpu {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kLanes = 16;      // codes per block of the small-D layout
+constexpr int64_t kSmallMaxD = 16;  // at or below this D the register-blocked scan beats the GEMM
+
+// The two smallest (value, index). Codes arrive in increasing index order, so strict '<' keeps the
+// lowest index among equal values.
+struct Top2 {
+  float v1 = kInf, v2 = kInf;
+  int64_t i1 = -1, i2 = -1;
+  inline void push(float v, int64_t i) {
+    if (v < v1) {
+      v2 = v1; i2 = i1; v1 = v; i1 = i;
+    } else if (v < v2) {
+      v2 = v; i2 = i;
+    }
+  }
+};
+
+// The codebook in the small-D layout: blocks of 16 codes, each block [D][16] (codes along the
+// vector lanes), zero-padded to a whole block; norms [blocks][16].
+struct SmallDCodebook {
+  const float* blocks;  // [ceil(K/16), D, 16]
+  const float* norms;   // [ceil(K/16), 16]
+};
+
+// best[t] <- top-2 of norms[k] + xs[t] . e_k over codes k in [k0, k1), for t < T.
+// xs is [T][D] (-2 x), T a multiple of kSmallTokens (pad rows are searched and ignored).
+constexpr int64_t kSmallTokens = 8;
+void small_d_scan(const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0,
+                  int64_t k1, Top2* best);
+
+// best[t] <- top-2 over j < kn of S[t * ld + j] + norms[j] (code index kbase + j), for t < tn.
+void top2_rows(const float* S, int64_t ld, int64_t tn, int64_t kn, const float* norms,
+               int64_t kbase, Top2* best);
+
+// NOTE: the definition of "the fp32 distance" on the CPU: 16 lane-wise partial sums (lane d % 16)
+// added by a fixed tree, so it vectorises and gives the same bits wherever it is called (the
+// re-score, the exact fallback and sqdist all use it).
+float direct_sqdist(const float* a, const float* b, int64_t D);
+// The same summation for sum_d a[d]^2.
+float sum_squares(const float* a, int64_t D);
+
+// True when the AVX-512 versions run on this CPU.
+bool scan_uses_avx512();
+
+}  // namespace cpu
+}  // namespace sgcvq

@@ -1,0 +1,84 @@
+"""ModelConfig (architecture + quantizer settings) and ModelOutput (what the model returns)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_LABEL = 255
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and quantizer settings; the defaults build a 64x64, f8 model of 1.5M parameters
+    (plus a 0.7M-parameter discriminator).
+
+    channel_mult: one entry per resolution; len(channel_mult) - 1 stride-2 downsamplings, so the
+        downsampling factor is 2 ** (len(channel_mult) - 1) (8 for 4 entries, 16 for 5).
+    attn_resolutions_lowest: self-attention in the middle block (token resolution) and the coarse
+        pyramid stage (half of it).
+    embed_dim: token dimension D, split over the two pyramid levels (fine gets the remainder).
+    num_classes: semantic classes of the codebook groups; None = plain-VQ baseline.
+    level_weights: distance weights (fine, coarse) of the pyramid levels (DESIGN.md §1.4).
+    pyramid_channels: width of the pyramid's lateral convs (0 = the encoder's last width).
+    """
+
+    resolution: int = 64
+    in_channels: int = 3
+    base_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions_lowest: bool = True
+    dropout: float = 0.0
+    pyramid_channels: int = 0
+    embed_dim: int = 64
+    codebook_size: int = 512
+    num_classes: int | None = 9
+    group_sizes: str | tuple[int, ...] = "equal"
+    level_weights: tuple[float, ...] = (1.0, 1.0)
+    decay: float = 0.99
+    eps: float = 1e-5
+    commitment_weight: float = 0.25
+    threshold_dead: float = 2.0
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    semantic_loss_weight: float = 0.0
+    disc_channels: int = 32
+    disc_layers: int = 3
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for settings the model cannot be built with."""
+        if len(self.channel_mult) < 2:
+            raise ValueError(f"ModelConfig.channel_mult={self.channel_mult}: needs >= 2 entries (>= 1 downsampling)")
+        if any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"ModelConfig.channel_mult={self.channel_mult}: entries must be >= 1")
+        # The coarse pyramid stage halves the token grid once more, so the image must divide by 2f.
+        if self.resolution % (2 * self.downsample_factor):
+            raise ValueError(f"ModelConfig.resolution={self.resolution} must be divisible by 2 x the downsampling "
+                             f"factor ({2 * self.downsample_factor}) for channel_mult={self.channel_mult}")
+        for name in ("in_channels", "base_channels", "num_res_blocks", "embed_dim", "codebook_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1")
+        if len(self.level_weights) != 2 or any(w < 0 for w in self.level_weights) or sum(self.level_weights) <= 0:
+            raise ValueError(f"ModelConfig.level_weights={self.level_weights}: need 2 weights (fine, coarse), "
+                             ">= 0, not both 0")
+        if self.num_classes is not None and not 1 <= self.num_classes < IGNORE_LABEL:
+            raise ValueError(f"ModelConfig.num_classes={self.num_classes} must be None or in 1..254")
+
+
+@dataclass
+class ModelOutput:
+    """What SGCVQGAN.forward returns.
+
+    recon [B, C, H, W] float; indices [B, h, w] int64; quant_loss scalar (commitment + semantic);
+    token_labels [B, h, w] int64 majority class per token (-1 = ignore), None without labels.
+    """
+
+    recon: torch.Tensor
+    indices: torch.Tensor
+    quant_loss: torch.Tensor
+    token_labels: torch.Tensor | None = None

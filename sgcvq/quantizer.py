@@ -1,0 +1,536 @@
+"""FastSemanticQuantizer: the semantic-guided clustering vector quantizer as one nn.Module.
+
+DESIGN.md §1, steps 1-10, on the project's own ops (`sgcvq.nearest_code`,
+`sgcvq.cluster_stats`, `sgcvq.ema_update`, which choose the backend):
+
+    vq = FastSemanticQuantizer(dim=256, codebook_size=8192, num_classes=19)
+    quantized, indices, loss = vq(x, labels)      # x [B, N, D] (or [B, D, H, W], channel_last=False)
+
+Numerics: the search runs in float32 whatever the input dtype (bf16/fp16 inputs are upcast, which
+is exact; float64 inputs are rounded to float32 for the search only); codebook and statistics are
+float32 buffers; `quantized` has the input's dtype and is in the caller's (unscaled) space.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .distributed import all_reduce_flat, broadcast_from_rank0
+from .kmeans import kmeans_per_group
+from .ops import MODES, cluster_stats, ema_update, nearest_code
+from .semantic import (
+    class_offsets_from_sizes,
+    code_classes,
+    group_sizes_for,
+    pool_labels,
+    sample_class_tokens,
+    update_class_centers,
+)
+
+__all__ = ["FastSemanticQuantizer"]
+
+_NAME = "FastSemanticQuantizer"
+_FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+class FastSemanticQuantizer(nn.Module):
+    """Semantic-guided clustering VQ with an EMA codebook, fused search and in-class re-seeding.
+
+    Args:
+        dim: D, the feature size of a token.
+        codebook_size: K, the number of codes.
+        num_classes: C. None: plain EMA VQ (one group of K codes; labels are not accepted).
+            An int: the semantic codebook, class c owns codes [class_offsets[c], class_offsets[c+1]).
+        group_sizes: "equal", "frequency" (∝ class_frequencies ** 0.5, at least
+            min_codes_per_class) or an explicit list of C sizes summing to K.
+        decay, eps: EMA decay γ and Laplace smoothing ε (DESIGN.md §1.6).
+        commitment_weight: β of the commitment loss β · mean ||x − sg(q)||².
+        threshold_dead: a code whose EMA count falls under this is re-seeded in training (0: off).
+            Counts are tokens per step, so keep it below the expected tokens per code per step
+            (N / K, or per group). With the start state N = 1 and the default 2.0, the first
+            training step re-seeds every code from the batch: a data-driven start.
+        kmeans_init: run per-group k-means (kmeans_iters Lloyd steps) on the first training batch.
+        level_weights: pyramid weights w_l (DESIGN.md §1.4). The levels are consecutive channel
+            blocks of x: sizes `level_dims` (summing to dim), or an equal split of dim when
+            level_dims is None. Internally x_l is scaled by sqrt(w_l), so the search distance is
+            Σ_l w_l ||x_l − e_l||²; the codebook and class_centers live in that scaled space,
+            while `quantized`, get_codes_from_indices and decode_indices return unscaled values.
+        semantic_loss_weight: λ of λ · mean ||x_i − sg(μ_{s_i})||² over labelled tokens (§1.9).
+        channel_last: True for x [B, ..., D]; False for feature maps [B, D, H, W].
+        class_frequencies: C non-negative numbers, for group_sizes="frequency".
+        min_codes_per_class: lower bound on a group's size with group_sizes="frequency".
+        level_dims: channel sizes of the pyramid levels (see level_weights).
+        check_finite: raise on NaN/Inf features (one host sync per call; skipped under
+            torch.compile).
+        check_labels: raise on labels outside [-1, C) or ignore_label (pixel maps: [0, C) or ignore_label); one
+            host sync, shared with check_finite; skipped under torch.compile.
+        metrics_window: steps over which metrics() counts a code as active.
+        ignore_label: the "no class" value in pixel label maps (255).
+        search_mode: "exact" or "fast_exact" (both exact; see sgcvq.nearest_code).
+        max_idle_steps: with re-seeding on, a code that has won no token for this many training
+            steps (since its last token or re-seed) is dead too, whatever its EMA count: the count
+            of an abandoned popular code takes ~log(N / threshold_dead) / (1 - decay) steps to
+            decay (hundreds at 0.99). 0 turns this criterion off.
+        reseed_noise: std of the noise added to μ_c when a class has no token in the batch,
+            relative to the batch's RMS quantization error per channel.
+
+    Buffers (float32 unless said): codebook [K, D], cluster_size [K], embed_sum [K, D],
+    class_offsets [C+1] int64, class_centers [C, D], class_counts [C] (EMA of tokens per step),
+    and the metric counters steps (int64), code_last_used [K] int64 (last step with a token),
+    code_last_event [K] int64 (last step with a token or a re-seed), last_counts [K],
+    codes_reseeded (int64), kmeans_done (bool). In plain mode C = 1 (one group, the class centre
+    is the EMA mean token, the re-seeding fallback).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        num_classes: int | None = None,
+        group_sizes: str | Sequence[int] = "equal",
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        commitment_weight: float = 0.25,
+        threshold_dead: float = 2.0,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        level_weights: Sequence[float] | None = None,
+        semantic_loss_weight: float = 0.0,
+        channel_last: bool = True,
+        *,
+        class_frequencies: Sequence[float] | torch.Tensor | None = None,
+        min_codes_per_class: int = 1,
+        level_dims: Sequence[int] | None = None,
+        check_finite: bool = True,
+        check_labels: bool = True,
+        metrics_window: int = 100,
+        ignore_label: int = 255,
+        search_mode: str = "exact",
+        max_idle_steps: int = 100,
+        reseed_noise: float = 0.1,
+    ):
+        super().__init__()
+        _check_int("dim", dim, 1)
+        _check_int("codebook_size", codebook_size, 1)
+        if num_classes is not None:
+            _check_int("num_classes", num_classes, 1)
+            if num_classes > codebook_size:
+                raise ValueError(
+                    f"{_NAME}: num_classes {num_classes} > codebook_size {codebook_size}: every class needs a code"
+                )
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"{_NAME}: decay must be in [0, 1], got {decay}")
+        if eps < 0:
+            raise ValueError(f"{_NAME}: eps must be >= 0, got {eps}")
+        if threshold_dead < 0:
+            raise ValueError(f"{_NAME}: threshold_dead must be >= 0 (0 turns re-seeding off), got {threshold_dead}")
+        _check_int("kmeans_iters", kmeans_iters, 0)
+        _check_int("metrics_window", metrics_window, 1)
+        _check_int("max_idle_steps", max_idle_steps, 0)
+        if search_mode not in MODES:
+            raise ValueError(f"{_NAME}: search_mode must be one of {MODES}, got {search_mode!r}")
+
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.num_classes = num_classes
+        self.semantic = num_classes is not None
+        self.decay = float(decay)
+        self.eps = float(eps)
+        self.commitment_weight = float(commitment_weight)
+        self.threshold_dead = float(threshold_dead)
+        self.kmeans_init = bool(kmeans_init)
+        self.kmeans_iters = kmeans_iters
+        self.semantic_loss_weight = float(semantic_loss_weight)
+        self.channel_last = bool(channel_last)
+        self.check_finite = bool(check_finite)
+        self.check_labels = bool(check_labels)
+        self.metrics_window = metrics_window
+        self.ignore_label = int(ignore_label)
+        self.search_mode = search_mode
+        self.max_idle_steps = max_idle_steps
+        self.reseed_noise = float(reseed_noise)
+
+        C = num_classes if self.semantic else 1
+        if self.semantic:
+            sizes = group_sizes_for(C, codebook_size, group_sizes, class_frequencies, min_codes_per_class)
+        else:
+            sizes = [codebook_size]
+        self.group_sizes = sizes
+        offsets = class_offsets_from_sizes(sizes)
+
+        self.level_dims, self.level_weights, scale = _channel_scale(dim, level_weights, level_dims)
+
+        codebook = torch.empty(codebook_size, dim)
+        nn.init.kaiming_uniform_(codebook)  # the same start as vector-quantize-pytorch
+        self.register_buffer("codebook", codebook)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # DESIGN §1.6: N = 1, M = E
+        self.register_buffer("embed_sum", codebook.clone())
+        self.register_buffer("class_offsets", offsets)
+        self.register_buffer("class_centers", torch.zeros(C, dim))
+        self.register_buffer("class_counts", torch.zeros(C))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("code_last_used", torch.zeros(codebook_size, dtype=torch.int64))
+        self.register_buffer("code_last_event", torch.zeros(codebook_size, dtype=torch.int64))
+        self.register_buffer("last_counts", torch.zeros(codebook_size))
+        self.register_buffer("codes_reseeded", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("kmeans_done", torch.tensor(not self.kmeans_init))
+        # derived from the constructor arguments: not part of the state dict
+        self.register_buffer("code_class", code_classes(offsets), persistent=False)
+        self.register_buffer("channel_scale", scale, persistent=False)
+        self._scaled = scale is not None and bool((scale != 1).any())
+        # Python mirror of kmeans_done, so the training step does not read a buffer on the host;
+        # None = "read the buffer once" (after construction or load_state_dict)
+        self._kmeans_pending: bool | None = self.kmeans_init
+        self.register_load_state_dict_post_hook(_forget_kmeans_flag)
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantize x; in training mode also update the codebook (EMA, class centres, re-seeding).
+
+        Args:
+            x: channel_last: [B, ..., D] (e.g. [B, N, D] or [B, H, W, D]); otherwise [B, D, ...]
+                (e.g. [B, D, H, W]). float32, bfloat16, float16 or float64.
+            labels: None, or int labels of the tokens with x's leading shape ([B, N] /
+                [B, H, W]) in [-1, C) (-1 or ignore_label = no class: searches all codes), or pixel label maps
+                [B, H*f, W*f] (values in [0, C) or ignore_label) pooled by majority vote over each
+                f x f cell (ties -> lowest class; no labelled pixel -> -1). For x [B, N, D] a pixel
+                map [B, Hp, Wp] needs N = (Hp/f)(Wp/f) for one integer f; tokens are taken as a
+                row-major h x w grid.
+
+        Returns:
+            quantized: x's shape and dtype; forward value = the chosen code (unscaled), gradient
+                = identity (straight-through).
+            indices: int64, x's token shape ([B, N] or [B, H, W]).
+            loss: scalar (float32; float64 for float64 input): commitment loss plus the
+                semantic loss when semantic_loss_weight > 0.
+        """
+        tokens, token_shape = self._tokens(x)
+        grid = self._validate_labels(labels, x, token_shape)  # None: token labels (or no labels)
+        if not torch.compiler.is_compiling() and (self.check_finite or (self.check_labels and labels is not None)):
+            # before pooling: the vote would hide out-of-range pixels
+            self._check_values(tokens, labels, grid is not None)
+        token_labels = None
+        if labels is not None:
+            if grid is None:  # token labels; ignore_label (a pixel map at f = 1) means -1
+                token_labels = labels.reshape(-1).to(torch.int64)
+                token_labels = torch.where(token_labels == self.ignore_label, -1, token_labels)
+            else:
+                token_labels = pool_labels(labels, grid, self.num_classes, self.ignore_label).reshape(-1)
+
+        xs = tokens.detach().float()
+        if self._scaled:
+            xs = xs * self.channel_scale
+        if self.training and self.kmeans_init and self._kmeans_is_pending():
+            self._kmeans(xs, token_labels)
+
+        with torch.no_grad():
+            search_labels = token_labels if (self.semantic and token_labels is not None) else None
+            index, sqdist = nearest_code(
+                xs,
+                self.codebook,
+                search_labels,
+                self.class_offsets if search_labels is not None else None,
+                mode=self.search_mode,
+                check=False,
+            )
+            codes = self.codebook[index]  # [M, D] float32, before this step's EMA update
+
+        loss = self._loss(tokens, codes, token_labels)
+        if self.training:
+            self._train_step(xs, index, sqdist, token_labels)
+
+        quantized = codes / self.channel_scale if self._scaled else codes
+        quantized = quantized.to(tokens.dtype)
+        # NOTE: q + (x - sg(x)) rather than x + sg(q - x): the forward value is exactly the code
+        # (x + (q - x) rounds in low precision), the gradient is the same identity.
+        quantized = quantized + (tokens - tokens.detach())
+        return self._untokens(quantized, x, token_shape), index.view(token_shape), loss
+
+    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes [*indices.shape, D] float32 (unscaled, the caller's space) of int indices in [0, K)."""
+        if indices.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{_NAME}.get_codes_from_indices: indices must be int32/int64, got {indices.dtype}")
+        codes = self.codebook[indices.to(torch.int64)]
+        return codes / self.channel_scale if self._scaled else codes
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Quantized features from indices: [B, N] -> [B, N, D]; [B, H, W] -> [B, H, W, D]
+        (channel_last) or [B, D, H, W] (channel_last=False). float32."""
+        codes = self.get_codes_from_indices(indices)
+        if self.channel_last:
+            return codes
+        return codes.movedim(-1, 1).contiguous()
+
+    @torch.no_grad()
+    def metrics(self) -> dict:
+        """Code usage over the recent training steps (reads the buffers: one host sync).
+
+        active_fraction: codes assigned at least one token in the last metrics_window steps / K;
+        perplexity: exp(entropy) of the last training step's code counts (summed over ranks);
+        per_class_usage: active fraction of each class's group (semantic mode);
+        codes_reseeded: dead codes re-seeded so far; steps: training steps so far.
+        """
+        steps = int(self.steps)
+        active = (self.code_last_used > 0) & (self.steps - self.code_last_used < self.metrics_window)
+        p = self.last_counts / self.last_counts.sum().clamp(min=1e-12)
+        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
+        out = {
+            "steps": steps,
+            "active_fraction": float(active.float().mean()),
+            "active_codes": int(active.sum()),
+            "perplexity": float(torch.exp(entropy)) if steps > 0 else 0.0,
+            "codes_reseeded": int(self.codes_reseeded),
+        }
+        if self.semantic:
+            per_class = torch.zeros(len(self.group_sizes), device=active.device)
+            per_class.index_add_(0, self.code_class, active.float())
+            sizes = torch.tensor(self.group_sizes, dtype=torch.float32, device=active.device)
+            out["per_class_usage"] = (per_class / sizes).tolist()
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"dim={self.dim}, codebook_size={self.codebook_size}, num_classes={self.num_classes}"
+        s += f", decay={self.decay}, commitment_weight={self.commitment_weight}, threshold_dead={self.threshold_dead}"
+        if self.level_weights is not None:
+            s += f", level_dims={self.level_dims}, level_weights={self.level_weights}"
+        return s
+
+    # ----------------------------------------------------------------------------------------
+    # Shapes and checks
+    # ----------------------------------------------------------------------------------------
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """x -> tokens [M, D] (a view where possible) and the token shape (B, ...)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{_NAME}: x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOAT_INPUTS:
+            raise TypeError(f"{_NAME}: x must be float32, bfloat16, float16 or float64, got {x.dtype}")
+        if self.channel_last:
+            if x.dim() < 2 or x.shape[-1] != self.dim:
+                raise ValueError(
+                    f"{_NAME}: x is {list(x.shape)} but channel_last=True expects [B, ..., D] with D = dim = {self.dim}"
+                )
+            return x.reshape(-1, self.dim), tuple(x.shape[:-1])
+        if x.dim() < 3 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"{_NAME}: x is {list(x.shape)} but channel_last=False expects [B, D, H, W] with D = dim = {self.dim}"
+            )
+        token_shape = (x.shape[0],) + tuple(x.shape[2:])
+        return x.movedim(1, -1).reshape(-1, self.dim), token_shape
+
+    def _untokens(self, q: torch.Tensor, x: torch.Tensor, token_shape: tuple[int, ...]) -> torch.Tensor:
+        q = q.view(*token_shape, self.dim)
+        return q if self.channel_last else q.movedim(-1, 1)
+
+    def _validate_labels(self, labels, x: torch.Tensor, token_shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """Type/shape checks of labels; the token grid (h, w) for a pixel label map, else None."""
+        if labels is None:
+            return None
+        if not self.semantic:
+            raise ValueError(f"{_NAME}: labels were given but num_classes is None (plain VQ); pass num_classes=C")
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"{_NAME}: labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(f"{_NAME}: labels must be an integer tensor, got {labels.dtype}")
+        if labels.device != x.device:
+            raise ValueError(f"{_NAME}: labels are on {labels.device} but x is on {x.device}")
+        if tuple(labels.shape) == token_shape:
+            return None
+        return self._pixel_grid(labels, token_shape)
+
+    def _pixel_grid(self, labels: torch.Tensor, token_shape: tuple[int, ...]) -> tuple[int, int]:
+        """The token grid (h, w) of a pixel label map [B, h*f, w*f], or a clear error."""
+        bad = ValueError(
+            f"{_NAME}: labels are {list(labels.shape)} but tokens are {list(token_shape)}: labels must be "
+            f"token labels {list(token_shape)} or pixel maps [B, h*f, w*f] at an integer multiple f of the token grid"
+        )
+        if labels.dim() != 3 or labels.shape[0] != token_shape[0] or len(token_shape) not in (2, 3):
+            raise bad
+        Hp, Wp = labels.shape[1], labels.shape[2]
+        if len(token_shape) == 3:
+            h, w = token_shape[1], token_shape[2]
+            if h == 0 or w == 0 or Hp % h or Wp % w or Hp // h != Wp // w:
+                raise bad
+            return h, w
+        n = token_shape[1]  # [B, N, D]: a row-major h x w grid with one f on both axes
+        if n == 0 or (Hp * Wp) % n:
+            raise bad
+        f = round(math.sqrt((Hp * Wp) // n))
+        if f == 0 or f * f * n != Hp * Wp or Hp % f or Wp % f:
+            raise bad
+        return Hp // f, Wp // f
+
+    def _check_values(self, tokens: torch.Tensor, labels: torch.Tensor | None, pixel_map: bool) -> None:
+        """Finite features and labels in range, with one host sync for both."""
+        flags = []
+        if self.check_finite:
+            flags.append(~torch.isfinite(tokens).all())
+        check_labels = self.check_labels and labels is not None and labels.numel() > 0
+        if check_labels:
+            C, lab = self.num_classes, labels.to(torch.int64)
+            if pixel_map:
+                ok = ((lab >= 0) & (lab < C)) | (lab == self.ignore_label)
+            else:
+                ok = (lab >= -1) & (lab < C) | (lab == self.ignore_label)
+            flags.append(~ok.all())
+        if not flags:
+            return
+        bad = torch.stack(flags).tolist()
+        if self.check_finite and bad[0]:
+            raise ValueError(f"{_NAME}: x contains NaN or Inf (check_finite=False skips this check)")
+        if check_labels and bad[-1]:
+            lo, hi = int(labels.min()), int(labels.max())
+            allowed = (f"[0, {self.num_classes}) or ignore_label {self.ignore_label} (pixel label map)"
+                       if pixel_map else f"[-1, {self.num_classes}) or ignore_label {self.ignore_label} "
+                       "(token labels; -1 = no class)")
+            raise ValueError(f"{_NAME}: labels must be in {allowed}; found values in [{lo}, {hi}]")
+
+    # ----------------------------------------------------------------------------------------
+    # Losses
+    # ----------------------------------------------------------------------------------------
+    def _loss(self, tokens: torch.Tensor, codes: torch.Tensor, token_labels: torch.Tensor | None) -> torch.Tensor:
+        """β · mean ||x − sg(q)||² (+ λ · mean ||x − sg(μ_s)||²), means over tokens and channels,
+        distances in the weighted (scaled) space."""
+        dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+        xw = tokens.to(dtype)
+        scale = self.channel_scale.to(dtype) if self._scaled else None
+        if scale is not None:
+            xw = xw * scale
+        numel = max(tokens.numel(), 1)
+        loss = self.commitment_weight * (xw - codes.to(dtype)).pow(2).sum() / numel
+        if self.semantic_loss_weight > 0 and token_labels is not None:
+            labelled = token_labels >= 0
+            mu = self.class_centers[token_labels.clamp(min=0)].to(dtype)  # buffers: no gradient
+            per_token = (xw - mu).pow(2).sum(dim=1) * labelled
+            denom = labelled.sum().clamp(min=1) * self.dim
+            loss = loss + self.semantic_loss_weight * per_token.sum() / denom
+        return loss
+
+    # ----------------------------------------------------------------------------------------
+    # Training-mode updates
+    # ----------------------------------------------------------------------------------------
+    def _kmeans_is_pending(self) -> bool:
+        if self._kmeans_pending is None:
+            self._kmeans_pending = not bool(self.kmeans_done)
+        return self._kmeans_pending
+
+    @torch.no_grad()
+    def _kmeans(self, xs: torch.Tensor, token_labels: torch.Tensor | None) -> None:
+        labels = token_labels if self.semantic else None
+        codebook, counts = kmeans_per_group(
+            xs, labels, self.class_offsets if labels is not None else None, self.code_class,
+            self.codebook, self.kmeans_iters,
+        )
+        # Start the EMA from the k-means clusters: N = tokens per code (at least 1, so an empty
+        # cluster keeps its seed: e = M / N), M = E · N.
+        size = counts.clamp(min=1.0)
+        self.codebook.copy_(codebook)
+        self.cluster_size.copy_(size)
+        self.embed_sum.copy_(codebook * size[:, None])
+        self.kmeans_done.fill_(True)
+        self._kmeans_pending = False
+
+    @torch.no_grad()
+    def _train_step(self, xs: torch.Tensor, index: torch.Tensor, sqdist: torch.Tensor,
+                    token_labels: torch.Tensor | None) -> None:
+        K, C = self.codebook_size, self.class_centers.shape[0]
+        counts, sums = cluster_stats(index, xs, K, check=False)
+        if self.semantic and token_labels is not None:
+            # -1 tokens go to an extra bin C that is dropped
+            bins = torch.where(token_labels < 0, torch.full_like(token_labels, C), token_labels)
+            class_counts, class_sums = cluster_stats(bins, xs, C + 1, check=False)
+            class_counts, class_sums = class_counts[:C], class_sums[:C]
+        elif self.semantic:
+            class_counts, class_sums = xs.new_zeros(C), xs.new_zeros(C, self.dim)
+        else:  # plain VQ: one class, the mean token (the re-seeding fallback)
+            class_counts = xs.new_full((1,), float(xs.shape[0]))
+            class_sums = xs.sum(dim=0, keepdim=True)
+        err = sqdist.sum().view(1)
+        n_tokens = xs.new_full((1,), float(xs.shape[0]))
+        # ONE all-reduce per step for every statistic (DESIGN.md §4)
+        counts, sums, class_counts, class_sums, err, n_tokens = all_reduce_flat(
+            [counts, sums, class_counts, class_sums, err, n_tokens]
+        )
+        ema_update(self.cluster_size, self.embed_sum, self.codebook, counts, sums, self.decay, self.eps)
+        update_class_centers(self.class_centers, self.class_counts, class_counts, class_sums, self.decay)
+
+        self.steps.add_(1)
+        self.code_last_used.copy_(torch.where(counts > 0, self.steps, self.code_last_used))
+        self.code_last_event.copy_(torch.maximum(self.code_last_event, self.code_last_used))
+        self.last_counts.copy_(counts)
+        if self.threshold_dead > 0:
+            rms = (err / (n_tokens.clamp(min=1) * self.dim)).sqrt()
+            self._reseed(xs, token_labels, rms)
+
+    @torch.no_grad()
+    def _reseed(self, xs: torch.Tensor, token_labels: torch.Tensor | None, rms_error: torch.Tensor) -> None:
+        """Dead codes of group c get a random token of class c from the batch (or μ_c + noise).
+
+        Reset: N_k = threshold_dead and M_k = e_k · N_k, so e_k is the seed (up to Laplace
+        smoothing) and the code is "just alive": it stays only if it wins about threshold_dead
+        tokens per step from now on, and a seed that wins nothing is replaced again at the next
+        step. (A larger reset, e.g. the group's mean count, would let a badly placed code sit
+        unused for log(N/threshold) / (1 - decay) steps, ~400 at decay 0.99, before its next
+        chance.) Decided on rank 0 and broadcast.
+        """
+        dead = self.cluster_size < self.threshold_dead
+        if self.max_idle_steps > 0:
+            dead = dead | (self.steps - self.code_last_event >= self.max_idle_steps)
+        labels = token_labels if self.semantic else None
+        seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets)
+        center_known = (self.class_counts > 0)[self.code_class]
+        noise = torch.randn_like(self.codebook) * (self.reseed_noise * rms_error)
+        fallback = self.class_centers[self.code_class] + noise
+        new = torch.where(has_token[:, None], seeds, fallback)
+        # a class never seen has no centre: its codes wait for its first token
+        dead = dead & (has_token | center_known)
+        dead_f, new = broadcast_from_rank0([dead.float(), new])
+        dead = dead_f > 0.5
+
+        reset = self.threshold_dead
+        self.codebook.copy_(torch.where(dead[:, None], new, self.codebook))
+        self.cluster_size.masked_fill_(dead, reset)
+        self.embed_sum.copy_(torch.where(dead[:, None], new * reset, self.embed_sum))
+        self.code_last_event.copy_(torch.where(dead, self.steps, self.code_last_event))
+        self.codes_reseeded.add_(dead.sum())
+
+
+def _forget_kmeans_flag(module: FastSemanticQuantizer, incompatible_keys) -> None:
+    module._kmeans_pending = None if module.kmeans_init else False
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{_NAME}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+def _channel_scale(dim: int, level_weights, level_dims):
+    """(level_dims, level_weights, scale [D] float32 or None) from the pyramid arguments."""
+    if level_weights is None:
+        if level_dims is not None:
+            raise ValueError(f"{_NAME}: level_dims was given without level_weights")
+        return None, None, None
+    weights = [float(w) for w in level_weights]
+    if not weights or any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"{_NAME}: level_weights must be a non-empty list of positive numbers, got {level_weights!r}")
+    L = len(weights)
+    if level_dims is None:
+        if dim % L:
+            raise ValueError(f"{_NAME}: dim {dim} does not split equally into {L} levels: pass level_dims")
+        dims = [dim // L] * L
+    else:
+        dims = list(level_dims)
+        if len(dims) != L:
+            raise ValueError(f"{_NAME}: level_dims has {len(dims)} entries but level_weights has {L}")
+        for l, d in enumerate(dims):
+            _check_int(f"level_dims[{l}]", d, 1)
+        if sum(dims) != dim:
+            raise ValueError(f"{_NAME}: level_dims sum to {sum(dims)} but dim is {dim}")
+    scale = torch.cat([torch.full((d,), math.sqrt(w)) for d, w in zip(dims, weights)])
+    return dims, weights, scale

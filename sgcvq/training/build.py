@@ -1,0 +1,84 @@
+"""Building the pieces of a run from its Config: datasets, model, discriminator, loss, optimizers."""
+from __future__ import annotations
+
+import torch
+
+from ..config import Config, DataConfig, OptimConfig
+from ..data import CLASS_NAMES, FolderDataset, SyntheticStreetScenes
+from ..model import SGCVQGAN, PatchDiscriminator, VQGANLoss
+
+__all__ = ["build_train_dataset", "build_eval_dataset", "build_video_dataset", "build_models",
+           "build_optimizer", "EVAL_SEED_OFFSET", "dataset_class_names", "check_classes"]
+
+# Held-out synthetic scenes use a different seed, so evaluation never sees a training scene.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def _folder(data: DataConfig, root: str | None, split: str):
+    if not root:
+        raise ValueError("data.root must be set when data.dataset=folder (or pass --data-root)")
+    return FolderDataset(root, layout=data.layout, class_map=data.class_map, resolution=data.resolution,
+                         on_error="skip", split=split)
+
+
+def dataset_class_names(dataset) -> list[str]:
+    """The dataset's class names (folder datasets with a named class map), else the synthetic ones."""
+    names = getattr(dataset, "class_names", None)
+    return list(names) if names else list(CLASS_NAMES)
+
+
+def check_classes(cfg: Config, dataset) -> None:
+    """model.num_classes must match the dataset's classes (a semantic model needs one group per class)."""
+    n = getattr(dataset, "num_classes", None) or (len(CLASS_NAMES) if isinstance(dataset, SyntheticStreetScenes)
+                                                   else None)
+    if cfg.model.num_classes is not None and n is not None and cfg.model.num_classes != n:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {n} classes; "
+                         f"set --set model.num_classes={n} (or null for the plain-VQ baseline)")
+
+
+def build_train_dataset(data: DataConfig):
+    """The training dataset named by data.dataset ("synthetic" or "folder")."""
+    if data.dataset == "synthetic":
+        return SyntheticStreetScenes(length=data.length, resolution=data.resolution, seed=data.seed)
+    if data.dataset == "folder":
+        return _folder(data, data.root, data.split)
+    raise ValueError(f"data.dataset must be 'synthetic' or 'folder', got {data.dataset!r}")
+
+
+def build_eval_dataset(data: DataConfig, root: str | None = None):
+    """Held-out images: new synthetic scenes, or the folder `root` (default data.root)."""
+    if data.dataset == "synthetic" and root is None:
+        return SyntheticStreetScenes(length=data.eval_length, resolution=data.resolution,
+                                     seed=data.seed + EVAL_SEED_OFFSET)
+    return _folder(data, root or data.root, data.eval_split if root is None else data.split)
+
+
+def build_video_dataset(data: DataConfig, length: int):
+    """Synthetic clips for temporal stability; None for folder datasets (no video there)."""
+    if data.dataset != "synthetic" or data.video_frames < 2:
+        return None
+    return SyntheticStreetScenes(length=length, resolution=data.resolution,
+                                 seed=data.seed + 2 * EVAL_SEED_OFFSET, video=True,
+                                 num_frames=data.video_frames)
+
+
+def build_models(cfg: Config, device: torch.device):
+    """(model, discriminator, loss) on `device`."""
+    model = SGCVQGAN(cfg.model).to(device)
+    disc = PatchDiscriminator(cfg.model).to(device)
+    t = cfg.train
+    loss = VQGANLoss(disc_start=t.disc_start, disc_weight=t.disc_weight, perceptual_weight=t.perceptual_weight,
+                     lpips_weights=t.lpips_weights, l1_weight=t.l1_weight)
+    if isinstance(loss, torch.nn.Module):
+        loss = loss.to(device)
+    return model, disc, loss
+
+
+def build_optimizer(params, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """Adam or AdamW with the configured betas and weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if optim.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    raise ValueError(f"optim.name must be 'adam' or 'adamw', got {optim.name!r}")

@@ -1,0 +1,373 @@
+"""GPU tests of the CUDA C++ backend (csrc/cuda, the module sgcvq._C_cuda).
+
+Every op, every dtype, against the pure-torch reference (sgcvq.reference) on fresh random data.
+The caching allocator is poisoned (0xFF bytes: NaN floats, -1 integers) before each run, so an
+output element a kernel forgets to write shows up. Skipped without a GPU; on a GPU machine whose
+torch has CUDA and nvcc, the extension must have been built (`python setup.py build_ext --inplace`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from sgcvq import ops, reference
+
+pytestmark = requires_cuda
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+MODES = ["exact", "fast_exact"]
+
+
+@pytest.fixture
+def cuda_backend():
+    if not ops.HAS_CUDA_EXTENSION:
+        pytest.skip("sgcvq._C_cuda is not built")
+
+
+def test_extension_is_built_where_it_can_be():
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None or cpp_extension.CUDA_HOME is None:
+        pytest.skip("torch without CUDA or no nvcc: setup.py builds no CUDA extension")
+    assert ops.HAS_CUDA_EXTENSION, (
+        "torch has CUDA and nvcc exists, but sgcvq._C_cuda does not import: "
+        "run `python setup.py build_ext --inplace`"
+    )
+
+
+def _poison_allocator() -> None:
+    """Fill freed blocks of both allocator pools with 0xFF so stale memory is NaN / -1."""
+    junk = [torch.full((256 * 1024,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(64)]
+    junk.append(torch.full((192 << 20,), 0xFF, dtype=torch.uint8, device="cuda"))
+    del junk
+
+
+# --------------------------------------------------------------------------------------------
+# nearest_code
+# --------------------------------------------------------------------------------------------
+def sample_inputs(N, K, D, dtype, scale=1.0, shift=0.0):
+    x = (torch.randn(N, D, device="cuda") * scale + shift).to(dtype)
+    codebook = (torch.randn(K, D, device="cuda") * scale + shift).to(dtype)
+    return x, codebook
+
+
+def _group_bounds(labels, offsets, N, K):
+    if labels is None:
+        zeros = torch.zeros(N, dtype=torch.int64, device="cuda")
+        return zeros, zeros + K
+    lab = labels.to(torch.int64)
+    off = offsets.to(torch.int64)
+    lo = torch.where(lab < 0, 0, off[lab.clamp(min=0)])
+    hi = torch.where(lab < 0, K, off[lab.clamp(min=0) + 1])
+    return lo, hi
+
+
+def check_nearest(x, codebook, labels, offsets, index, sqdist):
+    """The chosen code is in the token's group, and it is the fp64 argmin up to fp32 near-ties."""
+    N, D = x.shape
+    K = codebook.shape[0]
+    assert index.shape == (N,) and index.dtype == torch.int64
+    assert sqdist.shape == (N,) and sqdist.dtype == torch.float32
+    lo, hi = _group_bounds(labels, offsets, N, K)
+    assert bool(((index >= lo) & (index < hi)).all()), "an index lies outside its token's code group"
+    chunk = max(1, (1 << 25) // max(1, K * D))
+    ref_index, _ = reference.nearest_code_reference(x, codebook, labels, offsets, chunk=chunk)
+    x64, e64 = x.double(), codebook.double()
+    d_chosen = ((x64 - e64[index]) ** 2).sum(1)
+    d_best = ((x64 - e64[ref_index]) ** 2).sum(1)
+    # Exact up to fp32 rounding of the distances themselves: a different index is only allowed
+    # where the two codes are within the fp32 error of a D-term sum (DESIGN.md: exact mode).
+    near_tie = d_chosen <= d_best * (1 + (D + 8) * 2.0**-22) + 1e-30
+    bad = ~((index == ref_index) | near_tie)
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {N} tokens got a worse code, e.g. token {int(bad.nonzero()[0])}: "
+        f"{int(index[bad][0])} ({float(d_chosen[bad][0])}) vs {int(ref_index[bad][0])} ({float(d_best[bad][0])})"
+    )
+    torch.testing.assert_close(sqdist, d_chosen.float(), rtol=1e-5, atol=1e-5)
+
+
+SHAPES = [  # (N, K, D): odd sizes, single rows, D below / across / above the staged width
+    (1, 1, 1),
+    (7, 3, 5),
+    (129, 64, 3),
+    (1023, 130, 64),
+    (257, 4096, 129),  # few token tiles: the code range is split over blocks (atomicMin merge)
+    (3001, 77, 256),
+    (40000, 512, 32),  # many token tiles, no split
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,K,D", SHAPES)
+def test_nearest_code_matches_reference(cuda_backend, N, K, D, dtype, mode):
+    x, codebook = sample_inputs(N, K, D, dtype)
+    _poison_allocator()
+    index, sqdist = ops.nearest_code(x, codebook, mode=mode, backend="cuda")
+    check_nearest(x, codebook, None, None, index, sqdist)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64], ids=str)
+def test_nearest_code_groups(cuda_backend, dtype, mode, label_dtype):
+    N, D = 5003, 48
+    sizes = torch.tensor([40, 1, 0, 129, 64, 3, 200, 33])  # class 2 owns no code
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(label_dtype).cuda()
+    K, C = int(sizes.sum()), len(sizes)
+    x, codebook = sample_inputs(N, K, D, dtype)
+    usable = torch.tensor([-1] + [c for c in range(C) if sizes[c] > 0])
+    labels = usable[torch.randint(0, len(usable), (N,))].to(label_dtype).cuda()
+    _poison_allocator()
+    index, sqdist = ops.nearest_code(x, codebook, labels, offsets, mode=mode, backend="cuda")
+    check_nearest(x, codebook, labels, offsets, index, sqdist)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nearest_code_groups_many_tokens(cuda_backend, dtype, mode):
+    # Enough token tiles that the code range is not split: one block per (class, token tile).
+    N, D = 60001, 32
+    offsets = torch.tensor([0, 100, 101, 180, 256], device="cuda")
+    x, codebook = sample_inputs(N, 256, D, dtype)
+    labels = torch.randint(-1, 4, (N,), device="cuda")
+    _poison_allocator()
+    index, sqdist = ops.nearest_code(x, codebook, labels, offsets, mode=mode, backend="cuda")
+    check_nearest(x, codebook, labels, offsets, index, sqdist)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nearest_code_many_small_classes(cuda_backend, mode):
+    # Many buckets with sizes that are not multiples of the tile: exercises the tile upper bound.
+    N, D, C = 10007, 16, 200
+    sizes = torch.randint(1, 9, (C,))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).cuda()
+    K = int(sizes.sum())
+    x, codebook = sample_inputs(N, K, D, torch.float32)
+    labels = torch.randint(-1, C, (N,), device="cuda")
+    _poison_allocator()
+    index, sqdist = ops.nearest_code(x, codebook, labels, offsets, mode=mode, backend="cuda")
+    check_nearest(x, codebook, labels, offsets, index, sqdist)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nearest_code_all_ignore_labels(cuda_backend, dtype, mode):
+    N, K, D = 999, 50, 24
+    x, codebook = sample_inputs(N, K, D, dtype)
+    labels = torch.full((N,), -1, dtype=torch.int64, device="cuda")
+    offsets = torch.tensor([0, 20, K], device="cuda")
+    index, sqdist = ops.nearest_code(x, codebook, labels, offsets, mode=mode, backend="cuda")
+    plain_index, plain_sqdist = ops.nearest_code(x, codebook, mode=mode, backend="cuda")
+    assert torch.equal(index, plain_index)
+    assert torch.equal(sqdist, plain_sqdist)
+    check_nearest(x, codebook, labels, offsets, index, sqdist)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("K", [100, 5000])  # 5000 with few tokens: the duplicates land in different splits
+def test_nearest_code_ties_go_to_lowest_index(cuda_backend, dtype, mode, K):
+    D = 40
+    _, codebook = sample_inputs(1, K, D, dtype)
+    dup = [13, 60, K - 1]
+    codebook[dup] = codebook[dup[0]]
+    # Tokens equal to the duplicated code: distance 0 to all three copies.
+    x = codebook[[dup[1]] * 300].clone()
+    index, sqdist = ops.nearest_code(x, codebook, mode=mode, backend="cuda")
+    assert bool((index == dup[0]).all())
+    assert bool((sqdist == 0).all())
+    # Mirror ties: x = 0 is equidistant from v and -v, and every other code is far away.
+    v = torch.randn(D, device="cuda") * 0.1
+    far = codebook.float() * 3 + 10
+    far[7], far[3] = v, -v
+    far = far.to(dtype)
+    zeros = torch.zeros(257, D, device="cuda", dtype=dtype)
+    index, _ = ops.nearest_code(zeros, far, mode=mode, backend="cuda")
+    assert bool((index == 3).all())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nearest_code_hard_cases_stay_exact(cuda_backend, dtype, mode):
+    # A large common offset (cancellation in ||x||^2 + ||e||^2 - 2 x.e) and near-duplicate codes:
+    # the certificate often fails here, so the exact fallback scan runs.
+    N, K, D = 2000, 300, 64
+    x, codebook = sample_inputs(N, K, D, dtype, scale=1.0, shift=30.0)
+    check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, mode=mode, backend="cuda"))
+    base = torch.randn(1, D, device="cuda")
+    near = (base + 1e-3 * torch.randn(K, D, device="cuda")).to(dtype)
+    xs = (base + 1e-3 * torch.randn(N, D, device="cuda")).to(dtype)
+    check_nearest(xs, near, None, None, *ops.nearest_code(xs, near, mode=mode, backend="cuda"))
+
+
+def test_nearest_code_unaligned_and_strided_inputs(cuda_backend):
+    N, K, D = 500, 90, 36
+    flat = torch.randn(N * D + 1, device="cuda")
+    x = flat[1:].view(N, D)  # contiguous, but not 16-byte aligned: the scalar staging path
+    codebook = torch.randn(K, 2 * D, device="cuda")[:, ::2]  # strided: the glue copies it
+    for mode in MODES:
+        check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, mode=mode, backend="cuda"))
+
+
+def test_nearest_code_empty_input(cuda_backend):
+    x = torch.empty(0, 8, device="cuda")
+    index, sqdist = ops.nearest_code(x, torch.randn(5, 8, device="cuda"), backend="cuda")
+    assert index.shape == (0,) and sqdist.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# cluster_stats
+# --------------------------------------------------------------------------------------------
+def _index_patterns(N, K):
+    return {
+        "random": torch.randint(0, K, (N,), device="cuda"),
+        "runs": (torch.arange(N, device="cuda") // 37) % K,  # equal neighbours: warp aggregation
+        "one_code": torch.full((N,), K - 1, dtype=torch.int64, device="cuda"),  # segments cross pieces
+    }
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,K,D", [(1, 1, 1), (1000, 17, 3), (4099, 1024, 64), (20000, 5, 130), (777, 300, 256)])
+def test_cluster_stats_matches_reference(cuda_backend, N, K, D, dtype, deterministic):
+    x = torch.randn(N, D, device="cuda").to(dtype)
+    for name, index in _index_patterns(N, K).items():
+        _poison_allocator()
+        counts, sums = ops.cluster_stats(index, x, K, deterministic=deterministic, backend="cuda")
+        ref_counts, ref_sums = reference.cluster_stats_reference(index, x, K)
+        assert counts.dtype == torch.float32 and sums.dtype == torch.float32
+        assert torch.equal(counts, ref_counts), name
+        per_code = float(ref_counts.max())
+        torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6 * per_code + 1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cluster_stats_deterministic_is_bit_identical(cuda_backend, dtype):
+    N, K, D = 30011, 97, 72
+    x = torch.randn(N, D, device="cuda").to(dtype)
+    index = torch.randint(0, K, (N,), device="cuda")
+    index[:5000] = 3  # one long segment across many pieces
+    first = ops.cluster_stats(index, x, K, deterministic=True, backend="cuda")
+    for _ in range(3):
+        _poison_allocator()
+        again = ops.cluster_stats(index, x, K, deterministic=True, backend="cuda")
+        assert torch.equal(first[0], again[0])
+        assert torch.equal(first[1], again[1])
+
+
+def test_cluster_stats_empty_input(cuda_backend):
+    _poison_allocator()
+    counts, sums = ops.cluster_stats(
+        torch.empty(0, dtype=torch.int64, device="cuda"), torch.empty(0, 6, device="cuda"), 9, backend="cuda"
+    )
+    assert torch.equal(counts, torch.zeros(9, device="cuda"))
+    assert torch.equal(sums, torch.zeros(9, 6, device="cuda"))
+
+
+# --------------------------------------------------------------------------------------------
+# ema_update
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("K,D", [(1, 1), (7, 3), (1024, 64), (333, 129)])
+def test_ema_update_matches_reference(cuda_backend, K, D):
+    cluster_size = torch.rand(K, device="cuda") * 10
+    embed_sum = torch.randn(K, D, device="cuda")
+    codebook = torch.randn(K, D, device="cuda")
+    counts = torch.randint(0, 50, (K,), device="cuda").float()
+    sums = torch.randn(K, D, device="cuda")
+    want = [t.clone() for t in (cluster_size, embed_sum, codebook)]
+    reference.ema_update_reference(*want, counts, sums, 0.99, 1e-5)
+    ops.ema_update(cluster_size, embed_sum, codebook, counts, sums, 0.99, 1e-5, backend="cuda")
+    for got, exp in zip((cluster_size, embed_sum, codebook), want):
+        torch.testing.assert_close(got, exp)
+
+
+def test_ema_update_agrees_with_cpu_kernel(cuda_backend):
+    # The same fp32 operations as csrc/cpu/ema_update_cpu.cpp; only the double total's order differs.
+    if "cpu" not in ops.available_backends("cpu"):
+        pytest.skip("sgcvq._C (CPU) is not built")
+    K, D = 513, 40
+    bufs = [torch.rand(K) * 5, torch.randn(K, D), torch.randn(K, D)]
+    stats = [torch.randint(0, 30, (K,)).float(), torch.randn(K, D)]
+    cpu = [t.clone() for t in bufs]
+    gpu = [t.cuda() for t in bufs]
+    ops.ema_update(*cpu, *stats, 0.9, 1e-5, backend="cpu")
+    ops.ema_update(*gpu, *[t.cuda() for t in stats], 0.9, 1e-5, backend="cuda")
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=2e-7, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# schemas, and compute-sanitizer
+# --------------------------------------------------------------------------------------------
+def test_opcheck_cuda(cuda_backend):
+    x = torch.randn(70, 12, device="cuda")
+    codebook = torch.randn(9, 12, device="cuda")
+    labels = torch.randint(-1, 2, (70,), device="cuda")
+    offsets = torch.tensor([0, 4, 9], device="cuda")
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.sgcvq.nearest_code.default, (x, codebook, None, None, "exact"), test_utils=utils)
+    torch.library.opcheck(torch.ops.sgcvq.nearest_code.default, (x, codebook, labels, offsets, "fast_exact"),
+                          test_utils=utils)
+    index = torch.randint(0, 9, (70,), device="cuda")
+    torch.library.opcheck(torch.ops.sgcvq.cluster_stats.default, (index, x, 9, True), test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.sgcvq.ema_update.default,
+        (torch.rand(9, device="cuda"), torch.randn(9, 12, device="cuda"), torch.randn(9, 12, device="cuda"),
+         torch.rand(9, device="cuda"), torch.randn(9, 12, device="cuda"), 0.99, 1e-5),
+        test_utils=utils,
+    )
+
+
+_SANITIZER_CASE = """
+import torch
+from sgcvq import ops
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    x = torch.randn(300, 37, device="cuda").to(dtype)
+    e = torch.randn(70, 37, device="cuda").to(dtype)
+    labels = torch.randint(-1, 3, (300,), device="cuda")
+    offsets = torch.tensor([0, 20, 21, 70], device="cuda")
+    for mode in ("exact", "fast_exact"):
+        ops.nearest_code(x, e, mode=mode, backend="cuda", check=False)
+        ops.nearest_code(x, e, labels, offsets, mode=mode, backend="cuda", check=False)
+    index = torch.randint(0, 70, (300,), device="cuda")
+    for det in (False, True):
+        ops.cluster_stats(index, x, 70, deterministic=det, backend="cuda", check=False)
+ops.ema_update(torch.rand(70, device="cuda"), torch.randn(70, 37, device="cuda"),
+               torch.randn(70, 37, device="cuda"), torch.rand(70, device="cuda"),
+               torch.randn(70, 37, device="cuda"), 0.99, 1e-5, backend="cuda")
+torch.cuda.synchronize()
+"""
+
+
+def _sanitizer():
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "compute-sanitizer")):
+        return os.path.join(CUDA_HOME, "bin", "compute-sanitizer")
+    return None
+
+
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck"])
+def test_compute_sanitizer(cuda_backend, tool):
+    sanitizer = _sanitizer()
+    if sanitizer is None:
+        pytest.skip("compute-sanitizer not found")
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")  # out-of-bounds lands outside a block
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sanitizer, "--tool", tool, "--error-exitcode", "99", sys.executable, "-c", _SANITIZER_CASE],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]

@@ -1,0 +1,382 @@
+"""Tests of the Triton kernels (sgcvq.kernels) against the pure-torch references.
+
+Without a GPU they run on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py before triton is
+imported); the interpreter is slow, so the shapes here are small and odd (N <= 200, K <= 70). With
+a GPU the same tests run on CUDA tensors, and the `gpu` tests add large shapes and torch.compile.
+Every test name contains "triton": `pytest -k triton` selects them.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import sgcvq  # noqa: E402
+from sgcvq import kernels  # noqa: E402
+from sgcvq.kernels.nearest_code import error_bound_eta, nearest_code_with_stats  # noqa: E402
+from sgcvq.reference import cluster_stats_reference, ema_update_reference, nearest_code_reference  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton needs a GPU, or TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (large shapes, compiled kernels)")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+MODES = ["exact", "fast_exact"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def sample_inputs(N, K, D, dtype=torch.float32, offsets=None, ignore_frac=0.2, device=DEVICE):
+    """x [N, D], codebook [K, D] (fresh random data) and, with offsets, labels [N] in [-1, C).
+
+    Labels only point to non-empty groups; about ignore_frac of them are -1.
+    """
+    x = torch.randn(N, D, device=device).to(dtype)
+    codebook = torch.randn(K, D, device=device).to(dtype)
+    if offsets is None:
+        return x, codebook, None, None
+    offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
+    sizes = offsets[1:] - offsets[:-1]
+    nonempty = torch.nonzero(sizes > 0).flatten()
+    labels = nonempty[torch.randint(len(nonempty), (N,), device=device)]
+    labels = torch.where(torch.rand(N, device=device) < ignore_frac, -1, labels)
+    return x, codebook, labels, offsets
+
+
+def group_bounds(labels, offsets, N, K, device):
+    if labels is None:
+        return torch.zeros(N, dtype=torch.int64, device=device), torch.full((N,), K, device=device)
+    lab = labels.to(torch.int64)
+    lo = torch.where(lab < 0, 0, offsets[lab.clamp(min=0)])
+    hi = torch.where(lab < 0, K, offsets[lab.clamp(min=0) + 1])
+    return lo, hi
+
+
+def assert_nearest_matches(x, codebook, labels, offsets, index, sqdist):
+    """The kernel's answer against the float64 reference (DESIGN.md §2 numerics).
+
+    The index must equal the reference's except where the two are within 1e-6 relative distance
+    (the allowed near-tie), lie in the token's group, and sqdist must be its distance. Every
+    element is checked, so an unwritten output fails.
+    """
+    N, K = x.shape[0], codebook.shape[0]
+    assert index.shape == (N,) and index.dtype == torch.int64
+    assert sqdist.shape == (N,) and sqdist.dtype == torch.float32
+    ref_index, ref_sqdist = nearest_code_reference(x, codebook, labels, offsets)
+    if N == 0:
+        return
+    lo, hi = group_bounds(labels, offsets, N, K, x.device)
+    assert bool(((index >= lo) & (index < hi)).all()), "an index lies outside its token's code group"
+    x64, e64 = x.double(), codebook.double()
+    d_chosen = ((x64 - e64[index]) ** 2).sum(1)
+    d_best = ((x64 - e64[ref_index]) ** 2).sum(1)
+    differs = index != ref_index
+    near_tie = d_chosen <= d_best * (1 + 1e-6) + 1e-12
+    bad = differs & ~near_tie
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {N} indices differ from the reference beyond a 1e-6 near-tie, "
+        f"e.g. token {int(torch.nonzero(bad)[0])}"
+    )
+    torch.testing.assert_close(sqdist, d_chosen.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sqdist, ref_sqdist, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# nearest_code
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_nearest_code_matches_reference(dtype, mode):
+    x, codebook, _, _ = sample_inputs(151, 67, 37, dtype)
+    index, sqdist = kernels.nearest_code(x, codebook, None, None, mode)
+    assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 2), (200, 70, 24), (33, 17, 65)], ids=str)
+def test_triton_nearest_code_odd_shapes(shape):
+    N, K, D = shape
+    x, codebook, _, _ = sample_inputs(N, K, D)
+    index, sqdist = kernels.nearest_code(x, codebook, None, None, "exact")
+    assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+# Groups: two single-code groups, an empty group (no label points to it), uneven sizes.
+GROUP_OFFSETS = [0, 1, 2, 19, 19, 40, 67]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_nearest_code_grouped(dtype, mode):
+    x, codebook, labels, offsets = sample_inputs(173, 67, 29, dtype, offsets=GROUP_OFFSETS)
+    assert bool((labels == -1).any()) and bool((labels == 0).any())
+    index, sqdist = kernels.nearest_code(x, codebook, labels, offsets, mode)
+    assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
+
+
+def test_triton_nearest_code_grouped_int32_all_ignore_and_one_class():
+    x, codebook, labels, offsets = sample_inputs(90, 40, 16, offsets=[0, 40], ignore_frac=0.5)
+    for lab in (labels.to(torch.int32), torch.full_like(labels, -1), torch.zeros_like(labels)):
+        index, sqdist = kernels.nearest_code(x, codebook, lab, offsets.to(torch.int32), "exact")
+        assert_nearest_matches(x, codebook, lab, offsets, index, sqdist)
+
+
+def test_triton_nearest_code_exact_ties_go_to_lowest_index():
+    # Three copies of every code, tokens placed exactly on codes: distance 0 three times over.
+    base = torch.randn(20, 24, device=DEVICE)
+    codebook = torch.cat([base, base, base])  # code j == code j + 20 == code j + 40
+    pick = torch.randint(0, 60, (100,), device=DEVICE)
+    x = codebook[pick].clone()
+    for mode in MODES:
+        index, sqdist = kernels.nearest_code(x, codebook, None, None, mode)
+        assert torch.equal(index, pick % 20)
+        assert torch.equal(sqdist, torch.zeros_like(sqdist))
+    # Grouped: a group holding only the later copies answers with its own lowest copy.
+    offsets = torch.tensor([0, 20, 40, 60], device=DEVICE)
+    labels = torch.randint(-1, 3, (100,), device=DEVICE)
+    index, sqdist = kernels.nearest_code(x, codebook, labels, offsets, "exact")
+    expect = torch.where(labels < 0, pick % 20, pick % 20 + 20 * labels.clamp(min=0))
+    assert torch.equal(index, expect)
+    assert torch.equal(sqdist, torch.zeros_like(sqdist))
+
+
+def test_triton_nearest_code_ties_between_distinct_codes():
+    # Codes symmetric around the token: equal distances from different vectors.
+    D = 16
+    x = torch.zeros(40, D, device=DEVICE)
+    v = torch.zeros(D, device=DEVICE)
+    v[3] = 1.0
+    codebook = torch.stack([2 * v, v, -v, 3 * v, -v, v])  # codes 1, 2, 4, 5 at distance 1
+    index, sqdist = kernels.nearest_code(x, codebook, None, None, "exact")
+    assert torch.equal(index, torch.ones_like(index))
+    assert torch.equal(sqdist, torch.ones_like(sqdist))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_triton_nearest_code_empty_input(grouped):
+    x, codebook, labels, offsets = sample_inputs(0, 7, 5, offsets=[0, 3, 7] if grouped else None)
+    index, sqdist = kernels.nearest_code(x, codebook, labels, offsets, "exact")
+    assert index.shape == (0,) and index.dtype == torch.int64
+    assert sqdist.shape == (0,) and sqdist.dtype == torch.float32
+
+
+def test_triton_fast_exact_returns_the_exact_indices():
+    x, codebook, labels, offsets = sample_inputs(190, 70, 48, offsets=GROUP_OFFSETS[:-1] + [70])
+    for lab, off in ((None, None), (labels, offsets)):
+        exact = kernels.nearest_code(x, codebook, lab, off, "exact")
+        fast = kernels.nearest_code(x, codebook, lab, off, "fast_exact")
+        assert torch.equal(fast[0], exact[0])
+        torch.testing.assert_close(fast[1], exact[1], rtol=1e-6, atol=1e-6)
+
+
+def test_triton_nearest_code_certifies_well_separated_tokens_without_fallback():
+    # Tokens close to distinct, well separated codes: the main kernel must certify them all, so
+    # this checks its own answer (the fallback does not run for any token).
+    codebook = torch.randn(64, 32, device=DEVICE) * 4
+    pick = torch.randint(0, 64, (150,), device=DEVICE)
+    x = codebook[pick] + 0.01 * torch.randn(150, 32, device=DEVICE)
+    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, "exact")
+    assert int(n_todo) == 0
+    assert torch.equal(index, pick)
+    assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_triton_nearest_code_fallback_path(grouped):
+    # Every token through the direct float32 fallback search.
+    x, codebook, labels, offsets = sample_inputs(120, 67, 21, offsets=GROUP_OFFSETS if grouped else None)
+    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, labels, offsets, "exact", force_fallback=True)
+    assert int(n_todo) == 120
+    assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
+
+
+def test_triton_nearest_code_uncertified_tokens_are_still_exact():
+    # A tight cluster of codes far from the origin: the expanded distance cancels badly, the
+    # bound cannot separate the candidates, and those tokens go through the fallback.
+    D = 24
+    centre = torch.full((D,), 30.0, device=DEVICE)
+    codebook = centre + 1e-3 * torch.randn(60, D, device=DEVICE)
+    x = centre + 1e-3 * torch.randn(100, D, device=DEVICE)
+    for mode in MODES:
+        index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, mode)
+        assert int(n_todo) > 0
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+def test_triton_error_bound_orders_precisions():
+    for D in (1, 8, 256):
+        assert 0 < error_bound_eta(D, "ieee") == error_bound_eta(D, "exact_products") < error_bound_eta(D, "tf32")
+    assert error_bound_eta(8, "ieee") < error_bound_eta(256, "ieee")
+
+
+def test_triton_backend_through_the_op_layer():
+    assert "triton" in sgcvq.ops.available_backends(DEVICE)
+    x, codebook, labels, offsets = sample_inputs(64, 30, 12, offsets=[0, 10, 30])
+    index, sqdist = sgcvq.nearest_code(x, codebook, labels, offsets, backend="triton")
+    assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
+    idx = torch.randint(0, 9, (64,), device=DEVICE)
+    counts, sums = sgcvq.cluster_stats(idx, x, 9, backend="triton")
+    ref_counts, ref_sums = cluster_stats_reference(idx, x, 9)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# cluster_stats
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_cluster_stats_matches_reference(dtype, deterministic):
+    N, D, K = 187, 37, 23
+    x = torch.randn(N, D, device=DEVICE).to(dtype)
+    index = torch.randint(0, K - 3, (N,), device=DEVICE)  # the last codes stay empty
+    index[:40] = 5  # one hot code, longer than a chunk
+    counts, sums = kernels.cluster_stats(index, x, K, deterministic)
+    ref_counts, ref_sums = cluster_stats_reference(index, x, K)
+    assert counts.dtype == torch.float32 and sums.dtype == torch.float32 and sums.shape == (K, D)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sums[K - 3 :], torch.zeros(3, D, device=DEVICE))
+
+
+def test_triton_cluster_stats_deterministic_is_bit_identical():
+    N, D, K = 200, 19, 7
+    x = torch.randn(N, D, device=DEVICE)
+    index = torch.randint(0, K, (N,), device=DEVICE)
+    first = kernels.cluster_stats(index, x, K, True)
+    second = kernels.cluster_stats(index, x, K, True)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1].view(torch.int32), second[1].view(torch.int32))
+    # Segment order is token order: sequential float32 sums per code, chunk by chunk.
+    ref_counts, ref_sums = cluster_stats_reference(index, x, K)
+    torch.testing.assert_close(first[1], ref_sums, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_triton_cluster_stats_empty_and_single(deterministic):
+    x = torch.randn(0, 6, device=DEVICE)
+    counts, sums = kernels.cluster_stats(torch.zeros(0, dtype=torch.int64, device=DEVICE), x, 4, deterministic)
+    assert torch.equal(counts, torch.zeros(4, device=DEVICE))
+    assert torch.equal(sums, torch.zeros(4, 6, device=DEVICE))
+    x = torch.randn(1, 1, device=DEVICE)
+    counts, sums = kernels.cluster_stats(torch.tensor([2], device=DEVICE), x, 3, deterministic)
+    assert torch.equal(counts, torch.tensor([0.0, 0.0, 1.0], device=DEVICE))
+    assert torch.equal(sums, torch.cat([torch.zeros(2, 1, device=DEVICE), x]))
+
+
+# --------------------------------------------------------------------------------------------
+# ema_update
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("decay", [0.0, 0.8, 0.99, 1.0])
+@pytest.mark.parametrize("shape", [(1, 1), (13, 37), (70, 130)], ids=str)
+def test_triton_ema_update_matches_reference(shape, decay):
+    K, D = shape
+    eps = 1e-5
+    cluster_size = torch.rand(K, device=DEVICE) + 0.1
+    embed_sum = torch.randn(K, D, device=DEVICE)
+    codebook = torch.randn(K, D, device=DEVICE)
+    counts = torch.randint(0, 5, (K,), device=DEVICE).float()
+    sums = torch.randn(K, D, device=DEVICE)
+    ours = [cluster_size.clone(), embed_sum.clone(), codebook.clone()]
+    ref = [cluster_size.clone(), embed_sum.clone(), codebook.clone()]
+    assert kernels.ema_update(*ours, counts, sums, decay, eps) is None
+    ema_update_reference(*ref, counts, sums, decay, eps)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6)
+
+
+def test_triton_ema_update_noncontiguous_codebook_is_written_back():
+    K, D = 9, 8
+    storage = torch.randn(D, K, device=DEVICE)
+    codebook = storage.t()  # [K, D] view, not contiguous
+    cluster_size, embed_sum = torch.rand(K, device=DEVICE) + 0.5, torch.randn(K, D, device=DEVICE)
+    counts, sums = torch.ones(K, device=DEVICE), torch.randn(K, D, device=DEVICE)
+    ref = [cluster_size.clone(), embed_sum.clone(), codebook.clone()]
+    kernels.ema_update(cluster_size, embed_sum, codebook, counts, sums, 0.9, 1e-5)
+    ema_update_reference(*ref, counts, sums, 0.9, 1e-5)
+    torch.testing.assert_close(storage.t(), ref[2], rtol=2e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU only: large shapes, every dtype, compiled kernels, torch.compile
+# --------------------------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(4099, 1031, 64), (3001, 2048, 8), (1500, 1024, 256)], ids=str)
+def test_triton_gpu_nearest_code_large(shape, dtype, mode):
+    N, K, D = shape
+    x, codebook, _, _ = sample_inputs(N, K, D, dtype, device="cuda")
+    index, sqdist = kernels.nearest_code(x, codebook, None, None, mode)
+    assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_gpu_nearest_code_grouped_large(dtype, mode):
+    C, K = 16, 1024
+    offsets = [round(K * (c / C) ** 1.3) for c in range(C + 1)]  # uneven group sizes
+    offsets[1] = 1  # a single-code group
+    x, codebook, labels, offs = sample_inputs(5003, K, 64, dtype, offsets=offsets, device="cuda")
+    index, sqdist = kernels.nearest_code(x, codebook, labels, offs, mode)
+    assert_nearest_matches(x, codebook, labels, offs, index, sqdist)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_gpu_cluster_stats_large(dtype):
+    N, D, K = 70001, 96, 4096
+    x = torch.randn(N, D, device="cuda").to(dtype)
+    index = torch.randint(0, K, (N,), device="cuda")
+    ref_counts, ref_sums = cluster_stats_reference(index, x, K)
+    for deterministic in (False, True):
+        counts, sums = kernels.cluster_stats(index, x, K, deterministic)
+        assert torch.equal(counts, ref_counts)
+        torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-4)
+    a = kernels.cluster_stats(index, x, K, True)[1]
+    b = kernels.cluster_stats(index, x, K, True)[1]
+    assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@requires_cuda
+def test_triton_gpu_ema_update_large():
+    K, D = 16384, 256
+    args = [torch.rand(K, device="cuda") + 0.1, torch.randn(K, D, device="cuda"), torch.randn(K, D, device="cuda")]
+    counts, sums = torch.randint(0, 9, (K,), device="cuda").float(), torch.randn(K, D, device="cuda")
+    ref = [a.clone() for a in args]
+    kernels.ema_update(*args, counts, sums, 0.99, 1e-5)
+    ema_update_reference(*ref, counts, sums, 0.99, 1e-5)
+    for a, b in zip(args, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_triton_gpu_torch_compile_fullgraph():
+    # The Triton launcher as an opaque custom op (how sgcvq.ops registers it for CUDA), compiled
+    # with fullgraph=True together with the surrounding quantizer arithmetic.
+    @torch.library.custom_op("sgcvq_test::nearest_code_triton", mutates_args=())
+    def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index, sqdist = kernels.nearest_code(x, codebook, None, None, "exact")
+        return index, sqdist
+
+    @nearest_code_triton.register_fake
+    def _(x, codebook):
+        return x.new_empty(x.shape[0], dtype=torch.int64), x.new_empty(x.shape[0], dtype=torch.float32)
+
+    def quantize(x, codebook):
+        index, sqdist = nearest_code_triton(x, codebook)
+        q = codebook[index]
+        return x + (q - x).detach(), index, sqdist.mean()
+
+    x, codebook, _, _ = sample_inputs(2048, 512, 64, device="cuda")
+    compiled = torch.compile(quantize, fullgraph=True)
+    q, index, loss = compiled(x, codebook)
+    ref_index, ref_sqdist = nearest_code_reference(x, codebook)
+    assert_nearest_matches(x, codebook, None, None, index, (q - x).pow(2).sum(1))
+    torch.testing.assert_close(loss, ref_sqdist.mean(), rtol=1e-5, atol=1e-5)
