@@ -146,11 +146,16 @@ def child_measure_peak(call) -> None:
 
 def probe_peak_memory(script: str | Path, *args: str, timeout: float = 300) -> float | None:
     """Peak extra resident MB of one provider call, run as `python script --memprobe args...`."""
+    # Fixed glibc thresholds: without them glibc raises its mmap threshold after the first call
+    # frees a big block and keeps the freed memory resident, so the measured call would reuse it
+    # unseen. With them every block over 64 KB is mapped and unmapped, and the peak shows it.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(
         [sys.executable, str(script), "--memprobe", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("SGCVQ_MEM "):

@@ -1,20 +1,20 @@
 """A full quantizer training step (forward + backward + EMA update): FastSemanticQuantizer vs
 vector-quantize-pytorch's VectorQuantize with the same K, D and decay, on the CPU.
 
-    pytest benchmarks/test_bench_quantizer.py                          # full sizes (minutes)
-    SGCVQ_BENCH_QUICK=1 pytest benchmarks/test_bench_quantizer.py      # small sizes (< 1 minute)
+    .venv/bin/python -m pytest benchmarks/test_bench_quantizer.py -s                      # full
+    SGCVQ_BENCH_QUICK=1 .venv/bin/python -m pytest benchmarks/test_bench_quantizer.py -s  # < 1 min
 
-Two comparisons:
-* time per step at (N, K, D) = (16384, 8192, 256) (quick: (2048, 1024, 64)), both providers in one
-  pytest-benchmark group, plus our semantic mode (19 classes: grouped search), and the ratio;
-* peak RSS of one step at (65536, 16384, 8), each in a fresh subprocess (resource.getrusage):
-  ours at full size; VectorQuantize materialises several N x K float32 matrices (distances,
-  one-hot, ...; ~6 of them, measured) and needs ~25 GB there, so it runs at the largest N whose
-  estimate stays under a 6 GB budget (quick: 0.5 GB) on this shared machine and the table shows it
-  next to ours at that N and at full size.
-
-Full mode asserts the floors of this 2-core machine: >= 5x faster at (16384, 8192, 256) and the
-(65536, 16384, 8) step under 1 GB peak RSS (the memory floor is checked in quick mode too).
+Two comparisons, each a pytest-benchmark group whose rows also go to the shared summary
+(benchmarks/conftest.py `bench_record`: ratios against "sgcvq"):
+* time per step at (N, K, D) = (16384, 8192, 256) (quick: (2048, 1024, 64)): sgcvq, sgcvq with 19
+  classes (grouped search), VectorQuantize; full mode asserts the floor: >= 5x faster;
+* peak memory of one step at K = 16384, D = 8, each measured in a fresh subprocess: ours at
+  N = 65536 (both modes; floor: < 1 GB peak RSS for the whole process), and ours next to
+  VectorQuantize at the largest N where VectorQuantize's N x K float32 matrices (distances, one-hot,
+  ...; ~6 of them, measured) stay under a 6 GB budget (quick: 0.5 GB) on this shared machine. At
+  N = 65536 it would need ~24 GB (the machine has 24 GB): not run.
+Peak RSS is VmHWM from /proc/self/status: getrusage's ru_maxrss is the same counter, but Linux
+carries it over fork + exec, so a child of a big pytest process would report the parent's peak.
 """
 from __future__ import annotations
 
@@ -61,37 +61,28 @@ def train_step(vq, x, labels=None):
 
 
 @pytest.mark.parametrize("provider", ["sgcvq", "sgcvq-semantic19", "vector_quantize_pytorch"])
-def test_train_step_time(benchmark, provider):
+def test_train_step_time(benchmark, bench_record, provider):
     N, K, D = SPEED_SHAPE
     torch.manual_seed(0)
     vq = make_provider(provider, K, D)
     x = torch.randn(1, N, D, requires_grad=True)
     labels = torch.randint(0, 19, (1, N)) if provider == "sgcvq-semantic19" else None
-    benchmark.group = f"train step N={N} K={K} D={D} (CPU, {torch.get_num_threads()} threads)"
-    benchmark.extra_info.update(N=N, K=K, D=D, provider=provider)
-    rounds = 5 if QUICK else (2 if provider == "vector_quantize_pytorch" else 3)
+    benchmark.group = f"quantizer train step N={N} K={K} D={D}"
+    rounds = 5 if QUICK else (1 if provider == "vector_quantize_pytorch" else 3)
     benchmark.pedantic(train_step, args=(vq, x, labels), rounds=rounds, iterations=1, warmup_rounds=1)
-    _times[provider] = benchmark.stats.stats.median
-
-
-def test_speed_ratio(benchmark):
-    """The ratio of the medians above (runs after them: pytest keeps file order)."""
-    if not {"sgcvq", "vector_quantize_pytorch"} <= _times.keys():
-        pytest.skip("needs both providers' timings from test_train_step_time")
-    ratio = _times["vector_quantize_pytorch"] / _times["sgcvq"]
-    ratio_sem = _times["vector_quantize_pytorch"] / _times.get("sgcvq-semantic19", float("nan"))
-    N, K, D = SPEED_SHAPE
-    print(f"\ntrain step N={N} K={K} D={D}: VectorQuantize {_times['vector_quantize_pytorch']:.3f} s, "
-          f"sgcvq {_times['sgcvq']:.3f} s ({ratio:.1f}x), sgcvq 19 classes "
-          f"{_times.get('sgcvq-semantic19', float('nan')):.3f} s ({ratio_sem:.1f}x)")
-    benchmark.extra_info.update(speedup=ratio, speedup_semantic19=ratio_sem, N=N, K=K, D=D)
-    # time something real here too: our step at the same shape, so the row is comparable
-    vq = make_provider("sgcvq", K, D)
-    x = torch.randn(1, N, D, requires_grad=True)
-    benchmark.group = "speedup"
-    benchmark.pedantic(train_step, args=(vq, x), rounds=1, iterations=1)
-    if not QUICK:
-        assert ratio >= SPEED_FLOOR, f"sgcvq is only {ratio:.1f}x faster than VectorQuantize (floor {SPEED_FLOOR}x)"
+    # FLOP of the full search 2NKD (the grouped search does ~1/19 of it)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "sgcvq",
+                 flops=2.0 * N * K * D if provider != "sgcvq-semantic19" else None, N=N, K=K, D=D)
+    _times[provider] = benchmark.stats.stats.min
+    if provider == "vector_quantize_pytorch" and "sgcvq" in _times:
+        ratio = _times[provider] / _times["sgcvq"]
+        sem = _times[provider] / _times["sgcvq-semantic19"] if "sgcvq-semantic19" in _times else float("nan")
+        print(f"\n{benchmark.group}: VectorQuantize {_times[provider]:.3f} s; sgcvq {_times['sgcvq']:.3f} s "
+              f"({ratio:.1f}x faster); sgcvq 19 classes {_times.get('sgcvq-semantic19', float('nan')):.3f} s "
+              f"({sem:.1f}x faster)")
+        benchmark.extra_info.update(speedup_vs_sgcvq=ratio, speedup_vs_sgcvq_semantic19=sem)
+        if not QUICK:
+            assert ratio >= SPEED_FLOOR, f"sgcvq is only {ratio:.1f}x faster than VectorQuantize (floor {SPEED_FLOOR}x)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,16 +93,36 @@ import json, resource, sys, time
 import torch
 sys.path.insert(0, {bench_dir!r})
 from test_bench_quantizer import make_provider, train_step
+
+
+def vm_hwm():
+    # NOTE: the peak RSS of this process image. getrusage's ru_maxrss is the portable number, but
+    # Linux carries it over fork + exec, so a child of a big pytest process reports the parent's
+    # peak; VmHWM belongs to the new address space.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 N, K, D, provider = {N}, {K}, {D}, {provider!r}
 torch.manual_seed(0)
 vq = make_provider(provider, K, D)
 x = torch.randn(1, N, D, requires_grad=True)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+setup_peak = vm_hwm()
+try:  # reset the high-water mark so the step's own peak shows above the import's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = vm_hwm()
 t = time.perf_counter()
 train_step(vq, x)
 step_s = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(dict(provider=provider, N=N, K=K, D=D, peak_rss=peak, base_rss=base, step_s=step_s)))
+step_peak = vm_hwm()
+print(json.dumps(dict(provider=provider, N=N, K=K, D=D, peak_rss=max(setup_peak, step_peak), base_rss=base,
+                      step_peak=step_peak, step_s=step_s)))
 """
 
 
@@ -128,33 +139,37 @@ def measure_in_subprocess(provider: str, N: int, K: int, D: int) -> dict:
 def largest_fitting_n(K: int, budget: float, n_max: int) -> int:
     """The largest power-of-two N <= n_max whose THEIR_NK_COPIES x N x K x 4 bytes fit the budget."""
     n = n_max
-    while n > 256 and THEIR_NK_COPIES * n * K * 4 > budget:
+    while n > 256 and THEIR_NK_COPIES * n * K * 4 >= budget:
         n //= 2
     return n
 
 
-def test_peak_memory(benchmark):
-    pytest.importorskip("vector_quantize_pytorch")
-    N, K, D = MEMORY_SHAPE
-    n_theirs = largest_fitting_n(K, THEIR_MEMORY_BUDGET, N)
-    results = {"sgcvq full": measure_in_subprocess("sgcvq", N, K, D)}
-    results["sgcvq same N"] = measure_in_subprocess("sgcvq", n_theirs, K, D)
-    results["vector_quantize_pytorch"] = measure_in_subprocess("vector_quantize_pytorch", n_theirs, K, D)
-    est_full = THEIR_NK_COPIES * N * K * 4
-    print(f"\npeak RSS of one training step, K={K} D={D} (fresh process each; base = after import and setup)")
-    for name, r in results.items():
-        print(f"  {name:26s} N={r['N']:6d}  peak {r['peak_rss'] / 2**20:8.0f} MiB  "
-              f"(+{(r['peak_rss'] - r['base_rss']) / 2**20:7.0f} MiB over base)  step {r['step_s']:.2f} s")
-    print(f"  VectorQuantize at N={N}: ~{est_full / 2**30:.0f} GiB estimated ({THEIR_NK_COPIES} x N x K x 4 B): not run")
-    ours, theirs = results["sgcvq same N"], results["vector_quantize_pytorch"]
-    benchmark.extra_info.update(
-        {k: {kk: r[kk] for kk in ("N", "peak_rss", "base_rss", "step_s")} for k, r in results.items()},
-        vector_quantize_pytorch_full_size_estimate_bytes=est_full,
-        memory_ratio_same_n=(theirs["peak_rss"] - theirs["base_rss"]) / max(ours["peak_rss"] - ours["base_rss"], 1),
-    )
-    # the timed part of this row: our full-size step in this process
-    vq = make_provider("sgcvq", K, D)
+N_THEIRS = largest_fitting_n(MEMORY_SHAPE[1], THEIR_MEMORY_BUDGET, MEMORY_SHAPE[0])
+
+
+@pytest.mark.parametrize(
+    "provider,N",
+    [("sgcvq", MEMORY_SHAPE[0]), ("sgcvq", N_THEIRS), ("vector_quantize_pytorch", N_THEIRS)],
+    ids=lambda v: str(v),
+)
+def test_train_step_memory(benchmark, bench_record, provider, N):
+    _, K, D = MEMORY_SHAPE
+    if provider == "vector_quantize_pytorch":
+        pytest.importorskip("vector_quantize_pytorch")
+    mem = measure_in_subprocess(provider, N, K, D)
+    step_extra_mb = (mem["step_peak"] - mem["base_rss"]) / 2**20
+    print(f"\n{provider} N={N} K={K} D={D}: peak RSS {mem['peak_rss'] / 2**20:.0f} MiB (whole process, fresh), "
+          f"the step itself +{step_extra_mb:.0f} MiB, {mem['step_s']:.2f} s in the subprocess")
+    if N == MEMORY_SHAPE[0]:
+        print(f"VectorQuantize at N={N}: ~{THEIR_NK_COPIES * N * K * 4 / 2**30:.0f} GiB estimated "
+              f"({THEIR_NK_COPIES} x N x K x 4 B): not run")
+    torch.manual_seed(0)
+    vq = make_provider(provider, K, D)
     x = torch.randn(1, N, D, requires_grad=True)
-    benchmark.group = f"peak memory K={K} D={D}"
-    benchmark.pedantic(train_step, args=(vq, x), rounds=1, iterations=1)
-    assert results["sgcvq full"]["peak_rss"] < MEMORY_FLOOR_BYTES, results["sgcvq full"]
+    benchmark.group = f"quantizer train step N={N} K={K} D={D} (memory)"
+    slow = provider == "vector_quantize_pytorch" and not QUICK
+    benchmark.pedantic(train_step, args=(vq, x), rounds=1 if slow else 3, iterations=1, warmup_rounds=0 if slow else 1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "sgcvq",
+                 extra_mb=step_extra_mb, peak_rss_mb=round(mem["peak_rss"] / 2**20, 1), N=N, K=K, D=D)
+    if provider == "sgcvq" and N == MEMORY_SHAPE[0]:
+        assert mem["peak_rss"] < MEMORY_FLOOR_BYTES, f"peak RSS {mem['peak_rss'] / 2**20:.0f} MiB >= 1 GiB"

@@ -5,10 +5,11 @@ Two kernels:
 * `_cluster_stats_fwd_kernel` (default): a scatter. A program owns BLOCK_N tokens x BLOCK_D
   features, reads them once, and adds them into sums[index] with relaxed float atomics (the
   order of additions, hence the last bits, may change from run to run).
-* `_cluster_stats_sorted_kernel` (deterministic=True): the tokens are sorted by index (stable,
-  so each segment keeps token order) and a program owns one code x BLOCK_D features, reducing
-  its segment chunk by chunk in a fixed order: bit-identical results run to run. A code holding
-  most tokens is reduced by one program (the price of the fixed order).
+* deterministic=True: the tokens are sorted by index (stable, so each segment keeps token
+  order); `_cluster_stats_sorted_kernel` sums pieces of <= 1024 tokens of one code chunk by chunk,
+  `_cluster_stats_combine_kernel` adds each code's pieces in order. Every addition happens in a
+  fixed order: bit-identical results run to run, and a code holding most tokens is still spread
+  over many programs. Extra memory: the sort and (N / 1024 + K) x D float32 partial sums.
 
 Counts are integer-exact in both: an int32 scatter, converted to float32 at the end.
 """
@@ -19,6 +20,8 @@ import triton
 import triton.language as tl
 
 __all__ = ["cluster_stats"]
+
+_PIECE = 1024  # tokens per piece of a segment (deterministic path); tests shrink it
 
 
 @triton.jit
@@ -51,19 +54,29 @@ def _cluster_stats_fwd_kernel(
 @triton.jit
 def _cluster_stats_sorted_kernel(
     order_ptr,  # [N] int64 token rows sorted by index (stable)
-    start_ptr,  # [K] int64 first sorted position of each code
+    seg_start_ptr,  # [K] int64 first sorted position of each code
     counts_ptr,  # [K] int32 tokens per code
+    piece_end_ptr,  # [K] int64 inclusive cumsum of the pieces per code
+    piece_code_ptr,  # [n_pieces_max] int64 code of each piece (K: past the real pieces)
     x_ptr,  # [N, D]
-    sums_ptr,  # [K, D] float32 out (every element written)
+    partial_ptr,  # [n_pieces_max, D] float32 out: one sum per piece
+    K,
     D,
+    PIECE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    k = tl.program_id(0)
+    # Pass 1: program (piece p, feature block) sums the piece's <= PIECE tokens chunk by chunk.
+    p = tl.program_id(0)
     rd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = rd < D
-    start = tl.load(start_ptr + k)
-    end = start + tl.load(counts_ptr + k)
+    k = tl.load(piece_code_ptr + p)
+    kc = tl.minimum(k, K - 1)
+    first_piece = tl.load(piece_end_ptr + kc) - (tl.load(counts_ptr + kc) + PIECE - 1) // PIECE
+    seg_end = tl.load(seg_start_ptr + kc) + tl.load(counts_ptr + kc)
+    start = tl.load(seg_start_ptr + kc) + (p - first_piece) * PIECE
+    end = tl.minimum(start + PIECE, seg_end)
+    end = tl.where(k >= K, start, end)  # surplus programs: empty loop
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     for t in range(start, end, BLOCK_N):
         pos = t + tl.arange(0, BLOCK_N)
@@ -71,6 +84,28 @@ def _cluster_stats_sorted_kernel(
         rows = tl.load(order_ptr + pos, mask=pmask, other=0)
         xt = tl.load(x_ptr + rows[:, None] * D + rd[None, :], mask=pmask[:, None] & dmask[None, :], other=0.0)
         acc += tl.sum(xt.to(tl.float32), 0)
+    tl.store(partial_ptr + p.to(tl.int64) * D + rd, acc, mask=dmask)
+
+
+@triton.jit
+def _cluster_stats_combine_kernel(
+    partial_ptr,  # [n_pieces_max, D] float32
+    piece_end_ptr,  # [K] int64
+    counts_ptr,  # [K] int32
+    sums_ptr,  # [K, D] float32 out (every element written)
+    D,
+    PIECE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # Pass 2: program (code k, feature block) adds its pieces in order: a fixed order overall.
+    k = tl.program_id(0)
+    rd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = rd < D
+    end = tl.load(piece_end_ptr + k)
+    begin = end - (tl.load(counts_ptr + k) + PIECE - 1) // PIECE
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for q in range(begin, end):
+        acc += tl.load(partial_ptr + q * D + rd, mask=dmask, other=0.0)
     tl.store(sums_ptr + k.to(tl.int64) * D + rd, acc, mask=dmask)
 
 
@@ -99,9 +134,21 @@ def cluster_stats(
         return counts.to(torch.float32), sums
     # Integer atomics are exact, so the counts are deterministic as they are.
     counts.scatter_add_(0, index, torch.ones(N, dtype=torch.int32, device=device))
-    order = torch.argsort(index, stable=True)
-    start = torch.cumsum(counts, 0) - counts  # int64
+    order = torch.argsort(index, stable=True)  # segments by code, token order inside each
+    seg_start = torch.cumsum(counts, 0) - counts  # int64
+    # Segments are cut into pieces of <= PIECE tokens so that a code holding most tokens is
+    # still reduced by many programs; pieces are then added per code in order. No host sync:
+    # the piece grid is the upper bound cdiv(N, PIECE) + K, surplus pieces map to code K.
+    PIECE = _PIECE
+    pieces = (counts + PIECE - 1) // PIECE
+    piece_end = torch.cumsum(pieces, 0)  # int64
+    n_pieces_max = triton.cdiv(N, PIECE) + K
+    piece_code = torch.searchsorted(piece_end, torch.arange(n_pieces_max, device=device), right=True)
+    partial = torch.empty(n_pieces_max, D, dtype=torch.float32, device=device)
+    _cluster_stats_sorted_kernel[(n_pieces_max, triton.cdiv(D, BLOCK_D))](
+        order, seg_start, counts, piece_end, piece_code, x, partial, K, D,
+        PIECE=PIECE, BLOCK_N=32, BLOCK_D=BLOCK_D, num_warps=4)
     sums = torch.empty(K, D, dtype=torch.float32, device=device)
-    grid = (K, triton.cdiv(D, BLOCK_D))
-    _cluster_stats_sorted_kernel[grid](order, start, counts, x, sums, D, BLOCK_N=32, BLOCK_D=BLOCK_D, num_warps=4)
+    _cluster_stats_combine_kernel[(K, triton.cdiv(D, BLOCK_D))](
+        partial, piece_end, counts, sums, D, PIECE=PIECE, BLOCK_D=BLOCK_D, num_warps=4)
     return counts.to(torch.float32), sums

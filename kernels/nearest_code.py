@@ -2,25 +2,32 @@
 
 Pipeline (no host synchronisation anywhere):
 
-1. O(K) prologue in torch: code norms ||e_k|| in float32 and their maximum.
+1. O(K) prologue in torch: code norms ||e_k|| in float32 and their maximum; with labels, a
+   counting sort of the tokens by class (int32 scatter_add counts + stable argsort).
 2. `_nearest_code_fwd_kernel`: a program owns BLOCK_N tokens (with labels: BLOCK_N tokens of one
-   class, after a counting sort by class) and loops over its code range in BLOCK_K tiles. Per
-   tile, `tl.dot` over D (inner loop of BLOCK_D) gives x.e; the score ||e||^2 - 2 x.e is reduced
-   into a running top-2 (value, index) plus the third-best value, kept in registers. After the
-   loop the two candidates are re-scored with the direct float32 sum of squared differences, and
-   the token is *certified* when a rigorous error bound of the expanded score proves that no other
-   code can be closer (see `error_bound_eta`). Writes index [N], sqdist [N] and a flag [N].
-3. `_nearest_code_fallback_kernel`: the uncertified tokens (compacted on the device; the grid is
-   sized by N and programs past the device-side count exit at once) are searched again with the
-   direct float32 distance over their whole code range.
+   class; the grid is the upper bound cdiv(N, BLOCK_N) + C + 1 and surplus programs do nothing)
+   and loops over its class's code range in BLOCK_K tiles. Per tile, `tl.dot` over D (an inner
+   loop of BLOCK_D, or one resident token tile when D <= BLOCK_D) gives x.e; the score
+   ||e||^2 - 2 x.e is reduced into a running top-2 (value, index) plus the third-best value, in
+   registers. After the loop the two candidates are re-scored with the direct float32 sum of
+   squared differences, and the token is *certified* when a rigorous error bound on the scores
+   proves that no other code can be as close (`error_bound_eta`). Writes index [N], sqdist [N]
+   and an "uncertified" flag [N].
+3. fast_exact on float32 only: the tokens 1xTF32 could not certify (compacted on the device) are
+   searched again by the same kernel with 3xTF32 dots.
+4. `_nearest_code_fallback_kernel`: tokens still uncertified (compacted on the device; the grid
+   is sized by N and programs past the device-side count do nothing) are searched again with the
+   direct float32 distance over their whole code range (a CPU simulation of the bound
+   on random data puts ~0.1% of the tokens here at D = 256).
 
-Modes: "exact" computes x.e in float32 (`input_precision="ieee"`) for float32 inputs;
-"fast_exact" uses TF32 tensor cores for float32 inputs. bfloat16 / float16 inputs always use the
-tensor cores in their own dtype: their products are exact in float32, so both modes are the same
-kernel there. In every mode the returned index is the float32 argmin (ties to the lowest index)
-whenever the certification passes, and the fallback computes it directly otherwise.
+Modes: "exact" computes x.e in float32 (`input_precision="ieee"`, FMA) for float32 inputs, or
+with 3xTF32 when asked (`exact_fp32_dot`); "fast_exact" uses 1xTF32 tensor cores, then 3xTF32
+for the uncertified tokens. bfloat16 / float16 inputs always use the tensor cores in their own
+dtype: their products are exact in float32, so both modes are the same single pass there. In
+every mode the index is the float32 argmin, ties to the lowest index: certified candidates are
+re-scored in float32, and the fallback computes the rest directly.
 
-Extra memory: O(N + K) (norms, the flags, the compacted token list, the class sort).
+Extra memory: O(N + K) (norms, flags, compacted token lists, the class sort).
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ import triton
 import triton.language as tl
 
 __all__ = ["nearest_code", "nearest_code_with_stats", "error_bound_eta"]
+
+_INF = tl.constexpr(float("inf"))  # a global the kernels may read: it must be a constexpr
 
 
 def _interpreting() -> bool:
@@ -44,34 +53,44 @@ _U = 2.0**-24  # float32 unit roundoff
 # NOTE: tensor cores may truncate instead of rounding while accumulating in float32, so every
 # accumulation step is charged a full ulp (2u) rather than u.
 _U_ACC = 2.0**-23
-# Relative error of one product x_d * e_d as the dot sees it. TF32 keeps 10 mantissa bits and the
-# hardware may truncate the low 13 bits of each operand: (1 + 2^-10)^2 - 1 <= 2^-9 + 2^-20.
-_DELTA_PRODUCT = {"ieee": _U, "tf32": 2.0**-9 + 2.0**-19, "exact_products": _U}
+# Per precision: (relative error of one product x_d * e_d as the dot sees it, products summed
+# per x.e). TF32 keeps 10 mantissa bits and the hardware may truncate the low 13 bits of each
+# operand: (1 + 2^-10)^2 - 1 <= 2^-9 + 2^-20. 3xTF32 splits a = big + small (both TF32) and sums
+# big*big + big*small + small*big: the split leaves <= 2^-20 |a| per operand and the dropped
+# small*small term <= 2^-20 |ab|, so <= 2^-18 in all, over 3D accumulated products.
+_PRODUCT_ERROR = {
+    "ieee": (_U, 1),
+    "exact_products": (_U, 1),
+    "tf32": (2.0**-9 + 2.0**-19, 1),
+    "tf32x3": (2.0**-18, 3),
+}
 
 
 def error_bound_eta(D: int, precision: str) -> float:
     """Relative bound eta: |computed - true| of every quantity the certification compares is at
     most eta * (||x|| + max_k ||e_k||)^2.
 
-    With M = (||x|| + e_max)^2: the dot error is <= (delta + (D+1) u_acc) ||x|| ||e_k|| (any
-    summation order), the score ||e||^2 - 2 x.e doubles it (2 ||x|| ||e|| <= M), the norms, the
-    direct re-score and ||x||^2 each add <= (D+3) u M, a few roundings add u M each. The factor 2
-    covers the rounding of M itself and leaves slack. `precision` is "ieee" (float32 FMA),
-    "tf32" or "exact_products" (bfloat16/float16 operands: their products are exact in float32).
+    With M = (||x|| + e_max)^2: the dot error is <= (delta + (P D + 1) u_acc) ||x|| ||e_k|| for
+    P D accumulated products (any summation order), the score ||e||^2 - 2 x.e doubles it
+    (2 ||x|| ||e|| <= M), the norms, the direct re-score and ||x||^2 each add <= (D+3) u M, a few
+    roundings add u M each. The factor 2 covers the rounding of M itself and leaves slack.
+    `precision` is "ieee" (float32 FMA), "tf32", "tf32x3" or "exact_products" (bfloat16/float16
+    operands: their products are exact in float32).
     """
-    delta = _DELTA_PRODUCT[precision]
-    return 2.0 * (delta + (D + 1) * _U_ACC + (3 * D + 10) * _U)
+    delta, passes = _PRODUCT_ERROR[precision]
+    return 2.0 * (delta + (passes * D + 1) * _U_ACC + (3 * D + 10) * _U)
 
 
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
 # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32) are
-# H100-oriented: 64-128 tokens x 64-128 codes, D in 32-64 chunks, 3-4 stages; ptxas (sm_90)
-# reports no spills for them. The float32 FMA dot ("ieee") holds its operands in registers, so it
-# gets smaller tiles (128 x 128 spills there).
+# H100-oriented: 64-128 tokens x 64-128 codes, D in 32-64 chunks, 3-4 stages. ptxas (sm_90,
+# Triton 3.6 and 3.9, compiled offline) reports no spills for bf16/fp16/tf32 and at most a few
+# hundred bytes for some 3xTF32 tiles (the last one has none). The float32 FMA dot ("ieee") holds
+# its operands in registers, so it gets smaller tiles (128 x 128 spills there).
 _TENSOR_CORE_SHAPES = [(128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 32, 8, 4),
-                       (64, 64, 64, 4, 4)]
+                       (64, 64, 32, 4, 4)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
@@ -162,7 +181,7 @@ def _nearest_code_fwd_kernel(
         s_start = s_end - tl.sum(tl.where(sel, cnt, 0), 0)
         t0 = s_start + (pid - first_tile) * BLOCK_N
         t1 = s_end
-        cls = tl.minimum(tl.maximum(b - 1, 0), NB - 2)  # clamped: b >= NB loads in bounds too
+        cls = tl.maximum(tl.minimum(b - 1, NB - 2), 0)  # clamped: b >= NB loads in bounds too
         k0 = tl.where(b == 0, 0, tl.load(offsets_ptr + cls).to(tl.int32))
         k1 = tl.where(b == 0, K, tl.load(offsets_ptr + cls + 1).to(tl.int32))
         k1 = tl.where(b >= NB, k0, k1)  # programs past the real work: empty code loop, no stores
@@ -182,10 +201,9 @@ def _nearest_code_fwd_kernel(
     cols = tl.arange(0, BLOCK_K)
     offs_d0 = tl.arange(0, BLOCK_D)
 
-    INF: tl.constexpr = float("inf")
-    v1 = tl.full([BLOCK_N], INF, tl.float32)
-    v2 = tl.full([BLOCK_N], INF, tl.float32)
-    v3 = tl.full([BLOCK_N], INF, tl.float32)
+    v1 = tl.full([BLOCK_N], _INF, tl.float32)
+    v2 = tl.full([BLOCK_N], _INF, tl.float32)
+    v3 = tl.full([BLOCK_N], _INF, tl.float32)
     i1 = tl.full([BLOCK_N], -1, tl.int32)
     i2 = tl.full([BLOCK_N], -1, tl.int32)
 
@@ -223,13 +241,13 @@ def _nearest_code_fwd_kernel(
                 acc = tl.dot(xt, tl.trans(et), acc, input_precision=DOT_PRECISION)
         en = tl.load(enorm2_ptr + offs_k, mask=kmask, other=0.0)
         # ||x - e||^2 - ||x||^2 = ||e||^2 - 2 x.e: ||x||^2 is common to the row, added back later.
-        s = tl.where(kmask[None, :], en[None, :] - 2.0 * acc, INF)
+        s = tl.where(kmask[None, :], en[None, :] - 2.0 * acc, _INF)
         m1, a1 = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
         # Only tiles that can change some row's top 3 pay for the 2nd and 3rd extraction.
         if tl.max((m1 < v3).to(tl.int32), 0) > 0:
-            s = tl.where(cols[None, :] == a1[:, None], INF, s)
+            s = tl.where(cols[None, :] == a1[:, None], _INF, s)
             m2, a2 = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
-            s = tl.where(cols[None, :] == a2[:, None], INF, s)
+            s = tl.where(cols[None, :] == a2[:, None], _INF, s)
             m3 = tl.min(s, 1)
             g1 = kb + a1
             g2 = kb + a2
@@ -326,8 +344,7 @@ def _nearest_code_fallback_kernel(
     k_hi = tl.max(tl.where(jm, hi, 0), 0)
     cols = tl.arange(0, BLOCK_K)
     offs_d0 = tl.arange(0, BLOCK_D)
-    INF: tl.constexpr = float("inf")
-    best = tl.full([BLOCK_N], INF, tl.float32)
+    best = tl.full([BLOCK_N], _INF, tl.float32)
     best_i = tl.full([BLOCK_N], -1, tl.int32)
     for kb in range(k_lo, k_hi, BLOCK_K):
         offs_k = kb + cols
@@ -343,7 +360,7 @@ def _nearest_code_fallback_kernel(
                          mask=kmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
             diff = xt[:, None, :] - et[None, :, :]
             acc += tl.sum(diff * diff, 2)
-        acc = tl.where(valid, acc, INF)
+        acc = tl.where(valid, acc, _INF)
         m, a = tl.min(acc, 1, return_indices=True, return_indices_tie_break_left=True)
         take = m < best  # strict: earlier tiles (lower indices) win ties
         best = tl.where(take, m, best)
@@ -358,12 +375,37 @@ def _nearest_code_fallback_kernel(
 _FALLBACK_BLOCKS = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8)
 
 
-def _dot_precision(dtype: torch.dtype, mode: str) -> tuple[str, str]:
-    """(tl.dot input_precision, error-bound precision class) for this dtype and mode."""
-    if dtype == torch.float32:
-        return ("ieee", "ieee") if mode == "exact" else ("tf32", "tf32")
-    # bf16/fp16 operands: products are exact in fp32; input_precision only matters for fp32.
-    return ("ieee", "exact_products") if _interpreting() else ("tf32", "exact_products")
+def _search_passes(dtype: torch.dtype, mode: str, exact_fp32_dot: str) -> list[tuple[str, str]]:
+    """The search passes, as (tl.dot input_precision, error-bound class) pairs.
+
+    Each pass after the first searches again only the tokens the previous one left uncertified;
+    the direct float32 fallback kernel then takes whatever is left.
+    """
+    if dtype != torch.float32:
+        # bf16/fp16 operands: products are exact in fp32 (input_precision only affects fp32), so
+        # the bound is as tight as the fp32 FMA path's: one pass, both modes.
+        return [("ieee" if _interpreting() else "tf32", "exact_products")]
+    if mode == "exact":
+        # "ieee" (float32 FMA, the default) or "tf32x3" (tensor cores); both certified, so both
+        # return the same index: which one is faster on a given GPU is for the benchmarks to say.
+        return [(exact_fp32_dot, exact_fp32_dot)]
+    # fast_exact: 1xTF32 leaves 5-40% of random tokens uncertified (CPU simulation of the bound),
+    # so those go through 3xTF32 (fp32-grade products at ~1/3 of the TF32 rate), not the slow
+    # CUDA-core fallback.
+    return [("tf32", "tf32"), ("tf32x3", "tf32x3")]
+
+
+def _compact(need: torch.Tensor, order: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows order[p] of the positions p < n with need[p] = 1, packed to the front (same order).
+
+    Returns todo [n + 1] int64 (the first n_todo entries valid) and n_todo [1] int64, without a
+    host sync: the others scatter into the spare slot n.
+    """
+    flag = need.to(torch.bool)
+    slot = torch.cumsum(need, 0) - 1  # int64
+    todo = torch.empty(n + 1, dtype=torch.int64, device=need.device)
+    todo.scatter_(0, torch.where(flag, slot, n), order)
+    return todo, (slot[-1:] + 1)
 
 
 def nearest_code_with_stats(
@@ -374,10 +416,16 @@ def nearest_code_with_stats(
     mode: str = "exact",
     *,
     force_fallback: bool = False,
+    stats: dict | None = None,
+    exact_fp32_dot: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`nearest_code` plus the device-side count [1] of tokens the fallback pass searched again.
+    """`nearest_code` plus n_todo [1] int64 (device): the tokens the direct fallback searched.
 
     force_fallback sends every token through the fallback (tests use it to check that path).
+    stats, when given, receives "uncertified_per_pass": a list of [] int64 device tensors, the
+    tokens each search pass left uncertified (read them after the call; that syncs).
+    exact_fp32_dot: the dot of mode "exact" on float32 inputs, "ieee" or "tf32x3"; None reads
+    SGCVQ_TRITON_EXACT_FP32_DOT (default "ieee").
     """
     N, D = x.shape
     K = codebook.shape[0]
@@ -393,48 +441,67 @@ def nearest_code_with_stats(
     enorm = torch.linalg.vector_norm(e, dim=1, dtype=torch.float32)  # [K]
     enorm2 = enorm * enorm
     emax = enorm.max().reshape(1)
-    dot_precision, bound_class = _dot_precision(x.dtype, mode)
-    eta = error_bound_eta(D, bound_class)
-    need = torch.empty(N, dtype=torch.int32, device=device)
+    ones = torch.ones(N, dtype=torch.int32, device=device)
 
     grouped = labels is not None
     if grouped:
-        C = offsets.shape[0] - 1
-        NB = C + 1
+        NB = offsets.shape[0]  # C + 1 buckets
         lab = labels.to(torch.int64)
         offs = offsets.to(torch.int64).contiguous()
         bucket = lab + 1  # 0 = label -1 (all codes), c + 1 = class c
         # NOTE: scatter_add on int32 instead of bincount: bincount reads max() on the host.
-        counts = torch.zeros(NB, dtype=torch.int32, device=device)
-        counts.scatter_add_(0, bucket, torch.ones(N, dtype=torch.int32, device=device))
-        perm = torch.argsort(bucket, stable=True)  # counting-sort order, token order kept
+        counts = torch.zeros(NB, dtype=torch.int32, device=device).scatter_add_(0, bucket, ones)
+        order = torch.argsort(bucket, stable=True)  # counting-sort order, token order kept
     else:
         NB = 1
-        lab = offs = perm = counts = index  # unused placeholders (constexpr GROUPED=False)
+        lab = index  # placeholder, unused without labels
+        offs = torch.tensor([0, K], dtype=torch.int64, device=device)  # bucket 0 = all codes
+        counts = torch.full((1,), N, dtype=torch.int32, device=device)
+        order = torch.arange(N, device=device)
 
-    def grid(meta):
-        tiles = triton.cdiv(N, meta["BLOCK_N"])
-        return (tiles + NB if grouped else tiles,)
+    def launch(rows, bucket_counts, need, precision, bound_class, is_grouped):
+        def grid(meta):
+            tiles = triton.cdiv(N, meta["BLOCK_N"])
+            return (tiles + NB if is_grouped else tiles,)
 
-    _nearest_code_fwd_kernel[grid](
-        x, e, enorm2, emax, perm, counts, offs, index, sqdist, need,
-        N, K, D, NB, eta,
-        GROUPED=grouped,
-        NB_P2=triton.next_power_of_2(NB),
-        DOT_PRECISION=dot_precision,
-        DOT_IN_FP32=_interpreting() and x.dtype == torch.bfloat16,
-    )
+        _nearest_code_fwd_kernel[grid](
+            x, e, enorm2, emax, rows, bucket_counts, offs, index, sqdist, need,
+            N, K, D, NB, error_bound_eta(D, bound_class),
+            GROUPED=is_grouped,
+            NB_P2=triton.next_power_of_2(NB),
+            DOT_PRECISION=precision,
+            DOT_IN_FP32=_interpreting() and x.dtype == torch.bfloat16,
+        )
 
-    # Compact the uncertified tokens (in sorted order, so a fallback tile mostly shares a class)
-    # without a host sync: certified tokens scatter into the spare slot N.
+    if exact_fp32_dot is None:
+        exact_fp32_dot = os.environ.get("SGCVQ_TRITON_EXACT_FP32_DOT", "ieee")
+    if exact_fp32_dot not in ("ieee", "tf32x3"):
+        raise ValueError(f"nearest_code (triton): exact_fp32_dot must be 'ieee' or 'tf32x3', got {exact_fp32_dot!r}")
+    passes = _search_passes(x.dtype, mode, exact_fp32_dot)
+    # Pass 1: every token. `need` is indexed by position in `order`.
+    need = torch.empty(N, dtype=torch.int32, device=device)
+    launch(order, counts, need, *passes[0], grouped)
+    uncertified = [need.sum()]
+    # Later passes: the uncertified tokens only, still grouped by bucket (compaction keeps the
+    # sorted order), through the grouped launch with the device-side bucket counts.
+    for precision, bound_class in passes[1:]:
+        todo, _ = _compact(need, order, N)
+        if grouped:
+            sorted_bucket = bucket[order]
+            counts = torch.zeros(NB, dtype=torch.int32, device=device).scatter_add_(0, sorted_bucket, need)
+        else:
+            counts = need.sum(0, dtype=torch.int32).reshape(1)
+        order = todo[:N]
+        need = torch.zeros(N, dtype=torch.int32, device=device)  # positions past the count stay 0
+        launch(order, counts, need, precision, bound_class, True)
+        uncertified.append(need.sum())
+    if stats is not None:
+        stats["uncertified_per_pass"] = uncertified
+
     if force_fallback:
-        need.fill_(1)
-    flag = need.to(torch.bool)
-    slot = torch.cumsum(need, 0) - 1
-    n_todo = (slot[-1:] + 1).to(torch.int64)
-    todo = torch.empty(N + 1, dtype=torch.int64, device=device)
-    order = perm if grouped else torch.arange(N, device=device)
-    todo.scatter_(0, torch.where(flag, slot.to(torch.int64), N), order)
+        need = torch.ones(N, dtype=torch.int32, device=device)
+        order = torch.arange(N, device=device)
+    todo, n_todo = _compact(need, order, N)
     fb = _FALLBACK_BLOCKS
     _nearest_code_fallback_kernel[(triton.cdiv(N, fb["BLOCK_N"]),)](
         x, e, lab, offs, todo, n_todo, index, sqdist, K, D,

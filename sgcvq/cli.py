@@ -118,6 +118,25 @@ def _train_config(args):
     return cfg
 
 
+def _keep_saved_run_length(cfg, args) -> None:
+    """On --resume the checkpoint's config is used; keep its max_steps unless --max-steps is given."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    path = args.resume
+    if path == "auto":
+        path = latest_checkpoint(Path(args.out or "runs/train") / "checkpoints")
+        if path is None:
+            return  # nothing to resume: a fresh run with the given config
+    saved = load_checkpoint(path, with_optim=False)["state"]["config"]
+    if args.max_steps is None and not any(o.startswith("train.max_steps=") for o in args.overrides):
+        cfg.train.max_steps = saved["train"]["max_steps"]
+    ignored = [o for o in args.overrides if not o.startswith(("train.max_steps=", "train.time_limit_s=", "log."))]
+    if ignored or args.config:
+        print("sgcvq train: note: --resume continues with the checkpoint's config; only train.max_steps, "
+              f"train.time_limit_s and log.* are taken from the command line (ignored: {ignored or args.config})",
+              file=sys.stderr)
+
+
 def _cmd_train(args) -> int:
     if args.demo:
         from .training import DEMO_STEPS, run_demo
@@ -134,6 +153,8 @@ def _cmd_train(args) -> int:
     from .training import train
 
     cfg = _train_config(args)
+    if args.resume is not None:
+        _keep_saved_run_length(cfg, args)
     result = train(cfg, args.out or "runs/train", resume=args.resume, overwrite=args.overwrite)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")

@@ -284,7 +284,9 @@ def validate_ema_update(cluster_size, embed_sum, codebook, counts, sums, decay, 
         )
     for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum), ("codebook", codebook)):
         if not t.is_contiguous():  # the kernels write these through raw pointers
-            raise ValueError(f"{op}: {name} is updated in place and must be contiguous, got strides {list(t.stride())}")
+            raise ValueError(
+                f"{op}: {name} is updated in place and must be contiguous, got strides {list(t.stride())}"
+            )
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"{op}: decay must be in [0, 1], got {decay}")
     if eps < 0:

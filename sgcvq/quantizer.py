@@ -52,7 +52,8 @@ class FastSemanticQuantizer(nn.Module):
             Counts are tokens per step, so keep it below the expected tokens per code per step
             (N / K, or per group). With the start state N = 1 and the default 2.0, the first
             training step re-seeds every code from the batch: a data-driven start.
-        kmeans_init: run per-group k-means (kmeans_iters Lloyd steps) on the first training batch.
+        kmeans_init: run per-group k-means (kmeans_iters Lloyd steps) on the first training batch
+            (semantic mode: the first labelled one; tokens labelled -1 take no part).
         level_weights: pyramid weights w_l (DESIGN.md §1.4). The levels are consecutive channel
             blocks of x: sizes `level_dims` (summing to dim), or an equal split of dim when
             level_dims is None. Internally x_l is scaled by sqrt(w_l), so the search distance is
@@ -218,16 +219,20 @@ class FastSemanticQuantizer(nn.Module):
             self._check_values(tokens, labels, grid is not None)
         token_labels = None
         if labels is not None:
-            if grid is None:  # token labels; ignore_label (a pixel map at f = 1) means -1
+            if grid is None:  # token labels; ignore_label (a pixel map at f = 1) means -1 too
                 token_labels = labels.reshape(-1).to(torch.int64)
-                token_labels = torch.where(token_labels == self.ignore_label, -1, token_labels)
+                # out-of-range values only get here with check_labels=False: never index with them
+                valid = (token_labels >= 0) & (token_labels < self.num_classes) & (token_labels != self.ignore_label)
+                token_labels = torch.where(valid, token_labels, -1)
             else:
                 token_labels = pool_labels(labels, grid, self.num_classes, self.ignore_label).reshape(-1)
 
         xs = tokens.detach().float()
         if self._scaled:
             xs = xs * self.channel_scale
-        if self.training and self.kmeans_init and self._kmeans_is_pending():
+        # semantic k-means needs labels: it waits for the first labelled training batch
+        if (self.training and self.kmeans_init and (token_labels is not None or not self.semantic)
+                and self._kmeans_is_pending()):
             self._kmeans(xs, token_labels)
 
         with torch.no_grad():
@@ -242,16 +247,30 @@ class FastSemanticQuantizer(nn.Module):
             )
             codes = self.codebook[index]  # [M, D] float32, before this step's EMA update
 
-        loss = self._loss(tokens, codes, token_labels)
-        if self.training:
-            self._train_step(xs, index, sqdist, token_labels)
-
         quantized = codes / self.channel_scale if self._scaled else codes
         quantized = quantized.to(tokens.dtype)
-        # NOTE: q + (x - sg(x)) rather than x + sg(q - x): the forward value is exactly the code
-        # (x + (q - x) rounds in low precision), the gradient is the same identity.
-        quantized = quantized + (tokens - tokens.detach())
-        return self._untokens(quantized, x, token_shape), index.view(token_shape), loss
+        numel = max(tokens.numel(), 1)
+        if tokens.dtype == torch.float64:
+            # float64 (gradcheck): the loss in float64 from the tokens; the float32 sqdist would
+            # be too coarse for finite differences
+            xw = tokens * self.channel_scale.double() if self._scaled else tokens
+            loss = self.commitment_weight * (xw - codes.double()).pow(2).sum() / numel
+            # NOTE: q + (x - sg(x)) rather than x + sg(q - x): the forward value is exactly the
+            # code (x + (q - x) rounds), the gradient is the same identity.
+            quantized = quantized + (tokens - tokens.detach())
+        else:
+            # the search already returned ||x_i - e_k||^2 (weighted): the loss value is free and
+            # its gradient is one fused pass in backward
+            commitment = (self.commitment_weight / numel) * sqdist.sum()
+            quantized, loss = _StraightThrough.apply(
+                tokens, quantized, codes, commitment, self.channel_scale if self._scaled else None,
+                2.0 * self.commitment_weight / numel,
+            )
+        if self.semantic_loss_weight > 0 and token_labels is not None:
+            loss = loss + self._semantic_loss(tokens, token_labels)
+        if self.training:
+            self._train_step(xs, index, sqdist, token_labels)
+        return self._untokens(quantized, token_shape), index.view(token_shape), loss
 
     def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes [*indices.shape, D] float32 (unscaled, the caller's space) of int indices in [0, K)."""
@@ -295,6 +314,15 @@ class FastSemanticQuantizer(nn.Module):
             out["per_class_usage"] = (per_class / sizes).tolist()
         return out
 
+    def _apply(self, fn, *args, **kwargs):
+        # NOTE: model.half() / model.to(torch.bfloat16) must not demote the codebook and the EMA
+        # statistics: the ops accumulate into float32 buffers and the search upcasts x instead.
+        super()._apply(fn, *args, **kwargs)
+        for name, buf in self._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return self
+
     def extra_repr(self) -> str:
         s = f"dim={self.dim}, codebook_size={self.codebook_size}, num_classes={self.num_classes}"
         s += f", decay={self.decay}, commitment_weight={self.commitment_weight}, threshold_dead={self.threshold_dead}"
@@ -324,7 +352,7 @@ class FastSemanticQuantizer(nn.Module):
         token_shape = (x.shape[0],) + tuple(x.shape[2:])
         return x.movedim(1, -1).reshape(-1, self.dim), token_shape
 
-    def _untokens(self, q: torch.Tensor, x: torch.Tensor, token_shape: tuple[int, ...]) -> torch.Tensor:
+    def _untokens(self, q: torch.Tensor, token_shape: tuple[int, ...]) -> torch.Tensor:
         q = q.view(*token_shape, self.dim)
         return q if self.channel_last else q.movedim(-1, 1)
 
@@ -394,23 +422,18 @@ class FastSemanticQuantizer(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Losses
     # ----------------------------------------------------------------------------------------
-    def _loss(self, tokens: torch.Tensor, codes: torch.Tensor, token_labels: torch.Tensor | None) -> torch.Tensor:
-        """β · mean ||x − sg(q)||² (+ λ · mean ||x − sg(μ_s)||²), means over tokens and channels,
-        distances in the weighted (scaled) space."""
+    def _semantic_loss(self, tokens: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
+        """λ · mean ||x_i − sg(μ_{s_i})||² over labelled tokens (mean over tokens and channels,
+        in the weighted space); 0 when the batch has no labelled token."""
         dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
         xw = tokens.to(dtype)
-        scale = self.channel_scale.to(dtype) if self._scaled else None
-        if scale is not None:
-            xw = xw * scale
-        numel = max(tokens.numel(), 1)
-        loss = self.commitment_weight * (xw - codes.to(dtype)).pow(2).sum() / numel
-        if self.semantic_loss_weight > 0 and token_labels is not None:
-            labelled = token_labels >= 0
-            mu = self.class_centers[token_labels.clamp(min=0)].to(dtype)  # buffers: no gradient
-            per_token = (xw - mu).pow(2).sum(dim=1) * labelled
-            denom = labelled.sum().clamp(min=1) * self.dim
-            loss = loss + self.semantic_loss_weight * per_token.sum() / denom
-        return loss
+        if self._scaled:
+            xw = xw * self.channel_scale.to(dtype)
+        labelled = token_labels >= 0
+        mu = self.class_centers[token_labels.clamp(min=0)].to(dtype)  # a buffer: no gradient
+        per_token = (xw - mu).pow(2).sum(dim=1) * labelled
+        denom = labelled.sum().clamp(min=1) * self.dim
+        return self.semantic_loss_weight * per_token.sum() / denom
 
     # ----------------------------------------------------------------------------------------
     # Training-mode updates
@@ -483,6 +506,8 @@ class FastSemanticQuantizer(nn.Module):
         if self.max_idle_steps > 0:
             dead = dead | (self.steps - self.code_last_event >= self.max_idle_steps)
         labels = token_labels if self.semantic else None
+        if self.semantic and labels is None:  # unlabelled tokens belong to no group: centres only
+            labels = torch.full((xs.shape[0],), -1, dtype=torch.int64, device=xs.device)
         seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets)
         center_known = (self.class_counts > 0)[self.code_class]
         noise = torch.randn_like(self.codebook) * (self.reseed_noise * rms_error)
@@ -499,6 +524,40 @@ class FastSemanticQuantizer(nn.Module):
         self.embed_sum.copy_(torch.where(dead[:, None], new * reset, self.embed_sum))
         self.code_last_event.copy_(torch.where(dead, self.steps, self.code_last_event))
         self.codes_reseeded.add_(dead.sum())
+
+
+class _StraightThrough(torch.autograd.Function):
+    """(quantized, commitment) with the straight-through and commitment-loss gradients.
+
+    Forward returns the given values: quantized [M, D] (the codes, in x's dtype) and the
+    commitment loss, a scalar computed from the search's sqdist. Backward:
+        d quantized / d x = I                          (straight-through estimator)
+        d commitment / d x = grad_factor · s ⊙ (s ⊙ x − e)
+    with s the per-channel scale sqrt(w_l) (None: 1) and e the code in the scaled space, i.e. the
+    gradient of β · mean Σ_l w_l ||x^l − sg(q^l)||². One fused pass instead of the sub / pow /
+    sum chain and its backward over [M, D].
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, quantized, codes, commitment, scale, grad_factor):
+        ctx.save_for_backward(tokens, codes, scale)
+        ctx.grad_factor = grad_factor
+        return quantized.view_as(quantized), commitment.view_as(commitment)
+
+    @staticmethod
+    def backward(ctx, grad_quantized, grad_commitment):
+        tokens, codes, scale = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        grad = grad_quantized
+        if grad_commitment is not None:
+            xs = tokens.float()
+            diff = (xs * scale - codes) * scale if scale is not None else xs - codes
+            term = diff * (grad_commitment.float() * ctx.grad_factor)
+            grad = term if grad is None else grad.float() + term
+        if grad is None:
+            grad = torch.zeros_like(tokens)
+        return grad.to(tokens.dtype), None, None, None, None, None
 
 
 def _forget_kmeans_flag(module: FastSemanticQuantizer, incompatible_keys) -> None:

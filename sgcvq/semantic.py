@@ -29,10 +29,9 @@ def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, i
     """Token labels [B, h, w] int64 from pixel label maps [B, h*f, w*f] by majority vote.
 
     Each token takes the most frequent class among the pixels of its f x f cell; pixels equal to
-    `ignore_label` do not vote; a cell without a voting pixel gets -1 (search all codes).
+    `ignore_label` (or, when the caller skipped the value check, outside [0, num_classes)) do not
+    vote; a cell without a voting pixel gets -1 (search all codes).
     Ties go to the lowest class index (torch.argmax returns the first maximum).
-
-    Pixel values must already be in [0, num_classes) or equal to ignore_label (the caller checks).
     Cost: one scatter-add over the pixels into a [B*h*w, C+1] count table; nothing of size
     pixels x C is materialised.
     """
@@ -41,8 +40,10 @@ def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, i
     fh, fw = Hp // h, Wp // w
     C = num_classes
     lab = labels.to(torch.int64)
-    # ignore pixels vote into an extra bin C, which is dropped before the argmax
-    lab = torch.where(lab == ignore_label, torch.full_like(lab, C), lab)
+    # ignore pixels (and, when the caller skipped the value check, any value outside [0, C))
+    # vote into an extra bin C, which is dropped before the argmax: no out-of-bounds index
+    votes_ok = (lab >= 0) & (lab < C) & (lab != ignore_label)
+    lab = torch.where(votes_ok, lab, torch.full_like(lab, C))
     cell = (
         torch.arange(B, device=lab.device).view(B, 1, 1, 1, 1) * (h * w)
         + torch.arange(h, device=lab.device).view(1, h, 1, 1, 1) * w

@@ -92,7 +92,8 @@ def _label_for(image: Path, images_root: Path, labels_root: Path) -> Path:
         cand = (labels_root / rel).with_suffix(suffix)
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"labels: no label map for {str(image)!r} (looked for {str((labels_root / rel).with_suffix('.png'))!r})")
+    expected = str((labels_root / rel).with_suffix(".png"))
+    raise FileNotFoundError(f"labels: no label map for {str(image)!r} (looked for {expected!r})")
 
 
 @torch.no_grad()

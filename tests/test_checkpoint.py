@@ -16,6 +16,16 @@ from sgcvq.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpo
                               resolve_checkpoint, restore_rng_state, save_checkpoint)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared, busy machine OpenMP threads
+    # that spin-wait for each other make every step many times slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _save(root, step, keep_last=0):
     model = torch.nn.Linear(5, 3)
     opt = torch.optim.Adam(model.parameters())
@@ -77,7 +87,7 @@ train(cfg, sys.argv[1])
 
 def test_sigkill_during_training_leaves_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parents[1])

@@ -62,7 +62,8 @@ def test_synthetic_classes_all_appear_and_match_their_colours():
     for item in ds:
         label, image = item["label"], item["image"]
         seen |= set(torch.unique(label).tolist())
-        sky_blue.append(image[2][label == CLASS_NAMES.index("sky")].mean() - image[0][label == CLASS_NAMES.index("sky")].mean())
+        sky = label == CLASS_NAMES.index("sky")
+        sky_blue.append(image[2][sky].mean() - image[0][sky].mean())
         road = image[:, label == CLASS_NAMES.index("road")]
         road_grey.append((road.max(0).values - road.min(0).values).mean())
     assert seen == set(range(len(CLASS_NAMES)))

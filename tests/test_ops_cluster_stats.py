@@ -86,7 +86,8 @@ def test_empty_input(backend):
 def test_non_contiguous_and_expanded_inputs(backend):
     index = torch.randint(50, (3001, 2))[:, 1]  # stride 2
     x = torch.randn(3001, 40)[:, ::3]  # strided columns
-    for inputs in ({"index": index, "x": x, "K": 50}, {"index": index, "x": torch.randn(1, 7).expand(3001, 7), "K": 50}):
+    expanded = torch.randn(1, 7).expand(3001, 7)  # every row the same memory
+    for inputs in ({"index": index, "x": x, "K": 50}, {"index": index, "x": expanded, "K": 50}):
         assert not inputs["x"].is_contiguous()
         counts, sums = sgcvq.cluster_stats(inputs["index"], inputs["x"], inputs["K"], backend=backend)
         assert_stats(inputs, counts, sums)

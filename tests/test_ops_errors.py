@@ -132,7 +132,8 @@ CASES = [
      "ema_update: codebook [5, 5] and sums [5, 4] must match embed_sum [5, 4]"),
     ("sums-shape", ema_update(sums=torch.randn(K + 1, D)), ValueError,
      "ema_update: codebook [5, 4] and sums [6, 4] must match embed_sum [5, 4]"),
-    ("embed_sum-1d", ema_update(embed_sum=torch.randn(K)), ValueError, "ema_update: embed_sum must be [K, D], got shape [5]"),
+    ("embed_sum-1d", ema_update(embed_sum=torch.randn(K)), ValueError,
+     "ema_update: embed_sum must be [K, D], got shape [5]"),
     ("cluster_size-shape", ema_update(cluster_size=torch.rand(K + 1)), ValueError,
      "ema_update: cluster_size [6] and counts [5] must be [K] = [5]"),
     ("counts-shape", ema_update(counts=torch.rand(K, 1)), ValueError,
@@ -147,7 +148,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("op_call,exc,message", [c[1:] for c in CASES], ids=[f"{c[1].__qualname__.split('.')[0]}-{c[0]}" for c in CASES])
+def case_id(case) -> str:
+    """'<op>-<what is wrong>', the op read off the builder that made the call."""
+    return f"{case[1].__qualname__.split('.')[0]}-{case[0]}"
+
+
+@pytest.mark.parametrize("op_call,exc,message", [c[1:] for c in CASES], ids=[case_id(c) for c in CASES])
 def test_bad_input_is_rejected_with_a_clear_message(op_call, exc, message):
     with pytest.raises(exc, match=re.escape(message)):
         op_call()
@@ -202,7 +208,8 @@ KERNEL_CASES = [
     ("cluster_stats-index-out-of-range",
      lambda: torch.ops.sgcvq.cluster_stats(torch.tensor([0, 1, 7, 2, 0, 1]), torch.randn(N, D), K, False),
      "cluster_stats: index must be in [0, 5), but index[2] = 7"),
-    ("cluster_stats-K=0", lambda: torch.ops.sgcvq.cluster_stats(torch.zeros(N, dtype=torch.int64), torch.randn(N, D), 0, False),
+    ("cluster_stats-K=0",
+     lambda: torch.ops.sgcvq.cluster_stats(torch.zeros(N, dtype=torch.int64), torch.randn(N, D), 0, False),
      "cluster_stats: K must be positive, got 0"),
     ("ema_update-float64", lambda: torch.ops.sgcvq.ema_update(
         torch.rand(K), torch.randn(K, D), torch.randn(K, D).double(), torch.rand(K), torch.randn(K, D), 0.9, 1e-5),

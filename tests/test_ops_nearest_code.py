@@ -196,6 +196,18 @@ def test_near_duplicate_codes(D, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("D", [8, 65, 256])
+def test_large_common_offset(D, backend):
+    # Tokens and codes 100 standard deviations from the origin: ||e||^2 - 2 x.e cancels badly, so
+    # a search that trusts the expansion picks the wrong code; the answer must still be exact.
+    centre = 100 * torch.randn(D)
+    x, codebook = centre + torch.randn(300, D), centre + torch.randn(1000, D)
+    inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
+    index, sqdist = run(inputs, backend)
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65])
 def test_exact_ties_go_to_lowest_index(D, backend):
     # Each source code is copied to later positions in other 64-code blocks, 512-code GEMM tiles

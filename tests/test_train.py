@@ -12,6 +12,16 @@ from sgcvq.training import Trainer, train
 from sgcvq.training.build import build_train_dataset
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared, busy machine OpenMP threads
+    # that spin-wait for each other make every step many times slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _losses(run_dir):
     with open(run_dir / "train_log.csv", newline="") as fh:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
@@ -97,3 +107,30 @@ def test_accumulation_ema_bf16_and_discriminator(tmp_path):
 def test_plain_vq_baseline_trains(tmp_path):
     cfg = smoke_config(num_classes=None, max_steps=2, ckpt_every=2)
     assert train(cfg, tmp_path).step == 2
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 9, (32, 32), dtype=np.uint8)).save(root / "labels" / f"{i}.png")
+    (root / "images" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "labels" / "broken.png")
+    cfg = smoke_config(max_steps=1, ckpt_every=1)
+    cfg.data.dataset, cfg.data.root, cfg.data.layout = "folder", str(root), "plain"
+    with pytest.warns(UserWarning, match="skipped"):
+        result = train(cfg, tmp_path / "run")
+    assert result.skipped_files == 1
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["skipped_files"] == 1 and "broken.png" in summary["skipped"][0][0]
+    with open(tmp_path / "run" / "train_log.csv", newline="") as fh:
+        assert [r["data/skipped_files"] for r in csv.DictReader(fh)] == ["1.0"]
+    assert load_checkpoint(result.checkpoint)["state"]["skipped_files"] == 1

@@ -7,10 +7,13 @@ Every test name contains "triton": `pytest -k triton` selects them.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
 
@@ -98,6 +101,20 @@ def test_triton_nearest_code_matches_reference(dtype, mode):
     assert_nearest_matches(x, codebook, None, None, index, sqdist)
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(N=st.integers(0, 40), K=st.integers(1, 40), D=st.integers(1, 20), C=st.integers(0, 4),
+       dtype=st.sampled_from(DTYPES), mode=st.sampled_from(MODES), seed=st.integers(0, 2**31 - 1))
+def test_triton_nearest_code_hypothesis(N, K, D, C, dtype, mode, seed):
+    torch.manual_seed(seed)
+    offsets = None
+    if C:  # C groups from random cut points (some may be empty)
+        cuts = sorted(torch.randint(0, K + 1, (C - 1,)).tolist())
+        offsets = [0] + cuts + [K]
+    x, codebook, labels, offs = sample_inputs(N, K, D, dtype, offsets=offsets)
+    index, sqdist = kernels.nearest_code(x, codebook, labels, offs, mode)
+    assert_nearest_matches(x, codebook, labels, offs, index, sqdist)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 2), (200, 70, 24), (33, 17, 65)], ids=str)
 def test_triton_nearest_code_odd_shapes(shape):
     N, K, D = shape
@@ -145,6 +162,20 @@ def test_triton_nearest_code_exact_ties_go_to_lowest_index():
     assert torch.equal(sqdist, torch.zeros_like(sqdist))
 
 
+def test_triton_nearest_code_certified_tie_between_two_copies():
+    # Exactly two copies of every code, far apart: the two candidates tie exactly, the third best
+    # is far, so the main kernel certifies and its own re-score must pick the lower copy.
+    base = torch.randn(20, 24, device=DEVICE) * 4
+    codebook = torch.cat([base, base])
+    pick = torch.randint(0, 40, (100,), device=DEVICE)
+    x = codebook[pick] + 0.01 * torch.randn(100, 24, device=DEVICE)
+    for mode in MODES:
+        index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, mode)
+        assert int(n_todo) == 0
+        assert torch.equal(index, pick % 20)
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
 def test_triton_nearest_code_ties_between_distinct_codes():
     # Codes symmetric around the token: equal distances from different vectors.
     D = 16
@@ -172,6 +203,41 @@ def test_triton_fast_exact_returns_the_exact_indices():
         fast = kernels.nearest_code(x, codebook, lab, off, "fast_exact")
         assert torch.equal(fast[0], exact[0])
         torch.testing.assert_close(fast[1], exact[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_triton_fast_exact_second_pass_takes_the_uncertified_tokens(grouped):
+    # fp32 fast_exact. Codes 0.1 apart around a centre of norm ~14, tokens 0.01 from a code: the
+    # gap to the third-best code (~1) is under the 1xTF32 bound (~3) but far over the 3xTF32
+    # bound (~0.05), so every token goes to the second pass, which must certify and answer.
+    N, K, D = 160, 70, 48
+    offsets = torch.tensor(GROUP_OFFSETS[:-1] + [K], device=DEVICE)
+    codebook = 2.0 + 0.1 * torch.randn(K, D, device=DEVICE)
+    pick = torch.randint(0, K, (N,), device=DEVICE)
+    x = codebook[pick] + 0.01 * torch.randn(N, D, device=DEVICE)
+    labels = None
+    if grouped:
+        labels = torch.searchsorted(offsets, pick, right=True) - 1  # the class owning `pick`
+        labels = torch.where(torch.rand(N, device=DEVICE) < 0.2, -1, labels)
+        offsets_arg = offsets
+    else:
+        offsets_arg = None
+    stats = {}
+    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, labels, offsets_arg, "fast_exact", stats=stats)
+    first, second = (int(n) for n in stats["uncertified_per_pass"])
+    assert first > N // 2, "too few tokens reached the second pass for the test to exercise it"
+    assert second == 0 and int(n_todo) == 0
+    assert torch.equal(index, pick)
+    assert_nearest_matches(x, codebook, labels, offsets_arg, index, sqdist)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_triton_exact_with_tf32x3_candidates_matches_reference(grouped):
+    x, codebook, labels, offsets = sample_inputs(130, 67, 40, offsets=GROUP_OFFSETS if grouped else None)
+    index, sqdist, _ = nearest_code_with_stats(x, codebook, labels, offsets, "exact", exact_fp32_dot="tf32x3")
+    assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
+    with pytest.raises(ValueError, match="exact_fp32_dot"):
+        nearest_code_with_stats(x, codebook, labels, offsets, "exact", exact_fp32_dot="tf32")
 
 
 def test_triton_nearest_code_certifies_well_separated_tokens_without_fallback():
@@ -211,7 +277,23 @@ def test_triton_nearest_code_uncertified_tokens_are_still_exact():
 def test_triton_error_bound_orders_precisions():
     for D in (1, 8, 256):
         assert 0 < error_bound_eta(D, "ieee") == error_bound_eta(D, "exact_products") < error_bound_eta(D, "tf32")
+        assert error_bound_eta(D, "ieee") < error_bound_eta(D, "tf32x3") < error_bound_eta(D, "tf32")
     assert error_bound_eta(8, "ieee") < error_bound_eta(256, "ieee")
+
+
+def test_triton_autotune_configs_split_by_dot_family():
+    # The module (the package attribute of the same name is the function).
+    nc = importlib.import_module("sgcvq.kernels.nearest_code")
+    configs = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+               for bn, bk, bd, w, st in nc._TENSOR_CORE_SHAPES + nc._FMA_SHAPES]
+    fma = nc._prune_configs(configs, {"D": 256}, DOT_PRECISION="ieee")
+    tc = nc._prune_configs(configs, {"D": 256}, DOT_PRECISION="tf32")
+    assert len(fma) == len(nc._FMA_SHAPES) and len(tc) == len(nc._TENSOR_CORE_SHAPES)
+    assert all(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] <= 8192 for c in fma)
+    # D = 8: BLOCK_D shrinks to tl.dot's minimum 16 and duplicates collapse.
+    small = nc._prune_configs(configs, {"D": 8}, DOT_PRECISION="tf32")
+    assert {c.kwargs["BLOCK_D"] for c in small} == {16}
+    assert len(small) == len({(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in small})
 
 
 def test_triton_backend_through_the_op_layer():
@@ -242,6 +324,24 @@ def test_triton_cluster_stats_matches_reference(dtype, deterministic):
     assert torch.equal(counts, ref_counts)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
     assert torch.equal(sums[K - 3 :], torch.zeros(3, D, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_cluster_stats_deterministic_splits_hot_codes_into_pieces(monkeypatch, dtype):
+    # Segments longer than a piece are summed piece by piece, then the pieces in order.
+    cs_module = importlib.import_module("sgcvq.kernels.cluster_stats")
+    monkeypatch.setattr(cs_module, "_PIECE", 16)
+    N, D, K = 150, 11, 9
+    x = torch.randn(N, D, device=DEVICE).to(dtype)
+    index = torch.randint(0, K, (N,), device=DEVICE)
+    index[::2] = 3  # 75+ tokens in code 3: five pieces and more
+    index[1::7] = K - 1
+    counts, sums = kernels.cluster_stats(index, x, K, True)
+    ref_counts, ref_sums = cluster_stats_reference(index, x, K)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-5)
+    again = kernels.cluster_stats(index, x, K, True)[1]
+    assert torch.equal(sums.view(torch.int32), again.view(torch.int32))
 
 
 def test_triton_cluster_stats_deterministic_is_bit_identical():
@@ -281,6 +381,7 @@ def test_triton_ema_update_matches_reference(shape, decay):
     embed_sum = torch.randn(K, D, device=DEVICE)
     codebook = torch.randn(K, D, device=DEVICE)
     counts = torch.randint(0, 5, (K,), device=DEVICE).float()
+    counts[0] = 1.0  # a non-zero total even at decay 0 (a zero total divides by zero everywhere)
     sums = torch.randn(K, D, device=DEVICE)
     ours = [cluster_size.clone(), embed_sum.clone(), codebook.clone()]
     ref = [cluster_size.clone(), embed_sum.clone(), codebook.clone()]
@@ -360,8 +461,9 @@ def test_triton_gpu_ema_update_large():
 def test_triton_gpu_torch_compile_fullgraph():
     # The Triton launcher as an opaque custom op (how sgcvq.ops registers it for CUDA), compiled
     # with fullgraph=True together with the surrounding quantizer arithmetic.
-    @torch.library.custom_op("sgcvq_test::nearest_code_triton", mutates_args=())
-    def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.library.custom_op("sgcvq_test::nearest_code_triton", mutates_args=(),
+                             schema="(Tensor x, Tensor codebook) -> (Tensor, Tensor)")
+    def nearest_code_triton(x, codebook):
         index, sqdist = kernels.nearest_code(x, codebook, None, None, "exact")
         return index, sqdist
 

@@ -48,23 +48,35 @@ using cpu::direct_sqdist;
 
 // Rounding-error model of the certificate (unit roundoff u = 2^-24, rounded up generously).
 // Approximate distance a_k = fl(||e_k||^2) + sum_d (-2 x_d) e_{kd}, any summation order:
-//   |a_k - a_k*| <= g (2 ||e_k||^2 + 2 ||x|| ||e_k||) =: delta, with g = (2D + 8) u.
+//   |a_k - a_k*| <= g 2 ||e_k||^2 + (g + g_dot) 2 ||x|| ||e_k|| =: delta, with g = (2D + 8) u,
+// and g_dot = 0 for a float32 GEMM, 2^-7 + 2^-16 when the GEMM rounds its inputs to bfloat16
+// (torch.set_float32_matmul_precision("medium") makes oneDNN do that on the CPU).
 // Direct fp32 distance of D non-negative rounded terms: fl(d_k) >= (1 - g) d_k*.
 // Every code outside the candidates has a_k >= thr, so fl(d_k) >= (||x||^2 + thr - delta)(1 - g);
 // when that exceeds the best re-scored distance, the best is the fp32 argmin.
 struct Certificate {
-  double g, max_e2, max_e;
-  Certificate(int64_t D, double max_norm2)
+  double g, g_dot, max_e2, max_e;
+  Certificate(int64_t D, double max_norm2, bool bf16_gemm)
       : g((2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24)),
+        g_dot(bf16_gemm ? std::ldexp(1.0, -7) + std::ldexp(1.0, -16) : 0.0),
         max_e2(max_norm2 * 1.001), max_e(std::sqrt(max_norm2 * 1.001)) {}
   // xx: ||x||^2 as summed in fp32 (relative error <= g, accounted for here).
   bool holds(float xx, float thr, float best) const {
     if (!std::isfinite(thr) || !std::isfinite(xx)) return false;
     const double xx_lo = static_cast<double>(xx) * (1.0 - g), xx_hi = static_cast<double>(xx) * (1.0 + g);
-    const double delta = g * (2.0 * max_e2 + 2.0 * std::sqrt(xx_hi) * max_e);
+    const double delta = g * 2.0 * max_e2 + (g + g_dot) * 2.0 * std::sqrt(xx_hi) * max_e;
     return (xx_lo + static_cast<double>(thr) - delta) * (1.0 - g) > static_cast<double>(best);
   }
 };
+
+// Whether at::mm on float32 tiles of this shape rounds its inputs (oneDNN's bf32 mode, set by
+// torch's float32 matmul precision): 1 + 2^-10 is exact in float32 but not in bfloat16.
+bool gemm_rounds_inputs(int64_t tn, int64_t D, int64_t kn) {
+  const at::Tensor a = at::full({tn, D}, 1.0 + std::ldexp(1.0, -10), at::kFloat);
+  const at::Tensor b = at::ones({kn, D}, at::kFloat);
+  const float got = at::mm(a, b.t()).max().item<float>();
+  return got != static_cast<float>(D) * (1.f + std::ldexp(1.f, -10));
+}
 
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, const at::Tensor& cb_in,
@@ -77,7 +89,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
 
   const at::Tensor x = x_in.contiguous();
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  const at::Tensor E = cb_in.to(at::kFloat).contiguous();  // [K, D] float32 (a view if already so)
+  // detach(): the GEMM tiles run at::mm_out on worker threads, where the caller's "below autograd"
+  // dispatch state does not hold; a codebook that requires grad would make autograd refuse out=.
+  const at::Tensor E = cb_in.detach().to(at::kFloat).contiguous();  // [K, D] float32
   const float* ep = E.data_ptr<float>();
 
   // ---- token order and code ranges -------------------------------------------------------
@@ -201,7 +215,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     lab = labels->to(at::kLong).contiguous();
     lp = lab.data_ptr<int64_t>();
   }
-  const Certificate cert(D, enorm.max().item<float>());
+  const bool bf16_gemm = !small && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
+  const Certificate cert(D, enorm.max().item<float>(), bf16_gemm);
   at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
     std::vector<float> xr(static_cast<size_t>(D));
     for (int64_t i = i0; i < i1; ++i) {

@@ -36,6 +36,25 @@ inline void push_lanes(Top2& b, const float* vals, uint32_t hit, int64_t base) {
 
 // Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
 // outside [k0, k1) get an infinite norm, so they never pass the (strict) compare.
+// Top-2 of a fresh token straight from its first 16 values (lanes outside `valid` and NaN lanes
+// excluded, as the strict compare excludes them): vector reductions instead of 16 mispredicted
+// scalar pushes, which matters when a group holds only a few hundred codes.
+__attribute__((target("avx512f,avx512dq"))) inline void seed_top2(__m512 v, __mmask16 valid,
+                                                                  int64_t base, Top2& b) {
+  const __m512 inf = _mm512_set1_ps(kInf);
+  v = _mm512_mask_blend_ps(valid & _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), inf, v);
+  const float m1 = _mm512_reduce_min_ps(v);
+  if (!(m1 < kInf)) return;
+  const int l1 = __builtin_ctz(_mm512_cmp_ps_mask(v, _mm512_set1_ps(m1), _CMP_EQ_OQ));
+  b.v1 = m1;
+  b.i1 = base + l1;
+  v = _mm512_mask_blend_ps(static_cast<__mmask16>(1u << l1), v, inf);
+  const float m2 = _mm512_reduce_min_ps(v);
+  if (!(m2 < kInf)) return;
+  b.v2 = m2;
+  b.i2 = base + __builtin_ctz(_mm512_cmp_ps_mask(v, _mm512_set1_ps(m2), _CMP_EQ_OQ));
+}
+
 template <int D, int NB>
 __attribute__((target("avx512f,avx512dq"))) inline void small_d_step(const float* x, const SmallDCodebook& cb,
                                                             int64_t b, int64_t k0, int64_t k1,
@@ -87,9 +106,21 @@ __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float
   // each broadcast of x then feeds two FMAs, which halves the loads per FMA.
   constexpr int NB = D <= 8 ? 2 : 1;
   const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
+  {  // seed every (fresh) token from block b0; the sweep below starts at b0 + 1
+    const float* e = cb.blocks + b0 * (D * kLanes);
+    const __m512 nv = _mm512_loadu_ps(cb.norms + b0 * kLanes);
+    const __mmask16 valid = static_cast<__mmask16>(lane_mask(b0, k0, k1));
+    for (int64_t t = 0; t < T; ++t) {
+      __m512 acc = nv;
+#pragma GCC unroll 16
+      for (int d = 0; d < D; ++d)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(xs[t * D + d]), _mm512_loadu_ps(e + d * kLanes), acc);
+      seed_top2(acc, valid, b0 * kLanes, best[t]);
+    }
+  }
   // Blocks per chunk: codes + norms of a chunk take about 24 KB, inside a 32-48 KB L1.
   const int64_t chunk = std::max<int64_t>(4, 24576 / (64 * (D + 1))) / NB * NB;
-  for (int64_t c0 = b0; c0 < b1; c0 += chunk) {
+  for (int64_t c0 = b0 + 1; c0 < b1; c0 += chunk) {
     const int64_t c1 = std::min(b1, c0 + chunk);
     for (int64_t t0 = 0; t0 < T; t0 += kT) {
       __m512 thr[kT];
@@ -131,15 +162,19 @@ SmallFn pick_small(int64_t D, std::integer_sequence<int, Ds...>) {
   return fn;
 }
 
-__attribute__((target("avx512f"))) void top2_rows_avx512(const float* S, int64_t ld, int64_t tn,
+__attribute__((target("avx512f,avx512dq"))) void top2_rows_avx512(const float* S, int64_t ld, int64_t tn,
                                                          int64_t kn, const float* norms,
                                                          int64_t kbase, Top2* best) {
   alignas(64) float tmp[4 * kLanes];
-  const int64_t full = kn / (4 * kLanes) * (4 * kLanes);
   for (int64_t t = 0; t < tn; ++t) {
     const float* row = S + t * ld;
+    int64_t j = 0;
+    if (best[t].i1 < 0 && kn >= kLanes) {  // a fresh token: seed from the first 16 values
+      seed_top2(_mm512_add_ps(_mm512_loadu_ps(row), _mm512_loadu_ps(norms)), 0xFFFF, kbase, best[t]);
+      j = kLanes;
+    }
     __m512 thr = _mm512_set1_ps(best[t].v2);
-    for (int64_t j = 0; j < full; j += 4 * kLanes) {
+    for (; j + 4 * kLanes <= kn; j += 4 * kLanes) {
       // Four vectors per compare-and-branch: the branch is taken rarely once the top-2 settles.
       const __m512 a = _mm512_add_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(norms + j));
       const __m512 b = _mm512_add_ps(_mm512_loadu_ps(row + j + 16), _mm512_loadu_ps(norms + j + 16));
@@ -161,7 +196,7 @@ __attribute__((target("avx512f"))) void top2_rows_avx512(const float* S, int64_t
         thr = _mm512_set1_ps(best[t].v2);
       }
     }
-    for (int64_t j = full; j < kn; j += kLanes) {
+    for (; j < kn; j += kLanes) {
       const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, kn - j));
       const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + j));
       const __mmask16 hit = _mm512_mask_cmp_ps_mask(m, a, thr, _CMP_LT_OQ);

@@ -24,6 +24,9 @@
 // label -1, which searches every code) and each tile holds tokens of one class only, searching that
 // class's codes [offsets[c], offsets[c+1]). The grid is sized from the upper bound
 // cdiv(N, kBlockM) + C + 1 of the number of tiles, so nothing waits for the host; surplus blocks exit.
+//
+// Not done yet (performance, unmeasured): no cp.async double buffering of the staged tiles, X is
+// re-staged for every code tile, S makes a round trip through shared memory, no wgmma on sm_90a.
 #include "nearest_code.h"
 
 #include <cuda_bf16.h>
@@ -50,7 +53,9 @@ constexpr int kThreads = 128;      // 4 warps; in the epilogue thread t owns tok
 constexpr int kBlockM = 128;       // tokens per tile
 constexpr int kBlockN = 64;        // codes per tile
 constexpr int kBlockK = 32;        // feature columns staged per step
-constexpr int kLdS = kBlockM + 4;  // S is stored [code][token]: conflict-free epilogue reads
+// S is stored [token][code] with rows of 68 floats: a thread reads its token's row as float4s, and
+// the 8 threads of each float4 phase hit 8 disjoint bank quads (row stride 68 = 4 mod 32).
+constexpr int kLdS = kBlockN + 4;
 constexpr int kScanThreads = 1024;
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -65,34 +70,32 @@ struct SearchArgs {
   const unsigned* max_norm_bits;  // [1] max_k ||e_k||^2, float bits
   unsigned long long* packed;     // [N] (distance bits << 32 | index), merged with atomicMin
   int N, D, K, C;
-  bool vec4;                      // rows are 4-element aligned: 4-wide loads
+  bool vec;                       // D % kVec == 0 and 16-byte aligned rows: 16-byte loads
 };
 
-// ---- staging: 4 consecutive elements of a row (zeros past D or past the tile's rows) ---------
+// ---- staging: kVec<T> consecutive elements of a row (16 bytes; zeros past D or the tile) ------
 template <typename T>
-__device__ __forceinline__ void fetch4(const T* src, int remaining, bool vec4, T (&out)[4]) {
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // 4 floats or 8 bf16 / fp16
+
+template <typename T>
+__device__ __forceinline__ void fetch_vec(const T* src, int remaining, bool vec, T (&out)[kVec<T>]) {
   if (src == nullptr || remaining <= 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) out[i] = zero_value<T>();
+    for (int i = 0; i < kVec<T>; ++i) out[i] = zero_value<T>();
     return;
   }
-  if (vec4) {  // remaining >= 4 here: D % 4 == 0 and columns start at multiples of 4
-    if constexpr (sizeof(T) == 4) {
-      const float4 v = *reinterpret_cast<const float4*>(src);
-      memcpy(out, &v, sizeof(v));
-    } else {
-      const uint2 v = *reinterpret_cast<const uint2*>(src);
-      memcpy(out, &v, sizeof(v));
-    }
+  if (vec) {  // remaining >= kVec here: D % kVec == 0 and columns start at multiples of kVec
+    const uint4 v = *reinterpret_cast<const uint4*>(src);
+    memcpy(out, &v, sizeof(v));
     return;
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = i < remaining ? src[i] : zero_value<T>();
+  for (int i = 0; i < kVec<T>; ++i) out[i] = i < remaining ? src[i] : zero_value<T>();
 }
 
 // ---- the three ways of computing the S tile --------------------------------------------------
 // Each core: Elem (the global element type), kTopR, Stage (shared staging, row-major or
-// transposed), put_x / put_e (write 4 staged elements), zero / step / store (the accumulators), and
+// transposed), put_x / put_e (write kVec staged elements), zero / step / store (the accumulators), and
 // dot_rel_error(D): a bound on |computed x.e - x.e| relative to sum_d |x_d e_d|.
 
 // bfloat16 / float16 through WMMA m16n16k16 with fp32 accumulators. Warp w computes rows
@@ -113,15 +116,16 @@ struct Wmma16Core {
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
 
-  __device__ static void put_x(Stage& st, int row, int col, const T (&v)[4]) {
-    uint2 raw;
+  // 8 elements at a column multiple of 8: 16-byte aligned (rows are 80 bytes).
+  __device__ static void put_x(Stage& st, int row, int col, const T (&v)[8]) {
+    uint4 raw;
     memcpy(&raw, v, sizeof(raw));
-    *reinterpret_cast<uint2*>(&st.xs[row][col]) = raw;
+    *reinterpret_cast<uint4*>(&st.xs[row][col]) = raw;
   }
-  __device__ static void put_e(Stage& st, int row, int col, const T (&v)[4]) {
-    uint2 raw;
+  __device__ static void put_e(Stage& st, int row, int col, const T (&v)[8]) {
+    uint4 raw;
     memcpy(&raw, v, sizeof(raw));
-    *reinterpret_cast<uint2*>(&st.es[row][col]) = raw;
+    *reinterpret_cast<uint4*>(&st.es[row][col]) = raw;
   }
   __device__ void zero() {
 #pragma unroll
@@ -152,7 +156,7 @@ struct Wmma16Core {
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c)
-        wmma::store_matrix_sync(s + c * 16 * kLdS + warp * 32 + r * 16, acc[r][c], kLdS, wmma::mem_col_major);
+        wmma::store_matrix_sync(s + (warp * 32 + r * 16) * kLdS + c * 16, acc[r][c], kLdS, wmma::mem_row_major);
   }
 };
 
@@ -209,7 +213,7 @@ struct Tf32Core {
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c)
-        wmma::store_matrix_sync(s + c * 16 * kLdS + warp * 32 + r * 16, acc[r][c], kLdS, wmma::mem_col_major);
+        wmma::store_matrix_sync(s + (warp * 32 + r * 16) * kLdS + c * 16, acc[r][c], kLdS, wmma::mem_row_major);
   }
 };
 
@@ -261,16 +265,18 @@ struct SimtCore {
   __device__ void store(float* s, int tid) {
     const int tx = tid % 8, ty = tid / 8;
 #pragma unroll
-    for (int c = 0; c < 8; ++c)
-#pragma unroll
-      for (int r = 0; r < 8; ++r) s[(tx * 8 + c) * kLdS + ty * 8 + r] = acc[r][c];
+    for (int r = 0; r < 8; ++r) {
+      float* row = s + (ty * 8 + r) * kLdS + tx * 8;
+      *reinterpret_cast<float4*>(row) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+      *reinterpret_cast<float4*>(row + 4) = make_float4(acc[r][4], acc[r][5], acc[r][6], acc[r][7]);
+    }
   }
 };
 
 template <class Core>
-constexpr size_t kSmemUnionBytes = sizeof(typename Core::Stage) > sizeof(float) * kBlockN * kLdS
+constexpr size_t kSmemUnionBytes = sizeof(typename Core::Stage) > sizeof(float) * kBlockM * kLdS
                                        ? sizeof(typename Core::Stage)
-                                       : sizeof(float) * kBlockN * kLdS;
+                                       : sizeof(float) * kBlockM * kLdS;
 
 // Keeps the R smallest (a, k), sorted. Codes reach a thread in increasing index order and the
 // bubbling uses a strict '<', so among equal a the lower index stays ahead. Fully unrolled: the
@@ -298,9 +304,9 @@ __global__ void __launch_bounds__(kThreads) nearest_code_tile_kernel(const Searc
   constexpr int R = Core::kTopR;
   // The staging buffers and the S tile are never live at the same time: one shared buffer.
   __shared__ __align__(128) unsigned char smem_raw[kSmemUnionBytes<Core>];
-  __shared__ float tile_norm[kBlockN];
+  __shared__ __align__(16) float tile_norm[kBlockN];
   auto& stage = *reinterpret_cast<typename Core::Stage*>(smem_raw);
-  float* s_tile = reinterpret_cast<float*>(smem_raw);  // [kBlockN][kLdS]
+  float* s_tile = reinterpret_cast<float*>(smem_raw);  // [kBlockM][kLdS]
 
   const T* __restrict__ x = static_cast<const T*>(args.x);
   const T* __restrict__ E = static_cast<const T*>(args.codebook);
@@ -343,28 +349,37 @@ __global__ void __launch_bounds__(kThreads) nearest_code_tile_kernel(const Searc
   }
 
   Core core;
-  constexpr int kQuadsPerRow = kBlockK / 4;
+  // Staging map: thread tid moves the kVec elements at column col of rows row0 + i * kRowStep.
+  constexpr int kV = kVec<T>;
+  constexpr int kVecsPerRow = kBlockK / kV;
+  constexpr int kRowStep = kThreads / kVecsPerRow;
+  const int col = (tid % kVecsPerRow) * kV;
+  const int row0 = tid / kVecsPerRow;
+  // Offsets of this thread's token rows, fixed for the whole block (-1: past the tile's tokens).
+  int64_t x_off[kBlockM / kRowStep];
+#pragma unroll
+  for (int i = 0; i < kBlockM / kRowStep; ++i) {
+    const int row = row0 + i * kRowStep;
+    x_off[i] = -1;
+    if (row < rows) x_off[i] = static_cast<int64_t>(args.perm ? args.perm[p0 + row] : p0 + row) * D;
+  }
   for (int k0 = k_begin; k0 < k_end; k0 += kBlockN) {
     const int codes = min(kBlockN, k_end - k0);
     core.zero();
     for (int d0 = 0; d0 < D; d0 += kBlockK) {
       __syncthreads();  // the previous step's reads (or the previous epilogue's) are done
-      for (int q = tid; q < kBlockM * kQuadsPerRow; q += kThreads) {
-        const int row = q / kQuadsPerRow, col = (q % kQuadsPerRow) * 4;
-        const T* src = nullptr;
-        if (row < rows) {
-          const int tok = args.perm ? args.perm[p0 + row] : p0 + row;
-          src = x + static_cast<int64_t>(tok) * D + d0 + col;
-        }
-        T v[4];
-        fetch4(src, D - d0 - col, args.vec4, v);
-        Core::put_x(stage, row, col, v);
+#pragma unroll
+      for (int i = 0; i < kBlockM / kRowStep; ++i) {
+        T v[kV];
+        fetch_vec(x_off[i] >= 0 ? x + x_off[i] + d0 + col : nullptr, D - d0 - col, args.vec, v);
+        Core::put_x(stage, row0 + i * kRowStep, col, v);
       }
-      for (int q = tid; q < kBlockN * kQuadsPerRow; q += kThreads) {
-        const int row = q / kQuadsPerRow, col = (q % kQuadsPerRow) * 4;
-        const T* src = row < codes ? E + static_cast<int64_t>(k0 + row) * D + d0 + col : nullptr;
-        T v[4];
-        fetch4(src, D - d0 - col, args.vec4, v);
+#pragma unroll
+      for (int i = 0; i < kBlockN / kRowStep; ++i) {
+        const int row = row0 + i * kRowStep;
+        T v[kV];
+        fetch_vec(row < codes ? E + static_cast<int64_t>(k0 + row) * D + d0 + col : nullptr, D - d0 - col,
+                  args.vec, v);
         Core::put_e(stage, row, col, v);
       }
       __syncthreads();
@@ -372,13 +387,25 @@ __global__ void __launch_bounds__(kThreads) nearest_code_tile_kernel(const Searc
     }
     __syncthreads();  // staging reads done (and, with D == 0, the previous epilogue's reads)
     core.store(s_tile, tid);
-    if (tid < kBlockN) tile_norm[tid] = tid < codes ? args.norms[k0 + tid] : 0.f;
+    // Padding codes get norm +inf: their S entries are exact zeros, so a = +inf is never kept.
+    if (tid < kBlockN) tile_norm[tid] = tid < codes ? args.norms[k0 + tid] : __int_as_float(0x7f800000);
     __syncthreads();
-    // Fused epilogue: norm-add and running top-R of this thread's token.
+    // Fused epilogue: norm-add and running top-R of this thread's token, 4 codes per step; the
+    // inserts go in increasing code order, which keeps the tie rule.
     if (tid < rows) {
-      for (int j = 0; j < codes; ++j) {
-        const float a = fmaf(-2.f, s_tile[j * kLdS + tid], tile_norm[j]);
-        if (a < best_v[R - 1]) top_insert<R>(best_v, best_i, a, k0 + j);
+      const float* s_row = s_tile + tid * kLdS;
+#pragma unroll 4
+      for (int j = 0; j < kBlockN; j += 4) {
+        const float4 s4 = *reinterpret_cast<const float4*>(s_row + j);
+        const float4 n4 = *reinterpret_cast<const float4*>(tile_norm + j);
+        const float a0 = fmaf(-2.f, s4.x, n4.x), a1 = fmaf(-2.f, s4.y, n4.y);
+        const float a2 = fmaf(-2.f, s4.z, n4.z), a3 = fmaf(-2.f, s4.w, n4.w);
+        if (fminf(fminf(a0, a1), fminf(a2, a3)) < best_v[R - 1]) {
+          if (a0 < best_v[R - 1]) top_insert<R>(best_v, best_i, a0, k0 + j);
+          if (a1 < best_v[R - 1]) top_insert<R>(best_v, best_i, a1, k0 + j + 1);
+          if (a2 < best_v[R - 1]) top_insert<R>(best_v, best_i, a2, k0 + j + 2);
+          if (a3 < best_v[R - 1]) top_insert<R>(best_v, best_i, a3, k0 + j + 3);
+        }
       }
     }
   }
@@ -629,9 +656,10 @@ cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind 
   args.D = d;
   args.K = k;
   args.C = c;
-  const size_t elem = dtype == ScalarKind::kFloat32 ? 4 : 2;
-  args.vec4 = D % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (4 * elem) == 0 &&
-              reinterpret_cast<uintptr_t>(codebook) % (4 * elem) == 0;
+  // 16-byte loads when every row starts 16-byte aligned (4 floats or 8 bf16 / fp16 per load).
+  const int64_t per_load = dtype == ScalarKind::kFloat32 ? 4 : 8;
+  args.vec = D % per_load == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+             reinterpret_cast<uintptr_t>(codebook) % 16 == 0;
 
   int64_t tiles = cdiv(N, kBlockM);
   if (C > 0) {

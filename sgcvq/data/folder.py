@@ -210,7 +210,8 @@ class FolderDataset(Dataset):
         if unknown.any():
             ids = np.unique(raw[unknown])[:8].tolist()
             if self._table is not None and (self._table == -1).any():
-                known = f"the {len(self.class_map)} raw ids of the class map, {min(self.class_map)}..{max(self.class_map)}"
+                ids_known = sorted(self.class_map)
+                known = f"the {len(ids_known)} raw ids of the class map, {ids_known[0]}..{ids_known[-1]}"
             else:
                 known = f"0..{self.num_classes - 1} or {IGNORE_LABEL}"
             raise BadItemError(path, f"label map has unknown class ids {ids} (known: {known})")

@@ -21,6 +21,8 @@ class ModelConfig:
     num_classes: semantic classes of the codebook groups; None = plain-VQ baseline.
     level_weights: distance weights (fine, coarse) of the pyramid levels (DESIGN.md §1.4).
     pyramid_channels: width of the pyramid's lateral convs (0 = the encoder's last width).
+    resolution: the training size, checked against the downsampling; the model itself accepts any
+        H, W divisible by 2 x the downsampling factor.
     """
 
     resolution: int = 64
@@ -33,7 +35,7 @@ class ModelConfig:
     pyramid_channels: int = 0
     embed_dim: int = 64
     codebook_size: int = 512
-    num_classes: int | None = 9
+    num_classes: int | None = 9  # the synthetic street scenes' classes
     group_sizes: str | tuple[int, ...] = "equal"
     level_weights: tuple[float, ...] = (1.0, 1.0)
     decay: float = 0.99

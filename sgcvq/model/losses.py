@@ -89,7 +89,7 @@ class VQGANLoss(nn.Module):
         quant = out.quant_loss.float()
         total = nll + d_weight * factor * g_loss + quant
         logs.update(nll=nll.detach(), quant=quant.detach(), g=g_loss.detach(), d_weight=d_weight.detach(),
-                    disc_factor=torch.tensor(factor), total=total.detach())
+                    disc_factor=torch.tensor(factor, device=images.device), total=total.detach())
         return total, logs
 
     def discriminator_loss(self, images: torch.Tensor, recon: torch.Tensor, disc: nn.Module,

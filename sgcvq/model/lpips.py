@@ -114,7 +114,7 @@ class LPIPS(nn.Module):
         return model
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load an lpips-layout state dict; extra keys (lins.*, scaling_layer.*) are ignored, missing ones are errors."""
+        """Load an lpips-layout state dict; extra keys (lins.*, scaling_layer.*) are ignored, missing are errors."""
         # The lpips package also registers the heads in a ModuleList `lins`: same tensors, other names.
         state = {k: v for k, v in state.items() if k.startswith(("net.", "lin")) and not k.startswith("lins.")}
         own = self.state_dict()

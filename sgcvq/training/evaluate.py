@@ -95,6 +95,7 @@ def evaluate(model, cfg: Config, device: torch.device, max_images: int | None = 
             metrics[key] = free[key]
     metrics["psnr_label_free"] = free_psnr / max(seen, 1)
     metrics["active_code_fraction_label_free"] = free["active_code_fraction"]
+    metrics["eval_skipped_files"] = len(getattr(dataset, "skipped", []) or [])
     return EvalResult(
         metrics=metrics,
         originals=torch.cat(originals)[:keep] if originals else torch.empty(0, 3, 1, 1),
