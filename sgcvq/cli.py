@@ -130,11 +130,12 @@ def _keep_saved_run_length(cfg, args) -> None:
     saved = load_checkpoint(path, with_optim=False)["state"]["config"]
     if args.max_steps is None and not any(o.startswith("train.max_steps=") for o in args.overrides):
         cfg.train.max_steps = saved["train"]["max_steps"]
-    ignored = [o for o in args.overrides if not o.startswith(("train.max_steps=", "train.time_limit_s=", "log."))]
+    taken = ("train.max_steps=", "train.time_limit_s=", "train.device=", "data.num_workers=", "log.")
+    ignored = [o for o in args.overrides if not o.startswith(taken)]
     if ignored or args.config:
         print("sgcvq train: note: --resume continues with the checkpoint's config; only train.max_steps, "
-              f"train.time_limit_s and log.* are taken from the command line (ignored: {ignored or args.config})",
-              file=sys.stderr)
+              "train.time_limit_s, train.device, data.num_workers and log.* are taken from the command line "
+              f"(ignored: {ignored or args.config})", file=sys.stderr)
 
 
 def _cmd_train(args) -> int:

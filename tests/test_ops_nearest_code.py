@@ -34,15 +34,6 @@ SHAPES = [
     (1023, 3, 256),
 ]
 
-# The GEMM path (D > 16) of the CPU kernel passes the caller's codebook, which may require grad, to
-# at::mm_out from its worker threads, where the caller's "below autograd" dispatch state does not
-# hold: autograd then refuses the out= op. See test_gemm_path_with_a_codebook_that_requires_grad.
-GEMM_GRAD_BUG = pytest.mark.xfail(
-    strict=False,  # whether a worker thread runs a GEMM tile depends on scheduling
-    reason="CPU kernel: at::mm_out on a codebook that requires grad, from a worker thread (D > 16)",
-)
-
-
 def group_sizes(K: int, generator: torch.Generator) -> list[int]:
     """Unequal class groups summing to K, with a single-code group and an empty group when K allows."""
     if K == 1:
@@ -350,7 +341,7 @@ def test_property_exact_on_integer_grids(inputs, backend):
 # Autograd, opcheck, torch.compile
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("labelled", [False, True])
-@pytest.mark.parametrize("D", [3, pytest.param(65, marks=GEMM_GRAD_BUG)])
+@pytest.mark.parametrize("D", [3, 65])
 def test_backward_matches_autograd_of_the_formula(D, labelled):
     inputs = sample_inputs(400, 50, D, labelled=labelled)  # 400 tokens on 50 codes: shared codes
     x = inputs["x"].requires_grad_()
@@ -403,15 +394,11 @@ def test_gradcheck_of_the_backward_formula_in_float64():
     assert torch.autograd.gradcheck(SqdistWithOpBackward.apply, (x, codebook, index))
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="CPU kernel: at::mm_out on a codebook that requires grad, from a worker thread (D > 16)",
-)
 def test_gemm_path_with_a_codebook_that_requires_grad():
-    # Minimal reproduction. The first calls may run on the calling thread only; repeated calls
-    # reach the OpenMP workers, where it fails with "mm(): functions with out=... arguments don't
-    # support automatic differentiation".
+    # Regression: the GEMM path (D > 16) once ran at::mm_out on the caller's codebook from OpenMP
+    # workers, where the caller's "below autograd" dispatch state does not hold, and failed with
+    # "mm(): functions with out=... arguments don't support automatic differentiation" (the kernel
+    # now detaches). Repeated calls make sure the worker threads run GEMM tiles.
     for _ in range(20):
         x = torch.randn(5, 20, requires_grad=True)
         codebook = torch.randn(7, 20, requires_grad=True)
@@ -421,7 +408,7 @@ def test_gemm_path_with_a_codebook_that_requires_grad():
 
 @pytest.mark.parametrize(
     "D,requires_grad",
-    [(3, False), (3, True), (20, False), pytest.param(20, True, marks=GEMM_GRAD_BUG)],
+    [(3, False), (3, True), (20, False), (20, True)],
 )
 @pytest.mark.parametrize("labelled", [False, True])
 def test_opcheck(D, requires_grad, labelled):

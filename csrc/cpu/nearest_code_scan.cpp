@@ -11,7 +11,13 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
+
+// GCC's own intrinsics headers (_mm512_reduce_min_ps, masked blends) trip this warning on their
+// deliberately undefined temporaries; our code has no uninitialised reads it would catch.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace sgcvq {
 namespace cpu {
@@ -32,6 +38,54 @@ inline void push_lanes(Top2& b, const float* vals, uint32_t hit, int64_t base) {
     hit &= hit - 1;
     b.push(vals[j], base + j);
   }
+}
+
+// Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
+// outside [k0, k1) get an infinite norm, so they never pass the (strict) compare.
+// Top-2 of a fresh token straight from its first nv <= 4 vectors of 16 values (vector n holds
+// codes base + 16n ..; lanes outside valid[n] and NaN lanes excluded, as the strict compare
+// excludes them): vector reductions instead of up to 64 mispredicted scalar pushes. Every code
+// that later enters the running top-2 costs a mispredicted branch, about 2 ln(n / seeded) of them
+// per token, so seeding from 64 codes matters most for groups of a few hundred codes.
+constexpr int kSeedVectors = 4;
+
+__attribute__((target("avx512f,avx512dq"))) inline int64_t lowest_lane_equal(const __m512* v, int nv,
+                                                                            float m, int& vec) {
+  for (int n = 0; n < nv; ++n) {
+    const __mmask16 eq = _mm512_cmp_ps_mask(v[n], _mm512_set1_ps(m), _CMP_EQ_OQ);
+    if (eq) {
+      vec = n;
+      return __builtin_ctz(eq);
+    }
+  }
+  vec = 0;
+  return -1;  // unreachable: m is the minimum of these lanes
+}
+
+__attribute__((target("avx512f,avx512dq"))) inline void seed_top2(const __m512* in, const __mmask16* valid,
+                                                                  int nv, int64_t base, Top2& b) {
+  const __m512 inf = _mm512_set1_ps(kInf);
+  __m512 v[kSeedVectors];
+  __m512 m = inf;
+  for (int n = 0; n < nv; ++n) {
+    v[n] = _mm512_mask_blend_ps(valid[n] & _mm512_cmp_ps_mask(in[n], in[n], _CMP_ORD_Q), inf, in[n]);
+    m = _mm512_min_ps(m, v[n]);
+  }
+  const float m1 = _mm512_reduce_min_ps(m);
+  if (!(m1 < kInf)) return;
+  int n1 = 0;
+  const int64_t l1 = lowest_lane_equal(v, nv, m1, n1);
+  b.v1 = m1;
+  b.i1 = base + n1 * kLanes + l1;
+  v[n1] = _mm512_mask_blend_ps(static_cast<__mmask16>(1u << l1), v[n1], inf);
+  m = inf;
+  for (int n = 0; n < nv; ++n) m = _mm512_min_ps(m, v[n]);
+  const float m2 = _mm512_reduce_min_ps(m);
+  if (!(m2 < kInf)) return;
+  int n2 = 0;
+  const int64_t l2 = lowest_lane_equal(v, nv, m2, n2);
+  b.v2 = m2;
+  b.i2 = base + n2 * kLanes + l2;
 }
 
 // Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
@@ -106,21 +160,30 @@ __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float
   // each broadcast of x then feeds two FMAs, which halves the loads per FMA.
   constexpr int NB = D <= 8 ? 2 : 1;
   const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
-  {  // seed every (fresh) token from block b0; the sweep below starts at b0 + 1
-    const float* e = cb.blocks + b0 * (D * kLanes);
-    const __m512 nv = _mm512_loadu_ps(cb.norms + b0 * kLanes);
-    const __mmask16 valid = static_cast<__mmask16>(lane_mask(b0, k0, k1));
+  // Seed every (fresh) token from the first blocks; the sweep below starts after them.
+  const int nseed = static_cast<int>(std::min<int64_t>(kSeedVectors, b1 - b0));
+  {
+    __m512 nv[kSeedVectors];
+    __mmask16 valid[kSeedVectors];
+    for (int n = 0; n < nseed; ++n) {
+      nv[n] = _mm512_loadu_ps(cb.norms + (b0 + n) * kLanes);
+      valid[n] = static_cast<__mmask16>(lane_mask(b0 + n, k0, k1));
+    }
     for (int64_t t = 0; t < T; ++t) {
-      __m512 acc = nv;
+      __m512 acc[kSeedVectors];
+      for (int n = 0; n < nseed; ++n) {
+        const float* e = cb.blocks + (b0 + n) * (D * kLanes);
+        acc[n] = nv[n];
 #pragma GCC unroll 16
-      for (int d = 0; d < D; ++d)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(xs[t * D + d]), _mm512_loadu_ps(e + d * kLanes), acc);
-      seed_top2(acc, valid, b0 * kLanes, best[t]);
+        for (int d = 0; d < D; ++d)
+          acc[n] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t * D + d]), _mm512_loadu_ps(e + d * kLanes), acc[n]);
+      }
+      seed_top2(acc, valid, nseed, b0 * kLanes, best[t]);
     }
   }
   // Blocks per chunk: codes + norms of a chunk take about 24 KB, inside a 32-48 KB L1.
   const int64_t chunk = std::max<int64_t>(4, 24576 / (64 * (D + 1))) / NB * NB;
-  for (int64_t c0 = b0 + 1; c0 < b1; c0 += chunk) {
+  for (int64_t c0 = b0 + nseed; c0 < b1; c0 += chunk) {
     const int64_t c1 = std::min(b1, c0 + chunk);
     for (int64_t t0 = 0; t0 < T; t0 += kT) {
       __m512 thr[kT];
@@ -147,6 +210,10 @@ __attribute__((target_clones("avx2", "default"))) void small_d_scan_portable(
         for (int64_t l = 0; l < kLanes; ++l) acc[l] += x[d] * e[d * kLanes + l];
       const int64_t lo = std::max<int64_t>(0, k0 - b * kLanes);
       const int64_t hi = std::min<int64_t>(kLanes, k1 - b * kLanes);
+      // A vectorisable min over the lanes first: most blocks hold nothing below the second best.
+      float m = kInf;
+      for (int64_t l = 0; l < kLanes; ++l) m = std::min(m, acc[l]);
+      if (!(m < best[t].v2)) continue;
       for (int64_t l = lo; l < hi; ++l)
         if (acc[l] < best[t].v2) best[t].push(acc[l], b * kLanes + l);
     }
@@ -169,9 +236,14 @@ __attribute__((target("avx512f,avx512dq"))) void top2_rows_avx512(const float* S
   for (int64_t t = 0; t < tn; ++t) {
     const float* row = S + t * ld;
     int64_t j = 0;
-    if (best[t].i1 < 0 && kn >= kLanes) {  // a fresh token: seed from the first 16 values
-      seed_top2(_mm512_add_ps(_mm512_loadu_ps(row), _mm512_loadu_ps(norms)), 0xFFFF, kbase, best[t]);
-      j = kLanes;
+    if (best[t].i1 < 0 && kn >= kLanes) {  // a fresh token: seed from the first 16-64 values
+      const int nseed = static_cast<int>(std::min<int64_t>(kSeedVectors, kn / kLanes));
+      __m512 v[kSeedVectors];
+      const __mmask16 valid[kSeedVectors] = {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
+      for (int n = 0; n < nseed; ++n)
+        v[n] = _mm512_add_ps(_mm512_loadu_ps(row + n * kLanes), _mm512_loadu_ps(norms + n * kLanes));
+      seed_top2(v, valid, nseed, kbase, best[t]);
+      j = nseed * kLanes;
     }
     __m512 thr = _mm512_set1_ps(best[t].v2);
     for (; j + 4 * kLanes <= kn; j += 4 * kLanes) {
@@ -260,8 +332,13 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float sum_squares(c
   return reduce_lanes(acc);
 }
 
+// SGCVQ_CPU_PORTABLE=1 forces the portable scans, so tests can cover them on an AVX-512 machine.
 bool scan_uses_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  static const bool yes = [] {
+    const char* force = std::getenv("SGCVQ_CPU_PORTABLE");
+    if (force != nullptr && std::strcmp(force, "") != 0 && std::strcmp(force, "0") != 0) return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  }();
   return yes;
 }
 

@@ -53,7 +53,7 @@ float direct_sqdist(const float* a, const float* b, int64_t D);
 // The same summation for sum_d a[d]^2.
 float sum_squares(const float* a, int64_t D);
 
-// True when the AVX-512 versions run on this CPU.
+// True when the AVX-512 versions run: the CPU has AVX-512F/DQ and SGCVQ_CPU_PORTABLE is unset.
 bool scan_uses_avx512();
 
 }  // namespace cpu

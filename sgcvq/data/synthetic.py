@@ -70,6 +70,18 @@ class SyntheticStreetScenes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def class_frequencies(self, num_images: int = 64) -> list[float]:
+        """Pixel frequency of each class over the first `num_images` scenes (sums to 1).
+
+        For FastSemanticQuantizer(group_sizes="frequency"): rare classes (poles, persons) get
+        smaller code groups, so their few tokens per batch can keep every code of the group alive.
+        """
+        counts = np.zeros(self.num_classes, np.float64)
+        for index in range(min(num_images, max(self.length, 1))):
+            _, labels = draw_street_scene(self.seed, index, self.resolution, 1)
+            counts += np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
+        return (counts / max(counts.sum(), 1.0)).tolist()
+
     def __getitem__(self, index: int) -> dict:
         if not -self.length <= index < self.length:
             raise IndexError(f"SyntheticStreetScenes index {index} out of range for length {self.length}")

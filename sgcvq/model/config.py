@@ -19,6 +19,8 @@ class ModelConfig:
         pyramid stage (half of it).
     embed_dim: token dimension D, split over the two pyramid levels (fine gets the remainder).
     num_classes: semantic classes of the codebook groups; None = plain-VQ baseline.
+    group_sizes: "equal", "frequency" (needs class_frequencies: C pixel frequencies; group sizes
+        follow frequency ** 0.5, at least min_codes_per_class) or C explicit sizes.
     level_weights: distance weights (fine, coarse) of the pyramid levels (DESIGN.md §1.4).
     pyramid_channels: width of the pyramid's lateral convs (0 = the encoder's last width).
     resolution: the training size, checked against the downsampling; the model itself accepts any
@@ -37,6 +39,8 @@ class ModelConfig:
     codebook_size: int = 512
     num_classes: int | None = 9  # the synthetic street scenes' classes
     group_sizes: str | tuple[int, ...] = "equal"
+    class_frequencies: tuple[float, ...] | None = None
+    min_codes_per_class: int = 1
     level_weights: tuple[float, ...] = (1.0, 1.0)
     decay: float = 0.99
     eps: float = 1e-5
@@ -70,6 +74,11 @@ class ModelConfig:
                              ">= 0, not both 0")
         if self.num_classes is not None and not 1 <= self.num_classes < IGNORE_LABEL:
             raise ValueError(f"ModelConfig.num_classes={self.num_classes} must be None or in 1..254")
+        if self.num_classes is not None and self.group_sizes == "frequency" and (
+            self.class_frequencies is None or len(self.class_frequencies) != self.num_classes
+        ):
+            raise ValueError(f"ModelConfig.group_sizes='frequency' needs class_frequencies with num_classes="
+                             f"{self.num_classes} numbers, got {self.class_frequencies}")
 
 
 @dataclass

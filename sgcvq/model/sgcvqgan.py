@@ -33,6 +33,8 @@ class SGCVQGAN(nn.Module):
         self.quantizer = FastSemanticQuantizer(
             cfg.embed_dim, cfg.codebook_size, num_classes=cfg.num_classes,
             group_sizes=cfg.group_sizes if isinstance(cfg.group_sizes, str) else list(cfg.group_sizes),
+            class_frequencies=None if cfg.class_frequencies is None else list(cfg.class_frequencies),
+            min_codes_per_class=cfg.min_codes_per_class,
             decay=cfg.decay, eps=cfg.eps, commitment_weight=cfg.commitment_weight,
             threshold_dead=cfg.threshold_dead, kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
             level_weights=list(cfg.level_weights), semantic_loss_weight=cfg.semantic_loss_weight,

@@ -93,7 +93,6 @@ class Trainer:
         probe_device = resolve_device(cfg.train.device)
         self.dist = dist_info or init_distributed(probe_device)
         self.device = resolve_device(cfg.train.device, self.dist.local_rank)
-        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         self.ckpt_root = self.out_dir / "checkpoints"
 
         resume_ckpt = self._find_resume(resume)
@@ -107,12 +106,16 @@ class Trainer:
                 shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
             barrier(self.dist)
         if resume_ckpt is not None:
-            # The checkpoint's config wins for everything but the length of the run and logging.
+            # The checkpoint's config wins (an exact continuation needs the same model, data, optimizer
+            # and precision) except for the run length, logging and what belongs to this machine.
             saved = config_from_dict(resume_ckpt["state"]["config"])
             saved.train.max_steps = cfg.train.max_steps
             saved.train.time_limit_s = cfg.train.time_limit_s
+            saved.train.device = cfg.train.device
+            saved.data.num_workers = cfg.data.num_workers
             saved.log = cfg.log
             self.cfg = cfg = saved
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
 
         # Same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.train.seed)
