@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="train SGC-VQGAN and the plain-VQ baseline on synthetic scenes, then write a report")
     p.add_argument("--data-root", default=None, help="train on images in this folder (data.dataset=folder)")
+    p.add_argument("--segmenter", default=None, metavar="MODULE:FUNCTION",
+                   help="labels from this segmentation model (images [B,3,H,W] in [-1,1] -> labels [B,H,W]) "
+                        "instead of label files (data.segmenter)")
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (data.batch_size)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (optim.lr)")
     p.add_argument("--amp", choices=["auto", "fp32", "bf16", "fp16"], default=None, help="precision (train.amp)")
@@ -105,6 +108,8 @@ def _train_config(args):
         cfg.train.max_steps = args.max_steps
     if args.data_root is not None:
         cfg.data.dataset, cfg.data.root = "folder", args.data_root
+    if args.segmenter is not None:
+        cfg.data.segmenter = args.segmenter
     if args.batch_size is not None:
         cfg.data.batch_size = args.batch_size
     if args.lr is not None:

@@ -54,6 +54,9 @@ class DataConfig:
     eval_length: int = 256  # synthetic datasets: held-out scenes for `sgcvq eval`
     video_frames: int = 4  # frames per clip for the temporal-stability metric (synthetic only)
     seed: int = 0
+    # "module:function" mapping images [B, 3, H, W] in [-1, 1] to label maps [B, H, W]: labels come
+    # from this segmentation model instead of label files (folder images then need no label maps).
+    segmenter: str | None = None
     batch_size: int = 16  # per process, per micro-batch
     num_workers: int = 0
 

@@ -80,6 +80,13 @@ class SegmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def __getattr__(self, name):
+        # The base dataset's attributes (skipped, class_names, num_classes...) stay visible to the
+        # trainer's reporting. "base" itself is excluded so unpickling cannot recurse.
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
     def __getitem__(self, index: int) -> dict:
         item = dict(self.base[index])
         if self.overwrite or "label" not in item:

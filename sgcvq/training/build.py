@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config, DataConfig, OptimConfig
-from ..data import CLASS_NAMES, FolderDataset, SyntheticStreetScenes
+from ..data import CLASS_NAMES, FolderDataset, SegmentedDataset, SyntheticStreetScenes
 from ..model import SGCVQGAN, PatchDiscriminator, VQGANLoss
 
 __all__ = ["build_train_dataset", "build_eval_dataset", "build_video_dataset", "build_models",
@@ -17,8 +17,19 @@ EVAL_SEED_OFFSET = 1_000_003
 def _folder(data: DataConfig, root: str | None, split: str):
     if not root:
         raise ValueError("data.root must be set when data.dataset=folder (or pass --data-root)")
+    # With a segmenter the label maps come from the model, so the folder needs none.
     return FolderDataset(root, layout=data.layout, class_map=data.class_map, resolution=data.resolution,
-                         on_error="skip", split=split)
+                         on_error="skip", split=split, labels=data.segmenter is None)
+
+
+def _segmented(data: DataConfig, dataset):
+    """Labels from the user's segmentation model (data.segmenter), replacing any label files."""
+    if data.segmenter is None:
+        return dataset
+    try:
+        return SegmentedDataset(dataset, data.segmenter, overwrite=True)
+    except (ImportError, AttributeError, TypeError) as err:  # load_segmenter's clear messages
+        raise ValueError(f"data.segmenter: {err}") from err
 
 
 def dataset_class_names(dataset) -> list[str]:
@@ -39,18 +50,18 @@ def check_classes(cfg: Config, dataset) -> None:
 def build_train_dataset(data: DataConfig):
     """The training dataset named by data.dataset ("synthetic" or "folder")."""
     if data.dataset == "synthetic":
-        return SyntheticStreetScenes(length=data.length, resolution=data.resolution, seed=data.seed)
+        return _segmented(data, SyntheticStreetScenes(length=data.length, resolution=data.resolution, seed=data.seed))
     if data.dataset == "folder":
-        return _folder(data, data.root, data.split)
+        return _segmented(data, _folder(data, data.root, data.split))
     raise ValueError(f"data.dataset must be 'synthetic' or 'folder', got {data.dataset!r}")
 
 
 def build_eval_dataset(data: DataConfig, root: str | None = None):
     """Held-out images: new synthetic scenes, or the folder `root` (default data.root)."""
     if data.dataset == "synthetic" and root is None:
-        return SyntheticStreetScenes(length=data.eval_length, resolution=data.resolution,
-                                     seed=data.seed + EVAL_SEED_OFFSET)
-    return _folder(data, root or data.root, data.eval_split if root is None else data.split)
+        return _segmented(data, SyntheticStreetScenes(length=data.eval_length, resolution=data.resolution,
+                                                       seed=data.seed + EVAL_SEED_OFFSET))
+    return _segmented(data, _folder(data, root or data.root, data.eval_split if root is None else data.split))
 
 
 def build_video_dataset(data: DataConfig, length: int):
