@@ -196,26 +196,41 @@ __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float
   }
 }
 
+// GCC vector extensions pin the layout (codes along the lanes); left to itself the
+// auto-vectoriser vectorises over d with permutes. Two 8-float halves, not one 16-float vector:
+// GCC keeps a 64-byte vector on the stack under AVX2 and stalls on store forwarding.
+typedef float Half __attribute__((vector_size(8 * sizeof(float))));
+
 __attribute__((target_clones("avx2", "default"))) void small_d_scan_portable(
     const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0, int64_t k1,
     Top2* best) {
   const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
-  float acc[kLanes];
+  alignas(32) float vals[kLanes];
   for (int64_t t = 0; t < T; ++t) {
     const float* x = xs + t * D;
     for (int64_t b = b0; b < b1; ++b) {
       const float* e = cb.blocks + b * (D * kLanes);
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] = cb.norms[b * kLanes + l];
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t l = 0; l < kLanes; ++l) acc[l] += x[d] * e[d * kLanes + l];
-      const int64_t lo = std::max<int64_t>(0, k0 - b * kLanes);
-      const int64_t hi = std::min<int64_t>(kLanes, k1 - b * kLanes);
-      // A vectorisable min over the lanes first: most blocks hold nothing below the second best.
-      float m = kInf;
-      for (int64_t l = 0; l < kLanes; ++l) m = std::min(m, acc[l]);
-      if (!(m < best[t].v2)) continue;
-      for (int64_t l = lo; l < hi; ++l)
-        if (acc[l] < best[t].v2) best[t].push(acc[l], b * kLanes + l);
+      Half lo, hi, elo, ehi;
+      std::memcpy(&lo, cb.norms + b * kLanes, sizeof lo);
+      std::memcpy(&hi, cb.norms + b * kLanes + 8, sizeof hi);
+      for (int64_t d = 0; d < D; ++d) {
+        std::memcpy(&elo, e + d * kLanes, sizeof elo);
+        std::memcpy(&ehi, e + d * kLanes + 8, sizeof ehi);
+        lo += x[d] * elo;
+        hi += x[d] * ehi;
+      }
+      // Any lane below the second best? Most blocks hold none.
+      const float thr = best[t].v2;
+      const auto below = (lo < thr) | (hi < thr);
+      int any = 0;
+      for (int l = 0; l < 8; ++l) any |= below[l];
+      if (!any) continue;
+      std::memcpy(vals, &lo, sizeof lo);
+      std::memcpy(vals + 8, &hi, sizeof hi);
+      const int64_t first = std::max<int64_t>(0, k0 - b * kLanes);
+      const int64_t last = std::min<int64_t>(kLanes, k1 - b * kLanes);
+      for (int64_t l = first; l < last; ++l)
+        if (vals[l] < best[t].v2) best[t].push(vals[l], b * kLanes + l);
     }
   }
 }
@@ -286,10 +301,11 @@ __attribute__((target_clones("avx2", "default"))) void top2_rows_portable(
     Top2* best) {
   for (int64_t t = 0; t < tn; ++t) {
     const float* row = S + t * ld;
-    // A vectorisable min first: most tiles hold nothing below the running second best.
-    float m = kInf;
-    for (int64_t j = 0; j < kn; ++j) m = std::min(m, row[j] + norms[j]);
-    if (!(m < best[t].v2)) continue;
+    // A vectorisable any-below-threshold test first: most tiles hold nothing below the second best.
+    const float thr = best[t].v2;
+    int any = 0;
+    for (int64_t j = 0; j < kn; ++j) any |= row[j] + norms[j] < thr;
+    if (!any) continue;
     for (int64_t j = 0; j < kn; ++j) {
       const float v = row[j] + norms[j];
       if (v < best[t].v2) best[t].push(v, kbase + j);
