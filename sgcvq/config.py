@@ -283,6 +283,9 @@ def demo_config(num_classes: int | None, steps: int) -> Config:
         # higher threshold keeps re-seeding those codes every step (measured: ~10k re-seeds in 400
         # steps at 1.0, 744 in 500 at 0.1, and eval-set usage 91% -> 99%).
         threshold_dead=0.1,
+        # A code that wins nothing for 20 steps (of ~256 tokens over 128 codes each) is re-seeded,
+        # so the few codes k-means leaves unused come back within the first steps.
+        max_idle_steps=20,
         # Group sizes follow the scenes' class frequencies (** 0.5), so the rare classes' groups are
         # small enough for their tokens to keep every code in use from the first steps.
         group_sizes="frequency" if num_classes else "equal",

@@ -46,6 +46,7 @@ class ModelConfig:
     eps: float = 1e-5
     commitment_weight: float = 0.25
     threshold_dead: float = 2.0
+    max_idle_steps: int = 100  # a code that wins no token for this many steps is re-seeded too
     kmeans_init: bool = True
     kmeans_iters: int = 10
     semantic_loss_weight: float = 0.0

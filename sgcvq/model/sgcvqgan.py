@@ -36,7 +36,8 @@ class SGCVQGAN(nn.Module):
             class_frequencies=None if cfg.class_frequencies is None else list(cfg.class_frequencies),
             min_codes_per_class=cfg.min_codes_per_class,
             decay=cfg.decay, eps=cfg.eps, commitment_weight=cfg.commitment_weight,
-            threshold_dead=cfg.threshold_dead, kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
+            threshold_dead=cfg.threshold_dead, max_idle_steps=cfg.max_idle_steps,
+            kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
             level_weights=list(cfg.level_weights), semantic_loss_weight=cfg.semantic_loss_weight,
             channel_last=True, level_dims=list(self.level_dims),
             # The model checks the pixel labels itself before pooling them (token_labels).

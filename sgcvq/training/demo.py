@@ -2,8 +2,8 @@
 data and budget, then both evaluated side by side in one report.
 
 Sized for about five minutes on a quiet 2-core CPU: DEMO_STEPS steps per model at 32x32, batch 16,
-plus a few seconds of evaluation and plotting (measured on the shared, busy 2-core machine: 282
-CPU-seconds and 4 min 45 s wall for the whole demo; about 0.27 CPU-seconds per training step).
+plus a few seconds of evaluation and plotting (measured on the shared 2-core machine: 293
+CPU-seconds and 5 min 49 s wall for the whole demo; about 0.3 CPU-seconds per training step).
 
 The demo runs on one intra-op thread unless OMP_NUM_THREADS is set: its convolutions are so small
 that a second thread costs more in synchronisation than it gains (measured on the 2-core machine:
