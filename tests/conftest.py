@@ -22,3 +22,14 @@ def _seed_per_test(request):
     # randomises string hashes per process).
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny models gain nothing from a second thread, and on a
+    shared, busy machine OpenMP threads that spin-wait for each other make every step many times
+    slower. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

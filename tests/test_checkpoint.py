@@ -16,14 +16,7 @@ from sgcvq.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpo
                               resolve_checkpoint, restore_rng_state, save_checkpoint)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared, busy machine OpenMP threads
-    # that spin-wait for each other make every step many times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(root, step, keep_last=0):

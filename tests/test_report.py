@@ -9,14 +9,7 @@ from sgcvq.report import write_report
 from sgcvq.training.evaluate import EvalResult
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared, busy machine OpenMP threads
-    # that spin-wait for each other make every step many times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _result(K=24, C=3, grouped=True):

@@ -12,14 +12,7 @@ from sgcvq.training import Trainer, train
 from sgcvq.training.build import build_train_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared, busy machine OpenMP threads
-    # that spin-wait for each other make every step many times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _losses(run_dir):
