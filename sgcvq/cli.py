@@ -19,6 +19,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    action="extend", help="override config values, e.g. --set optim.lr=1e-4 train.amp=bf16")
 
 
+def _add_eval_data(p: argparse.ArgumentParser) -> None:
+    """The evaluation-data options shared by eval, report and compare."""
+    p.add_argument("--max-images", type=int, default=None, help="evaluate on at most N images")
+    p.add_argument("--data-root", default=None, help="evaluate on images in this folder instead")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
 
@@ -52,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes metrics.json")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--out", default=None, help="folder for metrics.json (default: print only)")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate on at most N images")
-    p.add_argument("--data-root", default=None, help="evaluate on images in this folder instead")
+    _add_eval_data(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if an EMA was kept")
     _add_device(p)
 
@@ -61,16 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--name", default=None, help="column name in the table (default: SGC-VQGAN or plain VQ)")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--data-root", default=None)
+    _add_eval_data(p)
     _add_device(p)
 
     p = sub.add_parser("compare", help="SGC vs plain-VQ baseline: one report with both columns")
     p.add_argument("--sgc", required=True, help="checkpoint of the SGC model")
     p.add_argument("--baseline", required=True, help="checkpoint of the plain-VQ baseline")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--data-root", default=None)
+    _add_eval_data(p)
     _add_device(p)
 
     p = sub.add_parser("encode", help="images (and optional label maps) -> token grids")
