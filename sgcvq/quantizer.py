@@ -398,7 +398,8 @@ class FastSemanticQuantizer(nn.Module):
         """Finite features and labels in range, with one host sync for both."""
         flags = []
         if self.check_finite:
-            flags.append(~torch.isfinite(tokens).all())
+            lo, hi = torch.aminmax(tokens.detach())  # NaN propagates; one pass, no bool tensor
+            flags.append(~(torch.isfinite(lo) & torch.isfinite(hi)))
         check_labels = self.check_labels and labels is not None and labels.numel() > 0
         if check_labels:
             C, lab = self.num_classes, labels.to(torch.int64)

@@ -227,6 +227,30 @@ def test_identical_codes_all_tie_to_code_zero(D, K, backend):
     torch.testing.assert_close(sqdist.double(), sqdist64(x, codebook, index), rtol=fp32_rtol(D), atol=1e-6)
 
 
+@pytest.mark.parametrize("labelled", [False, True], ids=["all-codes", "labels"])
+@pytest.mark.parametrize("D", range(1, DIRECT_MAX_D + 1))
+def test_runner_up_in_the_same_simd_lane(D, labelled):
+    # The D <= 16 scan keeps a per-lane top-2 over a range's first codes (the window, about 40 KB
+    # of codes, nearest_code_scan.cpp) and a running top-2 after it. Each token's runner-up sits
+    # 16 codes (one block, the same lane) after its best: early in the window, across its end, and
+    # in the branchy part, for every D the scan is specialised for.
+    K, N = 6000, 96
+    g = torch.Generator().manual_seed(1000 + D)
+    codebook = torch.randn(K, D, generator=g)
+    window = 40960 // (64 * (D + 1)) * 16
+    spots = [3, window - 16 + 5, window + 37, K - 20]
+    for p in spots:
+        codebook[p + 16] = codebook[p] + 1e-3 * torch.randn(D, generator=g)
+    x = codebook[torch.tensor(spots)[torch.randint(len(spots), (N,), generator=g)]]
+    x = x + 1e-2 * torch.randn(N, D, generator=g)
+    inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
+    if labelled:  # group 1 starts and ends inside a block and holds every spot's pair
+        inputs["offsets"] = torch.tensor([0, 2, K - 2, K])
+        inputs["labels"] = torch.where(torch.rand(N, generator=g) < 0.3, -1, 1)
+    index, sqdist = run(inputs, "cpu")
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65])
 def test_duplicated_codes_inside_a_group(D, backend):

@@ -1,10 +1,10 @@
 // The inner scans of the CPU nearest_code (see nearest_code_scan.h).
 //
-// The AVX-512 small-D scan register-blocks 8 tokens x 16 codes: the block's D code vectors stay in
-// registers, each token's approximate distances come from D FMAs with x broadcast from memory, and
-// one compare against the token's running second-best decides whether the (rare, after the first
-// blocks) scalar top-2 update runs. Codes are swept in chunks that fit L1, the token tile reuses
-// each chunk 8 times. Compiled with function-level target attributes, never -march flags, so the
+// The AVX-512 small-D scan register-blocks tokens x 16 codes: the block's D code vectors stay in
+// registers, each token's approximate distances come from D FMAs with x broadcast from memory.
+// The first ~40 KB of codes (the window) keep a per-lane top-2 without branches; after it, one
+// compare against the token's running second-best decides whether the (rare by then) scalar top-2
+// update runs. Codes are swept in chunks that fit L1, the token tile reuses each chunk 8 times. Compiled with function-level target attributes, never -march flags, so the
 // library still loads on CPUs without AVX-512 and uses the portable loops there.
 #include "nearest_code_scan.h"
 
@@ -18,6 +18,7 @@
 // GCC's own intrinsics headers (_mm512_reduce_min_ps, masked blends) trip this warning on their
 // deliberately undefined temporaries; our code has no uninitialised reads it would catch.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace sgcvq {
 namespace cpu {
@@ -40,8 +41,6 @@ inline void push_lanes(Top2& b, const float* vals, uint32_t hit, int64_t base) {
   }
 }
 
-// Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
-// outside [k0, k1) get an infinite norm, so they never pass the (strict) compare.
 // Top-2 of a fresh token straight from its first nv <= 4 vectors of 16 values (vector n holds
 // codes base + 16n ..; lanes outside valid[n] and NaN lanes excluded, as the strict compare
 // excludes them): vector reductions instead of up to 64 mispredicted scalar pushes. Every code
@@ -88,27 +87,6 @@ __attribute__((target("avx512f,avx512dq"))) inline void seed_top2(const __m512* 
   b.i2 = base + n2 * kLanes + l2;
 }
 
-// Approximate distances of NB consecutive blocks (16 * NB codes) for kSmallTokens tokens; lanes
-// outside [k0, k1) get an infinite norm, so they never pass the (strict) compare.
-// Top-2 of a fresh token straight from its first 16 values (lanes outside `valid` and NaN lanes
-// excluded, as the strict compare excludes them): vector reductions instead of 16 mispredicted
-// scalar pushes, which matters when a group holds only a few hundred codes.
-__attribute__((target("avx512f,avx512dq"))) inline void seed_top2(__m512 v, __mmask16 valid,
-                                                                  int64_t base, Top2& b) {
-  const __m512 inf = _mm512_set1_ps(kInf);
-  v = _mm512_mask_blend_ps(valid & _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), inf, v);
-  const float m1 = _mm512_reduce_min_ps(v);
-  if (!(m1 < kInf)) return;
-  const int l1 = __builtin_ctz(_mm512_cmp_ps_mask(v, _mm512_set1_ps(m1), _CMP_EQ_OQ));
-  b.v1 = m1;
-  b.i1 = base + l1;
-  v = _mm512_mask_blend_ps(static_cast<__mmask16>(1u << l1), v, inf);
-  const float m2 = _mm512_reduce_min_ps(v);
-  if (!(m2 < kInf)) return;
-  b.v2 = m2;
-  b.i2 = base + __builtin_ctz(_mm512_cmp_ps_mask(v, _mm512_set1_ps(m2), _CMP_EQ_OQ));
-}
-
 template <int D, int NB>
 __attribute__((target("avx512f,avx512dq"))) inline void small_d_step(const float* x, const SmallDCodebook& cb,
                                                             int64_t b, int64_t k0, int64_t k1,
@@ -151,6 +129,72 @@ __attribute__((target("avx512f,avx512dq"))) inline void small_d_step(const float
   }
 }
 
+// The window: the first codes of a range, searched without a single data-dependent branch.
+// Each token keeps, per lane, the smallest value m1 (with the block it came from) and the second
+// smallest m2; five vector ops per 16 codes instead of one compare, but no mispredicted top-2
+// updates, which is what a branchy scan pays about 2 ln(n / seeded) times per token (~30 ns each).
+// At the end the token's top-2 comes from the lanes: i1, i2 are the two best lane winners, and
+// v2 = min(second lane winner, every lane's m2) bounds every other code from below, which is all
+// the certificate asks of v2 (Top2's invariants hold with i2 worse than v2; see Top2::push).
+// Strict '<' keeps NaN out, like the branchy scan; max(acc, m1) returns m1 for a NaN acc.
+template <int D>
+__attribute__((target("avx512f,avx512dq"))) void window_top2(const float* xs, int64_t T,
+                                                            const SmallDCodebook& cb, int64_t b0,
+                                                            int64_t bw, int64_t k0, int64_t k1,
+                                                            Top2* best) {
+  // Tokens per pass: their 3 state vectors plus the block's D code vectors fit the 32 registers.
+  constexpr int kW = D <= 10 ? 4 : 2;
+  const __m512 inf = _mm512_set1_ps(kInf);
+  alignas(64) int32_t lanes[kLanes];
+  for (int64_t t0 = 0; t0 < T; t0 += kW) {
+    __m512 m1[kW], m2[kW];
+    __m512i id[kW];
+#pragma GCC unroll 4
+    for (int i = 0; i < kW; ++i) {
+      m1[i] = inf;
+      m2[i] = inf;
+      id[i] = _mm512_setzero_si512();
+    }
+    const float* x = xs + t0 * D;
+    for (int64_t b = b0; b < bw; ++b) {
+      const float* e = cb.blocks + b * (D * kLanes);
+      __m512 ev[D];
+#pragma GCC unroll 16
+      for (int d = 0; d < D; ++d) ev[d] = _mm512_loadu_ps(e + d * kLanes);
+      __m512 nv = _mm512_loadu_ps(cb.norms + b * kLanes);
+      if (b * kLanes < k0 || (b + 1) * kLanes > k1)
+        nv = _mm512_mask_blend_ps(static_cast<__mmask16>(lane_mask(b, k0, k1)), inf, nv);
+      const __m512i bid = _mm512_set1_epi32(static_cast<int32_t>(b - b0));
+#pragma GCC unroll 4
+      for (int i = 0; i < kW; ++i) {
+        __m512 acc = nv;
+#pragma GCC unroll 16
+        for (int d = 0; d < D; ++d) acc = _mm512_fmadd_ps(_mm512_set1_ps(x[i * D + d]), ev[d], acc);
+        const __mmask16 lt = _mm512_cmp_ps_mask(acc, m1[i], _CMP_LT_OQ);
+        m2[i] = _mm512_min_ps(_mm512_max_ps(acc, m1[i]), m2[i]);
+        m1[i] = _mm512_mask_mov_ps(m1[i], lt, acc);
+        id[i] = _mm512_mask_mov_epi32(id[i], lt, bid);
+      }
+    }
+    for (int i = 0; i < kW; ++i) {
+      Top2& o = best[t0 + i];
+      const float v1 = _mm512_reduce_min_ps(m1[i]);
+      if (!(v1 < kInf)) continue;  // nothing finite in the window: the branchy scan starts afresh
+      _mm512_store_si512(lanes, id[i]);
+      const int l1 = __builtin_ctz(_mm512_cmp_ps_mask(m1[i], _mm512_set1_ps(v1), _CMP_EQ_OQ));
+      const __m512 rest = _mm512_mask_blend_ps(static_cast<__mmask16>(1u << l1), m1[i], inf);
+      const float v2 = _mm512_reduce_min_ps(rest);
+      o.v1 = v1;
+      o.i1 = (b0 + lanes[l1]) * kLanes + l1;
+      o.v2 = std::min(v2, _mm512_reduce_min_ps(m2[i]));
+      if (v2 < kInf) {
+        const int l2 = __builtin_ctz(_mm512_cmp_ps_mask(rest, _mm512_set1_ps(v2), _CMP_EQ_OQ));
+        o.i2 = (b0 + lanes[l2]) * kLanes + l2;
+      }
+    }
+  }
+}
+
 template <int D>
 __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float* xs, int64_t T,
                                                             const SmallDCodebook& cb, int64_t k0,
@@ -160,30 +204,14 @@ __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float
   // each broadcast of x then feeds two FMAs, which halves the loads per FMA.
   constexpr int NB = D <= 8 ? 2 : 1;
   const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
-  // Seed every (fresh) token from the first blocks; the sweep below starts after them.
-  const int nseed = static_cast<int>(std::min<int64_t>(kSeedVectors, b1 - b0));
-  {
-    __m512 nv[kSeedVectors];
-    __mmask16 valid[kSeedVectors];
-    for (int n = 0; n < nseed; ++n) {
-      nv[n] = _mm512_loadu_ps(cb.norms + (b0 + n) * kLanes);
-      valid[n] = static_cast<__mmask16>(lane_mask(b0 + n, k0, k1));
-    }
-    for (int64_t t = 0; t < T; ++t) {
-      __m512 acc[kSeedVectors];
-      for (int n = 0; n < nseed; ++n) {
-        const float* e = cb.blocks + (b0 + n) * (D * kLanes);
-        acc[n] = nv[n];
-#pragma GCC unroll 16
-        for (int d = 0; d < D; ++d)
-          acc[n] = _mm512_fmadd_ps(_mm512_set1_ps(xs[t * D + d]), _mm512_loadu_ps(e + d * kLanes), acc[n]);
-      }
-      seed_top2(acc, valid, nseed, b0 * kLanes, best[t]);
-    }
-  }
+  // The window covers about 40 KB of codes (L1 holds it while every token passes over it): a
+  // whole group of up to 1024 codes at D = 8, and the start of a full search, after which the
+  // running second best is low enough that the branchy scan rarely branches.
+  const int64_t bw = std::min(b1, b0 + std::max<int64_t>(4, 40960 / (64 * (D + 1))));
+  window_top2<D>(xs, T, cb, b0, bw, k0, k1, best);
   // Blocks per chunk: codes + norms of a chunk take about 24 KB, inside a 32-48 KB L1.
   const int64_t chunk = std::max<int64_t>(4, 24576 / (64 * (D + 1))) / NB * NB;
-  for (int64_t c0 = b0 + nseed; c0 < b1; c0 += chunk) {
+  for (int64_t c0 = bw; c0 < b1; c0 += chunk) {
     const int64_t c1 = std::min(b1, c0 + chunk);
     for (int64_t t0 = 0; t0 < T; t0 += kT) {
       __m512 thr[kT];
@@ -320,10 +348,49 @@ inline float reduce_lanes(float* acc) {
   return acc[0];
 }
 
-}  // namespace
+// The sums behind "the fp32 distance" (nearest_code_scan.h). The AVX-512 versions keep the 16
+// partial sums in one register (acc <- fma(t, t, acc), the masked tail adds exact zeros) and add
+// them by the same 8, 4, 2, 1 tree with shuffles; the portable ones spell it out with arrays.
+__attribute__((target("avx512f"))) inline float tree16(__m512 acc) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  const __m128 r = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps(r, r, 1)));
+}
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) float direct_sqdist(
-    const float* a, const float* b, int64_t D) {
+__attribute__((target("avx512f"))) float direct_sqdist_avx512(const float* a, const float* b, int64_t D) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    const __m512 t = _mm512_sub_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d));
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  if (d < D) {
+    const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D - d));
+    const __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d));
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  return tree16(acc);
+}
+
+__attribute__((target("avx512f"))) float sum_squares_avx512(const float* a, int64_t D) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    const __m512 t = _mm512_loadu_ps(a + d);
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  if (d < D) {
+    const __m512 t = _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask(0, 0, D - d)), a + d);
+    acc = _mm512_fmadd_ps(t, t, acc);
+  }
+  return tree16(acc);
+}
+
+__attribute__((target_clones("avx2", "default"))) float direct_sqdist_portable(const float* a,
+                                                                                const float* b,
+                                                                                int64_t D) {
   float acc[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes)
@@ -338,14 +405,30 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float direct_sqdist
   return reduce_lanes(acc);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) float sum_squares(const float* a,
-                                                                               int64_t D) {
+__attribute__((target_clones("avx2", "default"))) float sum_squares_portable(const float* a, int64_t D) {
   float acc[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[d + l] * a[d + l];
   for (int64_t l = 0; d + l < D; ++l) acc[l] += a[d + l] * a[d + l];
   return reduce_lanes(acc);
+}
+
+// The CPU's features alone pick the version (not SGCVQ_CPU_PORTABLE): every caller in a process
+// must get the same bits, and the re-score, the exact fallback and sqdist all come through here.
+bool sums_use_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+
+}  // namespace
+
+float direct_sqdist(const float* a, const float* b, int64_t D) {
+  return sums_use_avx512() ? direct_sqdist_avx512(a, b, D) : direct_sqdist_portable(a, b, D);
+}
+
+float sum_squares(const float* a, int64_t D) {
+  return sums_use_avx512() ? sum_squares_avx512(a, D) : sum_squares_portable(a, D);
 }
 
 // SGCVQ_CPU_PORTABLE=1 forces the portable scans, so tests can cover them on an AVX-512 machine.
