@@ -6,10 +6,31 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// No pybind11: the module has no functions, everything goes through torch.ops.sgcvq.
+namespace sgcvq::cpu {
+bool scan_uses_avx512();
+bool bf16_gemm_available();
+int64_t last_fast_exact_redo();
+}  // namespace sgcvq::cpu
+
+// No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
+// kernels can do here, for tests and benchmarks.
+static PyObject* cpu_capabilities(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:O,s:O}", "avx512", sgcvq::cpu::scan_uses_avx512() ? Py_True : Py_False,
+                       "bf16_gemm", sgcvq::cpu::bf16_gemm_available() ? Py_True : Py_False);
+}
+static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_fast_exact_redo()));
+}
+static PyMethodDef kMethods[] = {
+    {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
+     "{'avx512': the AVX-512 scans run, 'bf16_gemm': mode='fast_exact' takes bf16 GEMM tiles (D > 16)}"},
+    {"last_fast_exact_redo", last_fast_exact_redo, METH_NOARGS,
+     "Tokens the last CPU bf16 fast_exact call sent to the exact path (-1: none ran yet)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 // PyMODINIT_FUNC exports the symbol although the library is built with -fvisibility=hidden.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods};
   return PyModule_Create(&module_def);
 }
 

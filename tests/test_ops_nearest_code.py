@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sgcvq
-from sgcvq import nearest_code_reference
+from sgcvq import nearest_code_reference, ops
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = ("auto", "cpu", "reference")
+MODES = ("exact", "fast_exact")  # the same answer; on the CPU fast_exact takes bf16 GEMM tiles at D > 16
 DIRECT_MAX_D = 16  # csrc/cpu/nearest_code_cpu.cpp: D <= 16 takes the direct loop, larger D the GEMM path
 
 # (N, K, D): every N in {1, 7, 1023}, K in {1, 3, 1000}, D in {1, 3, 8, 65, 256} appears, on both
@@ -152,10 +153,11 @@ def shape_cases(largest: bool) -> list:
 @pytest.mark.parametrize("N,K,D,dtype", shape_cases(largest=True))
 def test_compiled_backends_match_reference(N, K, D, dtype, labelled):
     inputs = sample_inputs(N, K, D, dtype, labelled=labelled)
-    expected = expected_index(inputs, "cpu")  # one float64 reference for both backends
+    expected = expected_index(inputs, "cpu")  # one float64 reference for both backends and modes
     for backend in ("auto", "cpu"):
-        index, sqdist = run(inputs, backend)
-        assert_nearest(inputs, index, sqdist, expected)
+        for mode in MODES:
+            index, sqdist = run(inputs, backend, mode=mode)
+            assert_nearest(inputs, index, sqdist, expected)
 
 
 @pytest.mark.parametrize("labelled", [False, True], ids=["all-codes", "labels"])
@@ -174,33 +176,76 @@ def test_fast_exact_mode_gives_the_exact_answer(D, backend):
     assert_nearest(inputs, index, sqdist, expected_index(inputs, backend))
 
 
+# The CPU's bf16 path (mode="fast_exact", D > 16, where oneDNN's brgemm runs: AMX).
+CPU_CAPS = sgcvq._C.cpu_capabilities() if ops.HAS_CPU_EXTENSION else {}
+needs_bf16 = pytest.mark.skipif(not CPU_CAPS.get("bf16_gemm"), reason="no bf16 brgemm (AMX) on this CPU")
+
+
+@needs_bf16
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,K,D", [(2000, 1000, 256), (7, 3000, 65), (1500, 700, 17), (600, 2000, 130)])
+def test_bf16_search_certifies_most_tokens(N, K, D, dtype):
+    # Exact answers, and on spread-out data the bf16 candidates prove nearly all of them: only
+    # near-ties closer than a token's margin go to the exact search. N = 7 splits the code range.
+    inputs = sample_inputs(N, K, D, dtype, labelled=True)
+    index, sqdist = run(inputs, "cpu", mode="fast_exact")
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+    assert 0 <= sgcvq._C.last_fast_exact_redo() <= max(2, 0.02 * N)
+
+
+@needs_bf16
+def test_bf16_search_sends_what_it_cannot_resolve_to_the_exact_path():
+    # Codes 1e-3 apart: bf16 cannot tell them apart, so every token is re-searched in float32.
+    centres = torch.randn(4, 64)
+    codebook = centres.repeat_interleave(100, 0) + 1e-3 * torch.randn(400, 64)
+    x = centres[torch.randint(4, (300,))] + 1e-3 * torch.randn(300, 64)
+    inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
+    index, sqdist = run(inputs, "cpu", mode="fast_exact")
+    assert sgcvq._C.last_fast_exact_redo() == 300
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
+@needs_bf16
+def test_bf16_path_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "0")
+    assert sgcvq._C.cpu_capabilities()["bf16_gemm"] is False
+    inputs = sample_inputs(100, 300, 40)
+    before = sgcvq._C.last_fast_exact_redo()
+    index, sqdist = run(inputs, "cpu", mode="fast_exact")
+    assert sgcvq._C.last_fast_exact_redo() == before  # the bf16 search did not run
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65])
-def test_near_duplicate_codes(D, backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_near_duplicate_codes(D, backend, mode):
     # Codes 1e-3 apart around a few centres, tokens near the centres: many near-ties.
     centres = torch.randn(4, D)
     codebook = (centres.repeat_interleave(150, 0) + 1e-3 * torch.randn(600, D))[torch.randperm(600)]
     x = centres[torch.randint(4, (500,))] + 1e-3 * torch.randn(500, D)
     inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
-    index, sqdist = run(inputs, backend)
+    index, sqdist = run(inputs, backend, mode=mode)
     assert_nearest(inputs, index, sqdist, expected_index(inputs, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65, 256])
-def test_large_common_offset(D, backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_large_common_offset(D, backend, mode):
     # Tokens and codes 100 standard deviations from the origin: ||e||^2 - 2 x.e cancels badly, so
     # a search that trusts the expansion picks the wrong code; the answer must still be exact.
     centre = 100 * torch.randn(D)
     x, codebook = centre + torch.randn(300, D), centre + torch.randn(1000, D)
     inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
-    index, sqdist = run(inputs, backend)
+    index, sqdist = run(inputs, backend, mode=mode)
     assert_nearest(inputs, index, sqdist, expected_index(inputs, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65])
-def test_exact_ties_go_to_lowest_index(D, backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_ties_go_to_lowest_index(D, backend, mode):
     # Each source code is copied to later positions in other 64-code blocks, 512-code GEMM tiles
     # and code-range splits: the copies tie exactly and the first copy must win.
     K = 3000
@@ -210,19 +255,20 @@ def test_exact_ties_go_to_lowest_index(D, backend):
     sources = torch.tensor([5, 600, 1000])
     x = codebook[sources[torch.randint(3, (100,))]] + 0.05 * torch.randn(100, D)
     inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
-    index, _ = run(inputs, backend)
+    index, _ = run(inputs, backend, mode=mode)
     torch.testing.assert_close(index, oracle(x, codebook), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("K", [16, 63, 1000, 3000])
 @pytest.mark.parametrize("D", [3, 8, 16, 17])
-def test_identical_codes_all_tie_to_code_zero(D, K, backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_codes_all_tie_to_code_zero(D, K, backend, mode):
     # Every code is the same row (a stride-0 codebook): wherever a code sits in a SIMD block, tile
     # or split, its distance must round the same, so every token gets code 0.
     x = torch.randn(64, D)
     codebook = torch.randn(1, D).expand(K, D)
-    index, sqdist = sgcvq.nearest_code(x, codebook, backend=backend)
+    index, sqdist = sgcvq.nearest_code(x, codebook, backend=backend, mode=mode)
     assert index.tolist() == [0] * 64
     torch.testing.assert_close(sqdist.double(), sqdist64(x, codebook, index), rtol=fp32_rtol(D), atol=1e-6)
 
@@ -253,7 +299,8 @@ def test_runner_up_in_the_same_simd_lane(D, labelled):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("D", [8, 65])
-def test_duplicated_codes_inside_a_group(D, backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_duplicated_codes_inside_a_group(D, backend, mode):
     # A group whose codes are all the same row: its tokens get the group's first code.
     K = 700
     codebook = torch.randn(K, D)
@@ -262,7 +309,7 @@ def test_duplicated_codes_inside_a_group(D, backend):
     x = torch.randn(257, D)
     labels = torch.randint(-1, 3, (257,))
     inputs = {"x": x, "codebook": codebook, "labels": labels, "offsets": offsets}
-    index, _ = run(inputs, backend)
+    index, _ = run(inputs, backend, mode=mode)
     assert (index[labels == 1] == 100).all()
     torch.testing.assert_close(index, oracle(x, codebook, labels, offsets), rtol=0, atol=0)
 
@@ -348,12 +395,12 @@ def grid_inputs(draw):
     return inputs
 
 
-@settings(max_examples=40, deadline=None)
-@given(inputs=grid_inputs(), backend=st.sampled_from(BACKENDS))
-def test_property_exact_on_integer_grids(inputs, backend):
+@settings(max_examples=60, deadline=None)
+@given(inputs=grid_inputs(), backend=st.sampled_from(BACKENDS), mode=st.sampled_from(MODES))
+def test_property_exact_on_integer_grids(inputs, backend, mode):
     # Half-integers: every distance is exact in float32 (whatever the summation order), so the
     # compiled backends must return the float64 argmin exactly, ties to the lowest index.
-    index, sqdist = run(inputs, backend)
+    index, sqdist = run(inputs, backend, mode=mode)
     want = oracle(inputs["x"], inputs["codebook"], inputs["labels"], inputs["offsets"])
     torch.testing.assert_close(index, want, rtol=0, atol=0)
     torch.testing.assert_close(sqdist.double(), sqdist64(inputs["x"], inputs["codebook"], want), rtol=0, atol=0)

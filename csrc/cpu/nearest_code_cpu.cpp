@@ -13,12 +13,14 @@
 // non-finite values) is re-searched exactly. The result is therefore the argmin of the direct fp32
 // distance, ties to the lowest index, on every path.
 #include "../checks.h"
+#include "nearest_code_bf16.h"
 #include "nearest_code_scan.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
@@ -62,9 +64,13 @@ struct Certificate {
         max_e2(max_norm2 * 1.001), max_e(std::sqrt(max_norm2 * 1.001)) {}
   // xx: ||x||^2 as summed in fp32 (relative error <= g, accounted for here).
   bool holds(float xx, float thr, float best) const {
+    const double xx_hi = static_cast<double>(xx) * (1.0 + g);
+    return holds_with(xx, thr, best, g * 2.0 * max_e2 + (g + g_dot) * 2.0 * std::sqrt(xx_hi) * max_e);
+  }
+  // The same test with the caller's bound delta on |a_k - a_k*| (the bf16 path's, per token).
+  bool holds_with(float xx, float thr, float best, double delta) const {
     if (!std::isfinite(thr) || !std::isfinite(xx)) return false;
-    const double xx_lo = static_cast<double>(xx) * (1.0 - g), xx_hi = static_cast<double>(xx) * (1.0 + g);
-    const double delta = g * 2.0 * max_e2 + (g + g_dot) * 2.0 * std::sqrt(xx_hi) * max_e;
+    const double xx_lo = static_cast<double>(xx) * (1.0 - g);
     return (xx_lo + static_cast<double>(thr) - delta) * (1.0 - g) > static_cast<double>(best);
   }
 };
@@ -81,7 +87,7 @@ bool gemm_rounds_inputs(int64_t tn, int64_t D, int64_t kn) {
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, const at::Tensor& cb_in,
                                                      const std::optional<at::Tensor>& labels,
-                                                     const std::optional<at::Tensor>& offsets) {
+                                                     const std::optional<at::Tensor>& offsets, bool fast) {
   const int64_t N = x_in.size(0), D = x_in.size(1), K = cb_in.size(0);
   auto index = at::empty({N}, x_in.options().dtype(at::kLong));
   auto sqdist = at::empty({N}, x_in.options().dtype(at::kFloat));
@@ -155,12 +161,20 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     return (a.t1 - a.t0) * (a.k1 - a.k0) > (b.t1 - b.t0) * (b.k1 - b.k0);
   });
 
-  // ---- candidates: [splits][N] top-2 by the approximate distance --------------------------
-  std::vector<Top2> cand(static_cast<size_t>(splits * N));
-
   const at::Tensor enorm = E.pow(2).sum(1);  // [K]
   const float* np_ = enorm.data_ptr<float>();
   const bool small = D <= cpu::kSmallMaxD;
+  // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
+  const bool bf16 = fast && !small && cpu::bf16_gemm_available();
+  const double g = (2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24);
+  const double max_e2 = static_cast<double>(enorm.max().item<float>()) * 1.001;
+  cpu::Bf16Codebook cb16;
+  if (bf16) cb16 = cpu::pack_bf16_codebook(E);
+
+  // ---- candidates: [splits][N] top-2 by the approximate distance (bf16: margin lists) ------
+  std::vector<Top2> cand(bf16 ? 0 : static_cast<size_t>(splits * N));
+  std::vector<cpu::CandList> lists(bf16 ? static_cast<size_t>(splits * N) : 0, cpu::CandList{kInf, 0, {}});
+  std::vector<cpu::Bf16Bound> token_bound(bf16 ? static_cast<size_t>(N) : 0);  // from split 0's item
   at::Tensor blocks, bnorms;  // the small-D layout, see nearest_code_scan.h
   if (small) {
     const int64_t nb = (K + cpu::kLanes - 1) / cpu::kLanes;
@@ -173,15 +187,113 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const cpu::SmallDCodebook small_cb{small ? blocks.data_ptr<float>() : nullptr,
                                      small ? bnorms.data_ptr<float>() : nullptr};
 
+  // ---- the answer of token i: fp32 re-score, certificate, exact re-search where it fails -----
+  // Called by the worker right after the token's item when there is one code split (its row is
+  // still in cache), else by a final pass once every split has written its candidates.
+  int64_t* ip = index.data_ptr<int64_t>();
+  float* dp = sqdist.data_ptr<float>();
+  const int64_t* lp = nullptr;
+  at::Tensor lab;
+  if (labels.has_value()) {
+    lab = labels->to(at::kLong).contiguous();
+    lp = lab.data_ptr<int64_t>();
+  }
+  const bool bf16_gemm = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
+  const Certificate cert(D, enorm.max().item<float>(), bf16_gemm);
+  std::vector<uint8_t> redo(bf16 ? static_cast<size_t>(N) : 0, 0);  // bf16 tokens left uncertified
+  // Row i of x as float32: in place for float32 input, else converted into buf.
+  auto row_f32 = [&](int64_t i, float* buf) -> const float* {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      (void)buf;
+      return xp + i * D;
+    } else {
+      load_row(xp, i, D, 1.f, buf);
+      return buf;
+    }
+  };
+  auto finish_token = [&](int64_t i, float* buf) {
+    const float* xr = row_f32(i, buf);
+    const int64_t lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
+    const int64_t hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
+    float bv = kInf, thr = kInf;
+    int64_t bi = -1, found = 0;
+    auto rescore = [&](int64_t k) {
+      ++found;
+      const float v = direct_sqdist(xr, ep + k * D, D);
+      if (v < bv || (v == bv && k < bi)) { bv = v; bi = k; }
+    };
+    bool certified;
+    if (bf16) {
+      // Every code outside the lists has an approximate distance >= b_s + margin >= b + margin.
+      bool complete = true;
+      float b = kInf;
+      for (int64_t s = 0; s < splits; ++s) {
+        const cpu::CandList& c = lists[static_cast<size_t>(s * N + i)];
+        complete = complete && c.n >= 0;
+        b = std::min(b, c.b);
+        for (int32_t j = 0; j < c.n; ++j) rescore(c.idx[j]);
+      }
+      const cpu::Bf16Bound& bound = token_bound[static_cast<size_t>(i)];
+      thr = b + std::nextafter(static_cast<float>(bound.margin), kInf);
+      certified = complete && (found >= hi - lo || cert.holds_with(cpu::sum_squares(xr, D), thr, bv, bound.delta));
+      if (!certified) {
+        redo[static_cast<size_t>(i)] = 1;
+        return;
+      }
+    } else {
+      for (int64_t s = 0; s < splits; ++s) {
+        const Top2& c = cand[static_cast<size_t>(s * N + i)];
+        thr = std::min(thr, c.v2);
+        for (const int64_t k : {c.i1, c.i2})
+          if (k >= 0) rescore(k);
+      }
+      certified = found >= hi - lo || cert.holds(cpu::sum_squares(xr, D), thr, bv);
+    }
+    if (!certified) {
+      bv = kInf; bi = -1;  // exact re-search of the token's codes in index order
+      for (int64_t k = lo; k < hi; ++k) {
+        const float v = direct_sqdist(xr, ep + k * D, D);
+        if (v < bv) { bv = v; bi = k; }
+      }
+    }
+    if (bi < 0) {  // only non-finite inputs get here: report the first code and its (NaN) distance
+      bi = lo;
+      bv = direct_sqdist(xr, ep + bi * D, D);
+    }
+    ip[i] = bi;
+    dp[i] = bv;
+  };
+
   std::atomic<size_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     const int64_t pad = small ? cpu::kSmallTokens : 1;
     std::vector<float> xt(static_cast<size_t>((kTileN + pad) * D), 0.f);
     std::vector<float> scratch(small ? 0 : static_cast<size_t>(kTileN * kTileK));
     std::vector<Top2> best;
+    std::vector<float> xr(static_cast<size_t>(D));
+    std::vector<cpu::Bf16Bound> bounds(bf16 ? static_cast<size_t>(kTileN) : 0);
+    std::vector<cpu::CandList> found(bf16 ? static_cast<size_t>(kTileN) : 0);
     for (size_t w = next.fetch_add(1); w < items.size(); w = next.fetch_add(1)) {
       const WorkItem& it = items[w];
       const int64_t tn = it.t1 - it.t0, tpad = (tn + pad - 1) / pad * pad;
+      if (bf16) {
+        const float* rows = xt.data();
+        if (std::is_same_v<scalar_t, float> && perm.empty())
+          rows = reinterpret_cast<const float*>(xp) + it.t0 * D;  // the tokens' rows, in place
+        else
+          for (int64_t t = 0; t < tn; ++t) {
+            const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+            load_row(xp, row, D, 1.f, xt.data() + t * D);
+          }
+        cpu::bf16_search_item(rows, tn, cb16, np_, it.k0, it.k1, g, max_e2, found.data(), bounds.data());
+        for (int64_t t = 0; t < tn; ++t) {
+          const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+          lists[static_cast<size_t>(it.split * N + tok)] = found[t];
+          if (it.split == 0) token_bound[static_cast<size_t>(tok)] = bounds[t];
+          if (splits == 1) finish_token(tok, xr.data());
+        }
+        continue;
+      }
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
         load_row(xp, row, D, -2.f, xt.data() + t * D);
@@ -202,54 +314,34 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
         cand[static_cast<size_t>(it.split * N + tok)] = best[t];
+        if (splits == 1) finish_token(tok, xr.data());
       }
     }
+    if (bf16) cpu::bf16_release();
   });
 
-  // ---- final pass: fp32 re-score, certificate, exact re-search where it fails ---------------
-  int64_t* ip = index.data_ptr<int64_t>();
-  float* dp = sqdist.data_ptr<float>();
-  const int64_t* lp = nullptr;
-  at::Tensor lab;
-  if (labels.has_value()) {
-    lab = labels->to(at::kLong).contiguous();
-    lp = lab.data_ptr<int64_t>();
+  if (splits > 1) {
+    at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
+      std::vector<float> xr(static_cast<size_t>(D));
+      for (int64_t i = i0; i < i1; ++i) finish_token(i, xr.data());
+    });
   }
-  const bool bf16_gemm = !small && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
-  const Certificate cert(D, enorm.max().item<float>(), bf16_gemm);
-  at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
-    std::vector<float> xr(static_cast<size_t>(D));
-    for (int64_t i = i0; i < i1; ++i) {
-      load_row(xp, i, D, 1.f, xr.data());
-      const int64_t lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
-      const int64_t hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
-      float bv = kInf, thr = kInf;
-      int64_t bi = -1, found = 0;
-      for (int64_t s = 0; s < splits; ++s) {
-        const Top2& c = cand[static_cast<size_t>(s * N + i)];
-        thr = std::min(thr, c.v2);
-        for (const int64_t k : {c.i1, c.i2}) {
-          if (k < 0) continue;
-          ++found;
-          const float v = direct_sqdist(xr.data(), ep + k * D, D);
-          if (v < bv || (v == bv && k < bi)) { bv = v; bi = k; }
-        }
-      }
-      if (!(found >= hi - lo || cert.holds(cpu::sum_squares(xr.data(), D), thr, bv))) {
-        bv = kInf; bi = -1;  // exact re-search of the token's codes in index order
-        for (int64_t k = lo; k < hi; ++k) {
-          const float v = direct_sqdist(xr.data(), ep + k * D, D);
-          if (v < bv) { bv = v; bi = k; }
-        }
-      }
-      if (bi < 0) {  // only non-finite inputs get here: report the first code and its (NaN) distance
-        bi = lo;
-        bv = direct_sqdist(xr.data(), ep + bi * D, D);
-      }
-      ip[i] = bi;
-      dp[i] = bv;
+  if (bf16) {
+    // Tokens the bf16 candidates could not certify (near-ties closer than bf16 resolves, lists
+    // that overflowed, non-finite values) take the exact float32 path, as one batch.
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < N; ++i)
+      if (redo[static_cast<size_t>(i)]) rows.push_back(i);
+    cpu::note_fast_exact_redo(static_cast<int64_t>(rows.size()));
+    if (!rows.empty()) {
+      const at::Tensor sel = at::tensor(rows, at::kLong);
+      std::optional<at::Tensor> sub_labels;
+      if (labels.has_value()) sub_labels = labels->index_select(0, sel);
+      auto [sub_index, sub_dist] = nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, false);
+      index.index_copy_(0, sel, sub_index);
+      sqdist.index_copy_(0, sel, sub_dist);
     }
-  });
+  }
   return {index, sqdist};
 }
 
@@ -259,9 +351,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
                                                     c10::string_view mode) {
   check_nearest_code_shapes(x, codebook, labels, offsets, mode);
   TORCH_CHECK(x.device().is_cpu(), "nearest_code (CPU kernel): x is on ", x.device());
-  // NOTE: 'fast_exact' runs the exact fp32 path on the CPU for now; both return the fp32 argmin.
+  // 'fast_exact' takes bf16 GEMM tiles where D > 16 and brgemm runs here; both modes return the
+  // float32 argmin.
+  const bool fast = mode == "fast_exact";
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "nearest_code_cpu",
-                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets); });
+                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, fast); });
 }
 
 }  // namespace

@@ -1,0 +1,273 @@
+// The CPU fast_exact search for D > 16 (see nearest_code_bf16.h).
+#include "nearest_code_bf16.h"
+
+#include "nearest_code_scan.h"
+
+#include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace sgcvq {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kBlockN = 64;    // codes per brgemm call (the packed block width oneDNN takes)
+constexpr int64_t kTileM = 128;    // tokens per GEMM tile
+constexpr int64_t kTileK = 512;    // codes per GEMM tile: S is kTileM x kTileK floats = 256 KB (L2)
+constexpr int64_t kListCap = 32;   // candidates a token may hold while an item runs
+
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+constexpr bool kHaveBrgemm = true;
+#else
+constexpr bool kHaveBrgemm = false;  // older torch: fast_exact runs the exact path on the CPU
+#endif
+
+inline uint16_t bf16_bits(float v) { return c10::BFloat16(v).x; }  // round to nearest even
+inline float bf16_value(uint16_t bits) {
+  c10::BFloat16 b;
+  b.x = bits;
+  return static_cast<float>(b);
+}
+
+struct ItemScratch {
+  std::vector<c10::BFloat16> a;  // [kTileM, Dp] bf16(-2 x)
+  std::vector<float> s;          // [kTileM, kTileK]
+  std::vector<float> best;       // [tokens] running b
+  std::vector<int32_t> count;    // [tokens] list sizes (-1: overflowed)
+  std::vector<int32_t> idx;      // [tokens, kListCap]
+  std::vector<float> val;        // [tokens, kListCap]
+  std::vector<float> margin;     // [tokens] bound.margin as a float, rounded up
+};
+
+ItemScratch& scratch() {
+  thread_local ItemScratch s;
+  return s;
+}
+
+// Drops list entries at or above thr; returns the new size.
+inline int32_t compact(int32_t* idx, float* val, int32_t n, float thr) {
+  int32_t m = 0;
+  for (int32_t j = 0; j < n; ++j)
+    if (val[j] < thr) {
+      idx[m] = idx[j];
+      val[m] = val[j];
+      ++m;
+    }
+  return m;
+}
+
+// Appends the codes of v (codes k .. k+15) below thr to the token's list; false when the list
+// overflowed even after dropping the entries at or above thr (the token then goes exact).
+__attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hit, __m512 v, int64_t k,
+                                                                    float thr, int32_t& n, int32_t* idx,
+                                                                    float* val) {
+  if (n + kLanes > kListCap) {
+    n = compact(idx, val, n, thr);
+    if (n + kLanes > kListCap) {
+      n = -1;
+      return false;
+    }
+  }
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  _mm512_mask_compressstoreu_epi32(idx + n, hit, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(k)), iota));
+  _mm512_mask_compressstoreu_ps(val + n, hit, v);
+  n += __builtin_popcount(hit);
+  return true;
+}
+
+// One token row of the S tile: columns [j0, j1) hold codes kb + j; approximate distances are
+// S + norms. Once the token has a finite best b, one pass appends every code below the current
+// b + margin and takes the row minimum (a later, lower b only shrinks the set that must be kept).
+// The token's first row needs its minimum first: two passes, the first a branch-free vector min.
+__attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, const float* norms,
+                                                          int64_t kb, int64_t j0, int64_t j1,
+                                                          float margin, float& b, int32_t& n,
+                                                          int32_t* idx, float* val) {
+  const __m512 inf = _mm512_set1_ps(kInf);
+  __m512 mn = inf;
+  if (!(b < kInf)) {
+    for (int64_t j = j0; j < j1; j += kLanes) {
+      const __mmask16 m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
+      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
+      mn = _mm512_mask_min_ps(mn, m, v, mn);  // min(v, mn) keeps mn where v is NaN
+    }
+    b = _mm512_reduce_min_ps(mn);
+  }
+  if (n < 0) return;
+  const float t = b + margin;
+  const __m512 thr = _mm512_set1_ps(t);
+  for (int64_t j = j0; j < j1; j += kLanes) {
+    const __mmask16 m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
+    mn = _mm512_mask_min_ps(mn, m, v, mn);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(m, v, thr, _CMP_LT_OQ);
+    if (__builtin_expect(hit != 0, 0) && !append_hits(hit, v, kb + j, t, n, idx, val)) break;
+  }
+  b = std::min(b, _mm512_reduce_min_ps(mn));
+}
+
+// Rows xs [mm, D] -> a [mm, lda] = bf16(-2 x), zero past D (lda a multiple of 16) (round to nearest even, as c10::BFloat16), with
+// the float32 sums xx = sum x^2 and r2 = sum (bf16(-2x) + 2x)^2 (each difference exact).
+__attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
+                                                              int64_t lda, c10::BFloat16* a, float* xx,
+                                                              float* r2) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+  for (int64_t t = 0; t < mm; ++t) {
+    __m512 sx = _mm512_setzero_ps(), sr = _mm512_setzero_ps();
+    for (int64_t d = 0; d < lda; d += kLanes) {
+      const int64_t left = std::min<int64_t>(kLanes, D - d);
+      const __mmask16 m = static_cast<__mmask16>(left >= kLanes ? 0xFFFF : left > 0 ? (1u << left) - 1u : 0u);
+      const __m512 v = _mm512_maskz_loadu_ps(m, xs + t * D + d);
+      const __m512 w = _mm512_mul_ps(v, _mm512_set1_ps(-2.f));
+      const __m512i bits = _mm512_castps_si512(w);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+      const __m512i hi = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
+      const __m512 h = _mm512_castsi512_ps(_mm512_slli_epi32(hi, 16));
+      const __m512 diff = _mm512_sub_ps(h, w);
+      sx = _mm512_fmadd_ps(v, v, sx);
+      sr = _mm512_fmadd_ps(diff, diff, sr);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + t * lda + d), _mm512_cvtepi32_epi16(hi));
+    }
+    xx[t] = _mm512_reduce_add_ps(sx);
+    r2[t] = _mm512_reduce_add_ps(sr);
+  }
+}
+
+}  // namespace
+
+bool bf16_gemm_available() {
+  static const bool hardware = [] {
+    if (!kHaveBrgemm || !scan_uses_avx512()) return false;
+    try {
+      return at::native::cpublas::could_pack(at::kBFloat16);
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  const char* off = std::getenv("SGCVQ_CPU_BF16");  // "0" turns the path off (read every call)
+  return hardware && !(off != nullptr && std::strcmp(off, "0") == 0);
+}
+
+namespace {
+std::atomic<int64_t> g_last_redo{-1};
+}  // namespace
+void note_fast_exact_redo(int64_t n) { g_last_redo.store(n); }
+int64_t last_fast_exact_redo() { return g_last_redo.load(); }
+
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
+  Bf16Codebook cb;
+  cb.K = E.size(0);
+  cb.D = E.size(1);
+  cb.Kp = (cb.K + kBlockN - 1) / kBlockN * kBlockN;
+  cb.Dp = (cb.D + 1) / 2 * 2;
+  // [Dp, Kp] bf16 (B = E^T), zero-padded; and the largest rounding error of a code.
+  std::vector<c10::BFloat16> bt(static_cast<size_t>(cb.Dp * cb.Kp), c10::BFloat16(0.f));
+  const float* ep = E.data_ptr<float>();
+  double max_err2 = 0.0;
+  for (int64_t k = 0; k < cb.K; ++k) {
+    double err2 = 0.0;
+    for (int64_t d = 0; d < cb.D; ++d) {
+      const float v = ep[k * cb.D + d];
+      const uint16_t h = bf16_bits(v);
+      const double r = static_cast<double>(v) - static_cast<double>(bf16_value(h));
+      err2 += r * r;
+      bt[static_cast<size_t>(d * cb.Kp + k)].x = h;
+    }
+    max_err2 = std::max(max_err2, err2);
+  }
+  cb.max_err = std::sqrt(max_err2) * (1.0 + 1e-9);
+  cb.packed = at::empty({cb.Kp * cb.Dp}, E.options().dtype(at::kBFloat16));
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  c10::BFloat16* out = cb.packed.data_ptr<c10::BFloat16>();
+  for (int64_t kb = 0; kb < cb.Kp; kb += kBlockN)
+    at::native::cpublas::pack(cb.Dp, kBlockN, cb.Kp, kBlockN, at::kBFloat16, at::kBFloat16,
+                              bt.data() + kb, out + kb * cb.Dp);
+#endif
+  return cb;
+}
+
+Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err) {
+  // xx, r2: float32 sums of D squares, relative error <= g.
+  const double xn = std::sqrt(static_cast<double>(xx) * (1.0 + g)) * (1.0 + 1e-9);
+  const double r = std::sqrt(static_cast<double>(r2) * (1.0 + g)) * (1.0 + 1e-9);
+  const double max_e = std::sqrt(max_e2), ah = 2.0 * xn + r;  // ||bf16(-2x)|| <= ah
+  const double sd = std::sqrt(static_cast<double>(D));
+  // 2g max_e2: fl(||e||^2) and the norm's share of the add; r max_e + ah max_err: the bf16
+  // roundings of x and of the code; g ah (max_e + max_err): the float32 accumulation and the add;
+  // the last term: flushed subnormal inputs, products and partial sums (AMX runs DAZ/FTZ).
+  const double delta = 2.0 * g * max_e2 + r * max_e + ah * max_err + g * ah * (max_e + max_err) +
+                       std::ldexp(1.0, -120) * (static_cast<double>(D) + sd * (ah + max_e + max_err));
+  const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + std::ldexp(1.0, -120);
+  return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack};
+}
+
+void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const float* norms,
+                      int64_t k0, int64_t k1, double g, double max_e2, CandList* out, Bf16Bound* bounds) {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  const int64_t D = cb.D, Dp = cb.Dp;
+  ItemScratch& sc = scratch();
+  const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
+  sc.a.resize(static_cast<size_t>(kTileM * lda));
+  sc.margin.resize(static_cast<size_t>(tn));
+  float* margin = sc.margin.data();
+  float xx[kTileM], r2[kTileM];
+  sc.s.resize(static_cast<size_t>(kTileM * kTileK));
+  sc.best.assign(static_cast<size_t>(tn), kInf);
+  sc.count.assign(static_cast<size_t>(tn), 0);
+  sc.idx.resize(static_cast<size_t>(tn * kListCap));
+  sc.val.resize(static_cast<size_t>(tn * kListCap));
+  const c10::BFloat16* packed = cb.packed.data_ptr<c10::BFloat16>();
+  const int64_t kb0 = k0 / kBlockN * kBlockN, kb1 = (k1 + kBlockN - 1) / kBlockN * kBlockN;
+  for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
+    const int64_t mm = std::min(kTileM, tn - m0);
+    to_bf16_rows(xs + m0 * D, mm, D, lda, sc.a.data(), xx, r2);
+    for (int64_t t = 0; t < mm; ++t) {
+      bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, max_e2, cb.max_err);
+      margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
+    }
+    for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
+      const int64_t nb = std::min(kTileK, kb1 - kb);
+      for (int64_t j = 0; j < nb; j += kBlockN)
+        at::native::cpublas::brgemm(mm, kBlockN, Dp, lda, kBlockN, kTileK, false, sc.a.data(),
+                                    packed + (kb + j) * Dp, sc.s.data() + j, true);
+      const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
+      for (int64_t t = 0; t < mm; ++t) {
+        const int64_t tok = m0 + t;
+        scan_row(sc.s.data() + t * kTileK, norms, kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
+                 sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
+      }
+    }
+  }
+  for (int64_t t = 0; t < tn; ++t) {
+    CandList& o = out[t];
+    o.b = sc.best[t];
+    int32_t n = sc.count[t];
+    if (n > 0) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
+    o.n = n > kMaxCand ? -1 : n;
+    for (int32_t j = 0; j < std::max(o.n, 0); ++j) o.idx[j] = sc.idx[static_cast<size_t>(t * kListCap + j)];
+  }
+#else
+  (void)xs; (void)tn; (void)cb; (void)norms; (void)k0; (void)k1; (void)g; (void)max_e2; (void)out; (void)bounds;
+  TORCH_CHECK(false, "sgcvq: the bf16 search needs torch's cpublas::brgemm (torch >= 2.6)");
+#endif
+}
+
+void bf16_release() {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  at::native::cpublas::brgemm_release(true);
+#endif
+}
+
+}  // namespace cpu
+}  // namespace sgcvq

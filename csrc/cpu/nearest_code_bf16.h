@@ -1,0 +1,67 @@
+// The CPU fast_exact search for D > 16: bfloat16 GEMM tiles on AMX (oneDNN's brgemm ukernel
+// through ATen's cpublas), candidates chosen with a per-token rigorous error margin, then the
+// same float32 re-score and certificate as the exact path (nearest_code_cpu.cpp).
+//
+// Why a margin and not a top-2: rounding x and the codes to bfloat16 moves a dot product by up to
+// ||x - bf16(x)|| ||e|| + ||x|| ||e - bf16(e)||, about 2^-9 of ||x|| ||e||, which on spread-out
+// data is larger than the gap between the best and the second code. Every code whose approximate
+// distance lies within 2 * delta (+ slack) of the running best is kept; all others are provably
+// farther than the best, so the re-scored best is the float32 argmin.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace sgcvq {
+namespace cpu {
+
+// True when ATen's bf16 brgemm runs here (AMX or AVX512-BF16 behind oneDNN's ukernel), this build
+// of torch has it, the AVX-512 scans are allowed (SGCVQ_CPU_PORTABLE unset) and SGCVQ_CPU_BF16 is
+// not "0".
+bool bf16_gemm_available();
+
+// How many tokens the last bf16 call could not certify and re-searched exactly (a statistic for
+// tests and benchmarks; -1 before the first call).
+void note_fast_exact_redo(int64_t n);
+int64_t last_fast_exact_redo();
+
+// The codebook rounded to bfloat16 and packed for brgemm: blocks of 64 codes, each [Dp/2][64][2]
+// (VNNI), codes and features zero-padded to Kp = 64 * ceil(K / 64) and Dp = 2 * ceil(D / 2).
+struct Bf16Codebook {
+  at::Tensor packed;  // bfloat16 [Kp * Dp]
+  int64_t K = 0, D = 0, Kp = 0, Dp = 0;
+  double max_err = 0.0;  // max_k ||e_k - bf16(e_k)||, rounded up
+};
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */);
+
+// A token's candidates from one code range: b is the smallest approximate distance seen, idx[0, n)
+// every code whose approximate distance was below b + margin; n = -1 when more than kMaxCand were
+// (the token then goes to the exact search).
+constexpr int kMaxCand = 6;
+struct CandList {
+  float b;
+  int32_t n;
+  int32_t idx[kMaxCand];
+};
+
+// delta bounds |approximate - exact| of every code's a_k = ||e||^2 - 2 x.e for one token; margin
+// = 2 delta + slack is what the candidate rule adds to the running best, and what the float32
+// certificate (nearest_code_cpu.cpp) needs for the lists to prove the answer.
+struct Bf16Bound {
+  double delta, margin;
+};
+// From the token's float32 sums xx = sum x^2 and r2 = sum (bf16(-2x) + 2x)^2; g = (2D + 8) 2^-24
+// as in the exact path's certificate, max_e2 = max ||e_k||^2 (rounded up).
+Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err);
+
+// Searches tokens xs [tn, D] (float32 rows, not scaled) against codes [k0, k1) of `cb`, with
+// norms [K] the float32 ||e_k||^2: out[t] and bounds[t] for t < tn. Every code outside out[t] has
+// an approximate distance >= b + margin (the margin as a float, rounded up). Scratch is per
+// thread; call bf16_release() when a thread is done with its items.
+void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const float* norms,
+                      int64_t k0, int64_t k1, double g, double max_e2, CandList* out,
+                      Bf16Bound* bounds);
+void bf16_release();
+
+}  // namespace cpu
+}  // namespace sgcvq
