@@ -1,7 +1,7 @@
 """CPU op benchmarks: sgcvq's kernels next to the usual ways of doing the same thing.
 
 Groups (one pytest-benchmark group each, providers side by side in one run):
-* nearest-code N,K,D   : ours (auto backend) vs torch.cdist+argmin, torch.addmm+argmin,
+* nearest-code N,K,D   : ours (auto backend; exact and fast_exact modes) vs torch.cdist+argmin, torch.addmm+argmin,
                          faiss IndexFlatL2.search(k=1) (skipped if faiss is missing);
 * nearest-code ... 1 thread, CPU time: ours vs FAISS vs addmm, each on one thread, timed in the
                          calling thread's CPU time (robust to other load on a shared machine);
@@ -36,7 +36,7 @@ NEAREST_SHAPES = [(4096, 1024, 256), (4096, 2048, 64), (8192, 4096, 8)] if QUICK
 SEMANTIC_SHAPES = [(8192, 4096, 8)] if QUICK else [(65536, 16384, 8), (65536, 8192, 64)]
 STATS_SHAPES = [(8192, 1024, 64)] if QUICK else [(65536, 8192, 256)]
 
-NEAREST_PROVIDERS = ["ours", "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
+NEAREST_PROVIDERS = ["ours", "ours fast_exact", "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
 SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "masked full matrix"]
 STATS_PROVIDERS = ["ours", "one-hot matmul", "index_add_"]
 
@@ -68,6 +68,8 @@ def nearest_provider(name: str, inp: dict):
     x, e = inp["x"], inp["codebook"]
     if name == "ours":
         return lambda: sgcvq.nearest_code(x, e, check=False)[0]
+    if name == "ours fast_exact":  # the same answer; bf16 GEMM tiles on AMX where D > 16
+        return lambda: sgcvq.nearest_code(x, e, mode="fast_exact", check=False)[0]
     if name == "torch.cdist+argmin":
         return lambda: torch.cdist(x, e).argmin(1)
     if name == "torch.addmm+argmin":
@@ -175,7 +177,7 @@ def test_nearest_code(benchmark, matmul_gflops, bench_record, peak_memory_mb, sh
 
 
 @pytest.mark.benchmark(timer=time.thread_time)
-@pytest.mark.parametrize("provider", ["ours", "faiss.IndexFlatL2", "torch.addmm+argmin"])
+@pytest.mark.parametrize("provider", ["ours", "ours fast_exact", "faiss.IndexFlatL2", "torch.addmm+argmin"])
 @pytest.mark.parametrize("shape", NEAREST_SHAPES, ids=_ids(NEAREST_SHAPES))
 def test_nearest_code_one_thread(benchmark, bench_record, shape, provider):
     """ours vs FAISS and addmm on one thread, timed in CPU time of the calling thread: all run
