@@ -149,11 +149,15 @@ __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, i
 bool bf16_gemm_available() {
   static const bool hardware = [] {
     if (!kHaveBrgemm || !scan_uses_avx512()) return false;
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
     try {
       return at::native::cpublas::could_pack(at::kBFloat16);
     } catch (const std::exception&) {
       return false;
     }
+#else
+    return false;
+#endif
   }();
   const char* off = std::getenv("SGCVQ_CPU_BF16");  // "0" turns the path off (read every call)
   return hardware && !(off != nullptr && std::strcmp(off, "0") == 0);

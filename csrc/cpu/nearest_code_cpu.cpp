@@ -61,7 +61,7 @@ struct Certificate {
   Certificate(int64_t D, double max_norm2, bool bf16_gemm)
       : g((2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24)),
         g_dot(bf16_gemm ? std::ldexp(1.0, -7) + std::ldexp(1.0, -16) : 0.0),
-        max_e2(max_norm2 * 1.001), max_e(std::sqrt(max_norm2 * 1.001)) {}
+        max_e2(max_norm2 * (1.001 + 2.0 * g)), max_e(std::sqrt(max_e2)) {}
   // xx: ||x||^2 as summed in fp32 (relative error <= g, accounted for here).
   bool holds(float xx, float thr, float best) const {
     const double xx_hi = static_cast<double>(xx) * (1.0 + g);
@@ -166,8 +166,10 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const bool small = D <= cpu::kSmallMaxD;
   // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
   const bool bf16 = fast && !small && cpu::bf16_gemm_available();
-  const double g = (2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24);
-  const double max_e2 = static_cast<double>(enorm.max().item<float>()) * 1.001;
+  // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
+  const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
+  const Certificate cert(D, enorm.max().item<float>(), mm_rounds);
+  const double g = cert.g, max_e2 = cert.max_e2;
   cpu::Bf16Codebook cb16;
   if (bf16) cb16 = cpu::pack_bf16_codebook(E);
 
@@ -198,8 +200,6 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     lab = labels->to(at::kLong).contiguous();
     lp = lab.data_ptr<int64_t>();
   }
-  const bool bf16_gemm = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
-  const Certificate cert(D, enorm.max().item<float>(), bf16_gemm);
   std::vector<uint8_t> redo(bf16 ? static_cast<size_t>(N) : 0, 0);  // bf16 tokens left uncertified
   // Row i of x as float32: in place for float32 input, else converted into buf.
   auto row_f32 = [&](int64_t i, float* buf) -> const float* {
