@@ -48,6 +48,8 @@ def make_provider(name: str, K: int, D: int):
                                   rotation_trick=False).train()
     if name == "sgcvq":
         return FastSemanticQuantizer(D, K, decay=DECAY, threshold_dead=0).train()
+    if name == "sgcvq fast_exact":  # the same codes, bf16 candidates on AMX (CPU) / TF32 (GPU)
+        return FastSemanticQuantizer(D, K, decay=DECAY, threshold_dead=0, search_mode="fast_exact").train()
     if name == "sgcvq-semantic19":
         return FastSemanticQuantizer(D, K, num_classes=19, decay=DECAY, threshold_dead=0).train()
     raise ValueError(name)
@@ -60,7 +62,7 @@ def train_step(vq, x, labels=None):
     (q.float().square().mean() + loss).backward()
 
 
-@pytest.mark.parametrize("provider", ["sgcvq", "sgcvq-semantic19", "vector_quantize_pytorch"])
+@pytest.mark.parametrize("provider", ["sgcvq", "sgcvq fast_exact", "sgcvq-semantic19", "vector_quantize_pytorch"])
 def test_train_step_time(benchmark, bench_record, provider):
     N, K, D = SPEED_SHAPE
     torch.manual_seed(0)
@@ -72,7 +74,7 @@ def test_train_step_time(benchmark, bench_record, provider):
     benchmark.pedantic(train_step, args=(vq, x, labels), rounds=rounds, iterations=1, warmup_rounds=1)
     # FLOP of the full search 2NKD (the grouped search does ~1/19 of it)
     bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "sgcvq",
-                 flops=2.0 * N * K * D if provider != "sgcvq-semantic19" else None, N=N, K=K, D=D)
+                 flops=2.0 * N * K * D if provider in ("sgcvq", "sgcvq fast_exact") else None, N=N, K=K, D=D)
     _times[provider] = benchmark.stats.stats.min
     if provider == "vector_quantize_pytorch" and "sgcvq" in _times:
         ratio = _times[provider] / _times["sgcvq"]
