@@ -183,10 +183,11 @@ needs_bf16 = pytest.mark.skipif(not CPU_CAPS.get("bf16_gemm"), reason="no bf16 b
 
 @needs_bf16
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("N,K,D", [(2000, 1000, 256), (7, 3000, 65), (1500, 700, 17), (600, 2000, 130)])
+@pytest.mark.parametrize("N,K,D", [(2000, 1000, 256), (300, 3000, 65), (1500, 700, 17), (600, 2000, 130)])
 def test_bf16_search_certifies_most_tokens(N, K, D, dtype):
     # Exact answers, and on spread-out data the bf16 candidates prove nearly all of them: only
-    # near-ties closer than a token's margin go to the exact search. N = 7 splits the code range.
+    # near-ties closer than a token's margin go to the exact search. N = 300 (one run of tokens)
+    # also splits the code range across work items. (The path starts at 256 tokens.)
     inputs = sample_inputs(N, K, D, dtype, labelled=True)
     index, sqdist = run(inputs, "cpu", mode="fast_exact")
     assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
@@ -209,7 +210,7 @@ def test_bf16_search_sends_what_it_cannot_resolve_to_the_exact_path():
 def test_bf16_path_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SGCVQ_CPU_BF16", "0")
     assert sgcvq._C.cpu_capabilities()["bf16_gemm"] is False
-    inputs = sample_inputs(100, 300, 40)
+    inputs = sample_inputs(400, 300, 40)
     before = sgcvq._C.last_fast_exact_redo()
     index, sqdist = run(inputs, "cpu", mode="fast_exact")
     assert sgcvq._C.last_fast_exact_redo() == before  # the bf16 search did not run

@@ -3,6 +3,7 @@
 
 #include "nearest_code_scan.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -33,15 +34,8 @@ constexpr bool kHaveBrgemm = true;
 constexpr bool kHaveBrgemm = false;  // older torch: fast_exact runs the exact path on the CPU
 #endif
 
-inline uint16_t bf16_bits(float v) { return c10::BFloat16(v).x; }  // round to nearest even
-inline float bf16_value(uint16_t bits) {
-  c10::BFloat16 b;
-  b.x = bits;
-  return static_cast<float>(b);
-}
-
 struct ItemScratch {
-  std::vector<c10::BFloat16> a;  // [kTileM, Dp] bf16(-2 x)
+  std::vector<c10::BFloat16> a;  // [kTileM, lda] bf16(-2 x)
   std::vector<float> s;          // [kTileM, kTileK]
   std::vector<float> best;       // [tokens] running b
   std::vector<int32_t> count;    // [tokens] list sizes (-1: overflowed)
@@ -117,11 +111,12 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
   b = std::min(b, _mm512_reduce_min_ps(mn));
 }
 
-// Rows xs [mm, D] -> a [mm, lda] = bf16(-2 x), zero past D (lda a multiple of 16) (round to nearest even, as c10::BFloat16), with
-// the float32 sums xx = sum x^2 and r2 = sum (bf16(-2x) + 2x)^2 (each difference exact).
+// Rows xs [mm, D] -> a [mm, lda] = bf16(scale x), zero past D (lda a multiple of 16) (round to nearest even, as c10::BFloat16), with
+// the float32 sums xx = sum x^2 and r2 = sum (bf16(scale x) - scale x)^2 (each difference exact;
+// scale is a power of two).
 __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
-                                                              int64_t lda, c10::BFloat16* a, float* xx,
-                                                              float* r2) {
+                                                              int64_t lda, float scale, c10::BFloat16* a,
+                                                              float* xx, float* r2) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   for (int64_t t = 0; t < mm; ++t) {
     __m512 sx = _mm512_setzero_ps(), sr = _mm512_setzero_ps();
@@ -129,7 +124,7 @@ __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, i
       const int64_t left = std::min<int64_t>(kLanes, D - d);
       const __mmask16 m = static_cast<__mmask16>(left >= kLanes ? 0xFFFF : left > 0 ? (1u << left) - 1u : 0u);
       const __m512 v = _mm512_maskz_loadu_ps(m, xs + t * D + d);
-      const __m512 w = _mm512_mul_ps(v, _mm512_set1_ps(-2.f));
+      const __m512 w = _mm512_mul_ps(v, _mm512_set1_ps(scale));
       const __m512i bits = _mm512_castps_si512(w);
       const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
       const __m512i hi = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
@@ -169,34 +164,80 @@ std::atomic<int64_t> g_last_redo{-1};
 void note_fast_exact_redo(int64_t n) { g_last_redo.store(n); }
 int64_t last_fast_exact_redo() { return g_last_redo.load(); }
 
+namespace {
+
+// Writes block rows (bf16 bits, [64][lda]) in the layout brgemm takes for B with ld_b = 64: pairs
+// of features interleaved per code, [Dp/2][64][2] (VNNI-2). pack_layout_matches() checks this
+// against oneDNN's own pack once; where it differs, oneDNN's pack is used instead.
+void write_vnni_block(const c10::BFloat16* rows, int64_t lda, int64_t Dp, c10::BFloat16* out) {
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(rows);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
+  for (int64_t j = 0; j < kBlockN; ++j)
+    for (int64_t p = 0; p < Dp / 2; ++p) dst[p * kBlockN + j] = src[j * (lda / 2) + p];
+}
+
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+bool pack_layout_matches() {
+  static const bool same = [] {
+    const int64_t Dp = 34, lda = 48;
+    std::vector<c10::BFloat16> rows(static_cast<size_t>(kBlockN * lda), c10::BFloat16(0.f));
+    std::vector<c10::BFloat16> bt(static_cast<size_t>(Dp * kBlockN));
+    for (int64_t j = 0; j < kBlockN; ++j)
+      for (int64_t d = 0; d < Dp; ++d) {
+        const c10::BFloat16 v(static_cast<float>(j * 100 + d + 1));
+        rows[static_cast<size_t>(j * lda + d)] = v;
+        bt[static_cast<size_t>(d * kBlockN + j)] = v;
+      }
+    std::vector<c10::BFloat16> mine(static_cast<size_t>(Dp * kBlockN)), theirs(mine.size());
+    write_vnni_block(rows.data(), lda, Dp, mine.data());
+    at::native::cpublas::pack(Dp, kBlockN, kBlockN, kBlockN, at::kBFloat16, at::kBFloat16, bt.data(), theirs.data());
+    return std::memcmp(mine.data(), theirs.data(), mine.size() * sizeof(c10::BFloat16)) == 0;
+  }();
+  return same;
+}
+#endif
+
+}  // namespace
+
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
   Bf16Codebook cb;
   cb.K = E.size(0);
   cb.D = E.size(1);
   cb.Kp = (cb.K + kBlockN - 1) / kBlockN * kBlockN;
   cb.Dp = (cb.D + 1) / 2 * 2;
-  // [Dp, Kp] bf16 (B = E^T), zero-padded; and the largest rounding error of a code.
-  std::vector<c10::BFloat16> bt(static_cast<size_t>(cb.Dp * cb.Kp), c10::BFloat16(0.f));
-  const float* ep = E.data_ptr<float>();
-  double max_err2 = 0.0;
-  for (int64_t k = 0; k < cb.K; ++k) {
-    double err2 = 0.0;
-    for (int64_t d = 0; d < cb.D; ++d) {
-      const float v = ep[k * cb.D + d];
-      const uint16_t h = bf16_bits(v);
-      const double r = static_cast<double>(v) - static_cast<double>(bf16_value(h));
-      err2 += r * r;
-      bt[static_cast<size_t>(d * cb.Kp + k)].x = h;
-    }
-    max_err2 = std::max(max_err2, err2);
-  }
-  cb.max_err = std::sqrt(max_err2) * (1.0 + 1e-9);
   cb.packed = at::empty({cb.Kp * cb.Dp}, E.options().dtype(at::kBFloat16));
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  const int64_t K = cb.K, D = cb.D, Dp = cb.Dp, lda = (Dp + kLanes - 1) / kLanes * kLanes;
+  const float* ep = E.data_ptr<float>();
   c10::BFloat16* out = cb.packed.data_ptr<c10::BFloat16>();
-  for (int64_t kb = 0; kb < cb.Kp; kb += kBlockN)
-    at::native::cpublas::pack(cb.Dp, kBlockN, cb.Kp, kBlockN, at::kBFloat16, at::kBFloat16,
-                              bt.data() + kb, out + kb * cb.Dp);
+  const bool mine = pack_layout_matches();
+  const int64_t blocks = cb.Kp / kBlockN;
+  std::vector<float> block_err2(static_cast<size_t>(blocks), 0.f);
+  // Blocks of 64 codes in parallel: round each row to bf16 (and measure ||e - bf16(e)||^2), then
+  // lay the block out as brgemm wants it.
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<c10::BFloat16> rows(static_cast<size_t>(kBlockN * lda));
+    std::vector<c10::BFloat16> bt(mine ? 0 : static_cast<size_t>(Dp * kBlockN));
+    std::vector<float> xx(kBlockN), r2(kBlockN);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = std::min(kBlockN, K - b * kBlockN);
+      std::fill(rows.begin(), rows.end(), c10::BFloat16(0.f));
+      to_bf16_rows(ep + b * kBlockN * D, n, D, lda, 1.f, rows.data(), xx.data(), r2.data());
+      block_err2[static_cast<size_t>(b)] = *std::max_element(r2.begin(), r2.begin() + n);
+      if (mine) {
+        write_vnni_block(rows.data(), lda, Dp, out + b * kBlockN * Dp);
+      } else {
+        for (int64_t j = 0; j < kBlockN; ++j)
+          for (int64_t d = 0; d < Dp; ++d) bt[static_cast<size_t>(d * kBlockN + j)] = rows[static_cast<size_t>(j * lda + d)];
+        at::native::cpublas::pack(Dp, kBlockN, kBlockN, kBlockN, at::kBFloat16, at::kBFloat16, bt.data(),
+                                  out + b * kBlockN * Dp);
+      }
+    }
+  });
+  // float32 sums of D exact squares: relative error below (2D + 8) 2^-24.
+  const double g = (2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24);
+  const double err2 = *std::max_element(block_err2.begin(), block_err2.end());
+  cb.max_err = std::sqrt(err2 * (1.0 + g)) * (1.0 + 1e-9);
 #endif
   return cb;
 }
@@ -235,7 +276,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const
   const int64_t kb0 = k0 / kBlockN * kBlockN, kb1 = (k1 + kBlockN - 1) / kBlockN * kBlockN;
   for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
-    to_bf16_rows(xs + m0 * D, mm, D, lda, sc.a.data(), xx, r2);
+    to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, sc.a.data(), xx, r2);
     for (int64_t t = 0; t < mm; ++t) {
       bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, max_e2, cb.max_err);
       margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up

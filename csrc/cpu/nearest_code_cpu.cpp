@@ -6,12 +6,13 @@
 //
 // Every item keeps the two best codes per token by the approximate distance ||e||^2 - 2 x.e
 // (x pre-scaled by -2, exact): for D > 16 from GEMM tiles (ATen at::mm_out into a thread-local,
-// L2-sized scratch), for D <= 16 from a register-blocked SIMD scan (nearest_code_scan.cpp).
-// The final pass re-scores the candidates with the direct fp32 sum of squared differences and
-// CERTIFIES the winner: from a rigorous bound on the expansion's rounding error it checks that no
-// other code can have a smaller fp32 distance; a token that fails the check (true near-ties,
-// non-finite values) is re-searched exactly. The result is therefore the argmin of the direct fp32
-// distance, ties to the lowest index, on every path.
+// L2-sized scratch), for D <= 16 from a register-blocked SIMD scan (nearest_code_scan.cpp);
+// mode 'fast_exact' at D > 16 instead keeps every code within a per-token margin of the best from
+// bf16 GEMM tiles (nearest_code_bf16.cpp). Each token's candidates are then re-scored with the
+// direct fp32 sum of squared differences and the winner is CERTIFIED: from a rigorous bound on the
+// expansion's rounding error it checks that no other code can have a smaller fp32 distance; a token
+// that fails the check (true near-ties, non-finite values) is re-searched exactly. The result is
+// therefore the argmin of the direct fp32 distance, ties to the lowest index, on every path.
 #include "../checks.h"
 #include "nearest_code_bf16.h"
 #include "nearest_code_scan.h"
@@ -20,8 +21,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <type_traits>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace sgcvq {
@@ -32,6 +33,7 @@ using cpu::Top2;
 
 constexpr int64_t kTileN = 512;  // tokens per work item (the GEMM packs each code tile once per 512)
 constexpr int64_t kTileK = 512;  // codes per GEMM tile (scratch: kTileN * kTileK floats = 1 MB, in L2)
+constexpr int64_t kBf16MinTokens = 256;  // fast_exact's bf16 path from this many tokens on
 
 struct WorkItem {
   int64_t t0, t1;  // positions in the (possibly label-sorted) token order
@@ -165,7 +167,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const float* np_ = enorm.data_ptr<float>();
   const bool small = D <= cpu::kSmallMaxD;
   // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
-  const bool bf16 = fast && !small && cpu::bf16_gemm_available();
+  // Below kBf16MinTokens tokens, rounding and packing the codebook costs more than bf16 saves.
+  const bool bf16 = fast && !small && N >= kBf16MinTokens && cpu::bf16_gemm_available();
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
   const Certificate cert(D, enorm.max().item<float>(), mm_rounds);
