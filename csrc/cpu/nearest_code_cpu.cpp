@@ -167,8 +167,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const float* np_ = enorm.data_ptr<float>();
   const bool small = D <= cpu::kSmallMaxD;
   // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
-  // Below kBf16MinTokens tokens, rounding and packing the codebook costs more than bf16 saves.
-  const bool bf16 = fast && !small && N >= kBf16MinTokens && cpu::bf16_gemm_available();
+  // bfloat16 inputs take it in both modes: their products are exact, so only the float32
+  // accumulation enters the margin. Below kBf16MinTokens tokens, rounding and packing the
+  // codebook costs more than bf16 saves.
+  constexpr bool bf16_input = std::is_same_v<scalar_t, c10::BFloat16>;
+  const bool bf16 = (fast || bf16_input) && !small && N >= kBf16MinTokens && cpu::bf16_gemm_available();
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
   const Certificate cert(D, enorm.max().item<float>(), mm_rounds);
@@ -354,8 +357,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
                                                     c10::string_view mode) {
   check_nearest_code_shapes(x, codebook, labels, offsets, mode);
   TORCH_CHECK(x.device().is_cpu(), "nearest_code (CPU kernel): x is on ", x.device());
-  // 'fast_exact' takes bf16 GEMM tiles where D > 16 and brgemm runs here; both modes return the
-  // float32 argmin.
+  // 'fast_exact' (and any bfloat16 input) takes bf16 GEMM tiles where D > 16 and brgemm runs
+  // here; both modes return the float32 argmin.
   const bool fast = mode == "fast_exact";
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "nearest_code_cpu",
                                          [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, fast); });
