@@ -10,6 +10,7 @@ namespace sgcvq::cpu {
 bool scan_uses_avx512();
 bool bf16_gemm_available();
 int64_t last_fast_exact_redo();
+int64_t bf16_search_calls();
 }  // namespace sgcvq::cpu
 
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
@@ -21,11 +22,16 @@ static PyObject* cpu_capabilities(PyObject*, PyObject*) {
 static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_fast_exact_redo()));
 }
+static PyObject* bf16_search_calls(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::bf16_search_calls()));
+}
 static PyMethodDef kMethods[] = {
     {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
      "{'avx512': the AVX-512 scans run, 'bf16_gemm': mode='fast_exact' takes bf16 GEMM tiles (D > 16)}"},
     {"last_fast_exact_redo", last_fast_exact_redo, METH_NOARGS,
      "Tokens the last CPU bf16 fast_exact call sent to the exact path (-1: none ran yet)."},
+    {"bf16_search_calls", bf16_search_calls, METH_NOARGS,
+     "nearest_code calls that took the CPU bf16 path since the library was loaded."},
     {nullptr, nullptr, 0, nullptr}};
 
 // PyMODINIT_FUNC exports the symbol although the library is built with -fvisibility=hidden.

@@ -188,10 +188,15 @@ def test_bf16_search_certifies_most_tokens(N, K, D, dtype):
     # Exact answers, and on spread-out data the bf16 candidates prove nearly all of them: only
     # near-ties closer than a token's margin go to the exact search. N = 300 (one run of tokens)
     # also splits the code range across work items. (The path starts at 256 tokens.)
+    # bfloat16 inputs take the path in both modes.
     inputs = sample_inputs(N, K, D, dtype, labelled=True)
-    index, sqdist = run(inputs, "cpu", mode="fast_exact")
-    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
-    assert 0 <= sgcvq._C.last_fast_exact_redo() <= max(2, 0.02 * N)
+    expected = expected_index(inputs, "cpu")
+    for mode in MODES if dtype == torch.bfloat16 else ("fast_exact",):
+        calls = sgcvq._C.bf16_search_calls()
+        index, sqdist = run(inputs, "cpu", mode=mode)
+        assert_nearest(inputs, index, sqdist, expected)
+        assert sgcvq._C.bf16_search_calls() == calls + 1, f"{mode}: the bf16 path did not run"
+        assert 0 <= sgcvq._C.last_fast_exact_redo() <= max(2, 0.02 * N)
 
 
 @needs_bf16
@@ -207,13 +212,39 @@ def test_bf16_search_sends_what_it_cannot_resolve_to_the_exact_path():
 
 
 @needs_bf16
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_input_near_ties_go_to_the_float32_path(mode):
+    # bfloat16 codes that tie or nearly tie for every token: the bf16 path (taken in both modes for
+    # bf16 input) sends every token to the float32 search, once, as one batch.
+    centres = torch.randn(3, 48)
+    codebook = centres.repeat_interleave(50, 0).bfloat16()
+    codebook[1::50] += 2**-6  # a near twin next to each centre's first copy
+    x = (centres[torch.randint(3, (400,))] + 1e-3 * torch.randn(400, 48)).bfloat16()
+    inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
+    calls = sgcvq._C.bf16_search_calls()
+    index, sqdist = run(inputs, "cpu", mode=mode)
+    assert sgcvq._C.bf16_search_calls() == calls + 1
+    assert sgcvq._C.last_fast_exact_redo() == 400
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
+@needs_bf16
+def test_exact_mode_on_float32_never_takes_the_bf16_path():
+    inputs = sample_inputs(2000, 500, 64)
+    calls = sgcvq._C.bf16_search_calls()
+    index, sqdist = run(inputs, "cpu", mode="exact")
+    assert sgcvq._C.bf16_search_calls() == calls
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
+@needs_bf16
 def test_bf16_path_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("SGCVQ_CPU_BF16", "0")
     assert sgcvq._C.cpu_capabilities()["bf16_gemm"] is False
     inputs = sample_inputs(400, 300, 40)
-    before = sgcvq._C.last_fast_exact_redo()
+    calls = sgcvq._C.bf16_search_calls()
     index, sqdist = run(inputs, "cpu", mode="fast_exact")
-    assert sgcvq._C.last_fast_exact_redo() == before  # the bf16 search did not run
+    assert sgcvq._C.bf16_search_calls() == calls  # the bf16 search did not run
     assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
 
 

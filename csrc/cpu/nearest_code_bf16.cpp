@@ -159,10 +159,14 @@ bool bf16_gemm_available() {
 }
 
 namespace {
-std::atomic<int64_t> g_last_redo{-1};
+std::atomic<int64_t> g_last_redo{-1}, g_calls{0};
 }  // namespace
-void note_fast_exact_redo(int64_t n) { g_last_redo.store(n); }
+void note_fast_exact_redo(int64_t n) {
+  g_last_redo.store(n);
+  g_calls.fetch_add(1);
+}
 int64_t last_fast_exact_redo() { return g_last_redo.load(); }
+int64_t bf16_search_calls() { return g_calls.load(); }
 
 namespace {
 

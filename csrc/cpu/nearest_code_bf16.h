@@ -22,8 +22,9 @@ bool bf16_gemm_available();
 
 // How many tokens the last bf16 call could not certify and re-searched exactly (a statistic for
 // tests and benchmarks; -1 before the first call).
-void note_fast_exact_redo(int64_t n);
+void note_fast_exact_redo(int64_t n);  // also counts the call
 int64_t last_fast_exact_redo();
+int64_t bf16_search_calls();  // calls that took the bf16 path since the library loaded
 
 // The codebook rounded to bfloat16 and packed for brgemm: blocks of 64 codes, each [Dp/2][64][2]
 // (VNNI), codes and features zero-padded to Kp = 64 * ceil(K / 64) and Dp = 2 * ceil(D / 2).

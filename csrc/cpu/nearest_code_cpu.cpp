@@ -89,7 +89,8 @@ bool gemm_rounds_inputs(int64_t tn, int64_t D, int64_t kn) {
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, const at::Tensor& cb_in,
                                                      const std::optional<at::Tensor>& labels,
-                                                     const std::optional<at::Tensor>& offsets, bool fast) {
+                                                     const std::optional<at::Tensor>& offsets, bool fast,
+                                                     bool fp32_only = false) {
   const int64_t N = x_in.size(0), D = x_in.size(1), K = cb_in.size(0);
   auto index = at::empty({N}, x_in.options().dtype(at::kLong));
   auto sqdist = at::empty({N}, x_in.options().dtype(at::kFloat));
@@ -171,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   // accumulation enters the margin. Below kBf16MinTokens tokens, rounding and packing the
   // codebook costs more than bf16 saves.
   constexpr bool bf16_input = std::is_same_v<scalar_t, c10::BFloat16>;
-  const bool bf16 = (fast || bf16_input) && !small && N >= kBf16MinTokens && cpu::bf16_gemm_available();
+  const bool bf16 = !fp32_only && (fast || bf16_input) && !small && N >= kBf16MinTokens &&
+                    cpu::bf16_gemm_available();
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
   const Certificate cert(D, enorm.max().item<float>(), mm_rounds);
@@ -343,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       const at::Tensor sel = at::tensor(rows, at::kLong);
       std::optional<at::Tensor> sub_labels;
       if (labels.has_value()) sub_labels = labels->index_select(0, sel);
-      auto [sub_index, sub_dist] = nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, false);
+      auto [sub_index, sub_dist] =
+          nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, false, /*fp32_only=*/true);
       index.index_copy_(0, sel, sub_index);
       sqdist.index_copy_(0, sel, sub_dist);
     }
