@@ -164,9 +164,22 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     return (a.t1 - a.t0) * (a.k1 - a.k0) > (b.t1 - b.t0) * (b.k1 - b.k0);
   });
 
-  const at::Tensor enorm = E.pow(2).sum(1);  // [K]
-  const float* np_ = enorm.data_ptr<float>();
   const bool small = D <= cpu::kSmallMaxD;
+  // ||e_k||^2 in float32 (any summation order is within the certificate's g) and, for D <= 16, the
+  // codebook in the small-D layout (nearest_code_scan.h), in one parallel pass.
+  const int64_t nblocks = (K + cpu::kLanes - 1) / cpu::kLanes;
+  std::vector<float> enorm(static_cast<size_t>(small ? nblocks * cpu::kLanes : K), 0.f);
+  std::vector<float> blocks(static_cast<size_t>(small ? nblocks * cpu::kLanes * D : 0), 0.f);
+  at::parallel_for(0, K, 2048, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      enorm[static_cast<size_t>(k)] = cpu::sum_squares(ep + k * D, D);
+      if (small)
+        for (int64_t d = 0; d < D; ++d)
+          blocks[static_cast<size_t>(((k / cpu::kLanes) * D + d) * cpu::kLanes + k % cpu::kLanes)] = ep[k * D + d];
+    }
+  });
+  const float* np_ = enorm.data();
+  const float max_norm2 = *std::max_element(enorm.begin(), enorm.begin() + K);
   // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
   // bfloat16 inputs take it in both modes: their products are exact, so only the float32
   // accumulation enters the margin. Below kBf16MinTokens tokens, rounding and packing the
@@ -176,26 +189,19 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
                     cpu::bf16_gemm_available();
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
-  const Certificate cert(D, enorm.max().item<float>(), mm_rounds);
+  const Certificate cert(D, max_norm2, mm_rounds);
   const double g = cert.g, max_e2 = cert.max_e2;
   cpu::Bf16Codebook cb16;
   if (bf16) cb16 = cpu::pack_bf16_codebook(E);
 
-  // ---- candidates: [splits][N] top-2 by the approximate distance (bf16: margin lists) ------
-  std::vector<Top2> cand(bf16 ? 0 : static_cast<size_t>(splits * N));
-  std::vector<cpu::CandList> lists(bf16 ? static_cast<size_t>(splits * N) : 0, cpu::CandList{kInf, 0, {}});
-  std::vector<cpu::Bf16Bound> token_bound(bf16 ? static_cast<size_t>(N) : 0);  // from split 0's item
-  at::Tensor blocks, bnorms;  // the small-D layout, see nearest_code_scan.h
-  if (small) {
-    const int64_t nb = (K + cpu::kLanes - 1) / cpu::kLanes;
-    blocks = at::zeros({nb * cpu::kLanes, D}, E.options());
-    blocks.narrow(0, 0, K).copy_(E);
-    blocks = blocks.view({nb, cpu::kLanes, D}).transpose(1, 2).contiguous();
-    bnorms = at::zeros({nb * cpu::kLanes}, E.options());
-    bnorms.narrow(0, 0, K).copy_(enorm);
-  }
-  const cpu::SmallDCodebook small_cb{small ? blocks.data_ptr<float>() : nullptr,
-                                     small ? bnorms.data_ptr<float>() : nullptr};
+  // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
+  // With one split the worker finishes each token straight from its own buffers; with several,
+  // [splits][N] arrays hold them until every split is done.
+  const bool stored = splits > 1;
+  std::vector<Top2> cand(stored && !bf16 ? static_cast<size_t>(splits * N) : 0);
+  std::vector<cpu::CandList> lists(stored && bf16 ? static_cast<size_t>(splits * N) : 0, cpu::CandList{kInf, 0, {}});
+  std::vector<cpu::Bf16Bound> token_bound(stored && bf16 ? static_cast<size_t>(N) : 0);  // from split 0
+  const cpu::SmallDCodebook small_cb{small ? blocks.data() : nullptr, small ? enorm.data() : nullptr};
 
   // ---- the answer of token i: fp32 re-score, certificate, exact re-search where it fails -----
   // Called by the worker right after the token's item when there is one code split (its row is
@@ -219,7 +225,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       return buf;
     }
   };
-  auto finish_token = [&](int64_t i, float* buf) {
+  // tops / found: split s's candidates at [s * stride]; bound: the token's bf16 bound.
+  auto finish_token = [&](int64_t i, float* buf, const Top2* tops, const cpu::CandList* found_lists,
+                          const cpu::Bf16Bound* bound_of, int64_t stride) {
     const float* xr = row_f32(i, buf);
     const int64_t lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
     const int64_t hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
@@ -236,12 +244,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       bool complete = true;
       float b = kInf;
       for (int64_t s = 0; s < splits; ++s) {
-        const cpu::CandList& c = lists[static_cast<size_t>(s * N + i)];
+        const cpu::CandList& c = found_lists[s * stride];
         complete = complete && c.n >= 0;
         b = std::min(b, c.b);
         for (int32_t j = 0; j < c.n; ++j) rescore(c.idx[j]);
       }
-      const cpu::Bf16Bound& bound = token_bound[static_cast<size_t>(i)];
+      const cpu::Bf16Bound& bound = *bound_of;
       thr = b + std::nextafter(static_cast<float>(bound.margin), kInf);
       certified = complete && (found >= hi - lo || cert.holds_with(cpu::sum_squares(xr, D), thr, bv, bound.delta));
       if (!certified) {
@@ -250,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       }
     } else {
       for (int64_t s = 0; s < splits; ++s) {
-        const Top2& c = cand[static_cast<size_t>(s * N + i)];
+        const Top2& c = tops[s * stride];
         thr = std::min(thr, c.v2);
         for (const int64_t k : {c.i1, c.i2})
           if (k >= 0) rescore(k);
@@ -296,9 +304,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         cpu::bf16_search_item(rows, tn, cb16, np_, it.k0, it.k1, g, max_e2, found.data(), bounds.data());
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+          if (!stored) {
+            finish_token(tok, xr.data(), nullptr, &found[t], &bounds[t], 0);
+            continue;
+          }
           lists[static_cast<size_t>(it.split * N + tok)] = found[t];
           if (it.split == 0) token_bound[static_cast<size_t>(tok)] = bounds[t];
-          if (splits == 1) finish_token(tok, xr.data());
         }
         continue;
       }
@@ -321,17 +332,25 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       }
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
-        cand[static_cast<size_t>(it.split * N + tok)] = best[t];
-        if (splits == 1) finish_token(tok, xr.data());
+        if (stored)
+          cand[static_cast<size_t>(it.split * N + tok)] = best[t];
+        else
+          finish_token(tok, xr.data(), &best[t], nullptr, nullptr, 0);
       }
     }
     if (bf16) cpu::bf16_release();
   });
 
-  if (splits > 1) {
+  if (stored) {
     at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
       std::vector<float> xr(static_cast<size_t>(D));
-      for (int64_t i = i0; i < i1; ++i) finish_token(i, xr.data());
+      for (int64_t i = i0; i < i1; ++i) {
+        const size_t at = static_cast<size_t>(i);
+        if (bf16)
+          finish_token(i, xr.data(), nullptr, &lists[at], &token_bound[at], N);
+        else
+          finish_token(i, xr.data(), &cand[at], nullptr, nullptr, N);
+      }
     });
   }
   if (bf16) {
