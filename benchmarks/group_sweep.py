@@ -11,7 +11,7 @@ import time
 
 import torch
 
-import sgcvq  # noqa: F401  (loads the ops)
+from sgcvq import ops  # loads torch.ops.sgcvq
 
 
 def main() -> None:
@@ -19,6 +19,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dim", type=int, default=8)
     args = ap.parse_args()
+    if not ops.HAS_CPU_EXTENSION:
+        raise SystemExit("group_sweep.py times the CPU kernels: build them first (python setup.py build_ext --inplace)")
     torch.set_num_threads(args.threads)
     N, D = 65536, args.dim
     x = torch.randn(N, D, generator=torch.Generator().manual_seed(0))
