@@ -471,7 +471,9 @@ def test_metrics():
     used = torch.unique(vq.last_counts.nonzero())
     assert m["steps"] == 1 and m["active_codes"] == used.numel() <= 8
     assert m["per_class_usage"][1] == 0.0 and m["per_class_usage"][0] == used.numel() / 8
-    assert 1.0 <= m["perplexity"] <= 8.0
+    p = vq.last_counts[vq.last_counts > 0].double() / 64  # the step's 64 tokens over the used codes
+    assert m["perplexity"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
+    assert 1.0 <= m["perplexity"] <= used.numel()
 
 
 # ------------------------------------------------------------------------------------------------
