@@ -9,6 +9,7 @@
 namespace sgcvq::cpu {
 bool scan_uses_avx512();
 bool bf16_gemm_available();
+bool bf16_own_pack();
 int64_t last_fast_exact_redo();
 int64_t bf16_search_calls();
 }  // namespace sgcvq::cpu
@@ -16,8 +17,9 @@ int64_t bf16_search_calls();
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
 // kernels can do here, for tests and benchmarks.
 static PyObject* cpu_capabilities(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:O,s:O}", "avx512", sgcvq::cpu::scan_uses_avx512() ? Py_True : Py_False,
-                       "bf16_gemm", sgcvq::cpu::bf16_gemm_available() ? Py_True : Py_False);
+  return Py_BuildValue("{s:O,s:O,s:O}", "avx512", sgcvq::cpu::scan_uses_avx512() ? Py_True : Py_False,
+                       "bf16_gemm", sgcvq::cpu::bf16_gemm_available() ? Py_True : Py_False,
+                       "bf16_own_pack", sgcvq::cpu::bf16_own_pack() ? Py_True : Py_False);
 }
 static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_fast_exact_redo()));
@@ -27,7 +29,8 @@ static PyObject* bf16_search_calls(PyObject*, PyObject*) {
 }
 static PyMethodDef kMethods[] = {
     {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
-     "{'avx512': the AVX-512 scans run, 'bf16_gemm': mode='fast_exact' takes bf16 GEMM tiles (D > 16)}"},
+     "{'avx512': the AVX-512 scans run, 'bf16_gemm': mode='fast_exact' takes bf16 GEMM tiles (D > 16), "
+     "'bf16_own_pack': the bf16 codebook is packed by sgcvq, not by oneDNN's slower per-block pack}"},
     {"last_fast_exact_redo", last_fast_exact_redo, METH_NOARGS,
      "Tokens the last CPU bf16 fast_exact call sent to the exact path (-1: none ran yet)."},
     {"bf16_search_calls", bf16_search_calls, METH_NOARGS,

@@ -111,9 +111,9 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
   b = std::min(b, _mm512_reduce_min_ps(mn));
 }
 
-// Rows xs [mm, D] -> a [mm, lda] = bf16(scale x), zero past D (lda a multiple of 16) (round to nearest even, as c10::BFloat16), with
-// the float32 sums xx = sum x^2 and r2 = sum (bf16(scale x) - scale x)^2 (each difference exact;
-// scale is a power of two).
+// Rows xs [mm, D] -> a [mm, lda] = bf16(scale x) rounded to nearest even as c10::BFloat16 does,
+// zero past D (lda a multiple of 16); and the float32 sums xx = sum x^2 and
+// r2 = sum (bf16(scale x) - scale x)^2 (scale a power of two, so each difference is exact).
 __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
                                                               int64_t lda, float scale, c10::BFloat16* a,
                                                               float* xx, float* r2) {
@@ -188,7 +188,8 @@ bool pack_layout_matches() {
     std::vector<c10::BFloat16> bt(static_cast<size_t>(Dp * kBlockN));
     for (int64_t j = 0; j < kBlockN; ++j)
       for (int64_t d = 0; d < Dp; ++d) {
-        const c10::BFloat16 v(static_cast<float>(j * 100 + d + 1));
+        c10::BFloat16 v;  // a distinct normal number at every position
+        v.x = static_cast<uint16_t>(0x3F80 + j * Dp + d);
         rows[static_cast<size_t>(j * lda + d)] = v;
         bt[static_cast<size_t>(d * kBlockN + j)] = v;
       }
@@ -202,6 +203,14 @@ bool pack_layout_matches() {
 #endif
 
 }  // namespace
+
+bool bf16_own_pack() {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  return bf16_gemm_available() && pack_layout_matches();
+#else
+  return false;
+#endif
+}
 
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
   Bf16Codebook cb;

@@ -34,6 +34,9 @@ struct Bf16Codebook {
   double max_err = 0.0;  // max_k ||e_k - bf16(e_k)||, rounded up
 };
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */);
+// True when the packing above writes the layout itself (checked once against oneDNN's pack, which
+// it uses instead where the layouts differ).
+bool bf16_own_pack();
 
 // A token's candidates from one code range: b is the smallest approximate distance seen, idx[0, n)
 // every code whose approximate distance was below b + margin; n = -1 when more than kMaxCand were
