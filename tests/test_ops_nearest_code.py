@@ -212,6 +212,18 @@ def test_bf16_search_sends_what_it_cannot_resolve_to_the_exact_path():
 
 
 @needs_bf16
+def test_bf16_search_centres_a_common_offset():
+    # Features 100 standard deviations from the origin: bf16 of the raw values cannot separate the
+    # codes, but the path centres x and the codes on the codebook's mean before rounding.
+    centre = 100 * torch.randn(64)
+    x, codebook = centre + torch.randn(3000, 64), centre + torch.randn(1000, 64)
+    inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
+    index, sqdist = run(inputs, "cpu", mode="fast_exact")
+    assert sgcvq._C.last_fast_exact_redo() <= 0.02 * 3000
+    assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
+
+
+@needs_bf16
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_input_near_ties_go_to_the_float32_path(mode):
     # bfloat16 codes that tie or nearly tie for every token: the bf16 path (taken in both modes for

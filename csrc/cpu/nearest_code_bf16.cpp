@@ -35,7 +35,8 @@ constexpr bool kHaveBrgemm = false;  // older torch: fast_exact runs the exact p
 #endif
 
 struct ItemScratch {
-  std::vector<c10::BFloat16> a;  // [kTileM, lda] bf16(-2 x)
+  std::vector<float> xc;         // [kTileM, D] x - centre
+  std::vector<c10::BFloat16> a;  // [kTileM, lda] bf16(-2 (x - centre))
   std::vector<float> s;          // [kTileM, kTileK]
   std::vector<float> best;       // [tokens] running b
   std::vector<int32_t> count;    // [tokens] list sizes (-1: overflowed)
@@ -212,7 +213,7 @@ bool bf16_own_pack() {
 #endif
 }
 
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values) {
   Bf16Codebook cb;
   cb.K = E.size(0);
   cb.D = E.size(1);
@@ -222,21 +223,38 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   const int64_t K = cb.K, D = cb.D, Dp = cb.Dp, lda = (Dp + kLanes - 1) / kLanes * kLanes;
   const float* ep = E.data_ptr<float>();
+  // The centre: the codebook's mean row where that shrinks the largest squared code norm enough
+  // (a common offset), else 0, which keeps x - c exact, and bfloat16 inputs' products exact (for
+  // them only a large offset is worth losing that). Any float32 vector would be correct: the bound
+  // covers the rounding of x - c and e - c.
+  const at::Tensor mean = E.mean(0, /*keepdim=*/false, at::kDouble).to(at::kFloat);
+  const float raw2 = E.square().sum(1).max().item<float>();
+  const float centred2 = (E - mean).square().sum(1).max().item<float>();
+  const bool centre = centred2 < (bf16_values ? 0.25f : 0.75f) * raw2;
+  cb.center = centre ? mean.contiguous() : at::zeros({D}, E.options());
+  const float* cp = cb.center.data_ptr<float>();
+  cb.norms.assign(static_cast<size_t>(K), 0.f);
   c10::BFloat16* out = cb.packed.data_ptr<c10::BFloat16>();
   const bool mine = pack_layout_matches();
   const int64_t blocks = cb.Kp / kBlockN;
-  std::vector<float> block_err2(static_cast<size_t>(blocks), 0.f);
-  // Blocks of 64 codes in parallel: round each row to bf16 (and measure ||e - bf16(e)||^2), then
-  // lay the block out as brgemm wants it.
+  std::vector<float> block_err2(static_cast<size_t>(blocks), 0.f), block_e2(static_cast<size_t>(blocks), 0.f);
+  // Blocks of 64 codes in parallel: centre each row, round it to bf16 (measuring ||e' - bf16(e')||^2
+  // and ||e'||^2), then lay the block out as brgemm wants it.
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> centred(static_cast<size_t>(kBlockN * D));
     std::vector<c10::BFloat16> rows(static_cast<size_t>(kBlockN * lda));
     std::vector<c10::BFloat16> bt(mine ? 0 : static_cast<size_t>(Dp * kBlockN));
-    std::vector<float> xx(kBlockN), r2(kBlockN);
+    std::vector<float> e2(kBlockN), r2(kBlockN);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = std::min(kBlockN, K - b * kBlockN);
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t d = 0; d < D; ++d)
+          centred[static_cast<size_t>(j * D + d)] = ep[(b * kBlockN + j) * D + d] - cp[d];
       std::fill(rows.begin(), rows.end(), c10::BFloat16(0.f));
-      to_bf16_rows(ep + b * kBlockN * D, n, D, lda, 1.f, rows.data(), xx.data(), r2.data());
+      to_bf16_rows(centred.data(), n, D, lda, 1.f, rows.data(), e2.data(), r2.data());
+      std::copy(e2.begin(), e2.begin() + n, cb.norms.begin() + b * kBlockN);
       block_err2[static_cast<size_t>(b)] = *std::max_element(r2.begin(), r2.begin() + n);
+      block_e2[static_cast<size_t>(b)] = *std::max_element(e2.begin(), e2.begin() + n);
       if (mine) {
         write_vnni_block(rows.data(), lda, Dp, out + b * kBlockN * Dp);
       } else {
@@ -247,36 +265,42 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E) {
       }
     }
   });
-  // float32 sums of D exact squares: relative error below (2D + 8) 2^-24.
+  // float32 sums of D squares: relative error below g = (2D + 8) 2^-24.
   const double g = (2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24);
   const double err2 = *std::max_element(block_err2.begin(), block_err2.end());
   cb.max_err = std::sqrt(err2 * (1.0 + g)) * (1.0 + 1e-9);
+  cb.max_e2 = *std::max_element(block_e2.begin(), block_e2.end()) * (1.001 + 2.0 * g);
 #endif
   return cb;
 }
 
 Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err) {
-  // xx, r2: float32 sums of D squares, relative error <= g.
+  // xx = ||x'||^2, r2, max_e2 = max ||e'||^2: float32 sums of D squares, relative error <= g; x' and
+  // e' are the centred rows as float32 (x - c and e - c, each rounded once).
+  const double u = std::ldexp(1.0, -24);
   const double xn = std::sqrt(static_cast<double>(xx) * (1.0 + g)) * (1.0 + 1e-9);
   const double r = std::sqrt(static_cast<double>(r2) * (1.0 + g)) * (1.0 + 1e-9);
-  const double max_e = std::sqrt(max_e2), ah = 2.0 * xn + r;  // ||bf16(-2x)|| <= ah
-  const double sd = std::sqrt(static_cast<double>(D));
-  // 2g max_e2: fl(||e||^2) and the norm's share of the add; r max_e + ah max_err: the bf16
-  // roundings of x and of the code; g ah (max_e + max_err): the float32 accumulation and the add;
+  const double max_e = std::sqrt(max_e2), ah = 2.0 * xn + r;  // ||bf16(-2x')|| <= ah
+  // 2g max_e2: fl(||e'||^2) and the norm's share of the add; r max_e + ah max_err: the bf16
+  // roundings of x' and of the code; g ah (max_e + max_err): the float32 accumulation and the add;
+  // 4u (xn + max_e)^2: rounding x - c and e - c (moves ||e'||^2, 2 x'.e' and ||x'||^2 by 2.1u each);
   // the last term: flushed subnormal inputs, products and partial sums (AMX runs DAZ/FTZ).
+  const double sd = std::sqrt(static_cast<double>(D));
   const double delta = 2.0 * g * max_e2 + r * max_e + ah * max_err + g * ah * (max_e + max_err) +
+                       4.0 * u * (xn + max_e) * (xn + max_e) +
                        std::ldexp(1.0, -120) * (static_cast<double>(D) + sd * (ah + max_e + max_err));
   const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + std::ldexp(1.0, -120);
-  return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack};
+  return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack, xx};
 }
 
-void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const float* norms,
-                      int64_t k0, int64_t k1, double g, double max_e2, CandList* out, Bf16Bound* bounds) {
+void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
+                      double g, CandList* out, Bf16Bound* bounds) {
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
   sc.a.resize(static_cast<size_t>(kTileM * lda));
+  sc.xc.resize(static_cast<size_t>(kTileM * D));
   sc.margin.resize(static_cast<size_t>(tn));
   float* margin = sc.margin.data();
   float xx[kTileM], r2[kTileM];
@@ -289,9 +313,12 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const
   const int64_t kb0 = k0 / kBlockN * kBlockN, kb1 = (k1 + kBlockN - 1) / kBlockN * kBlockN;
   for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
-    to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, sc.a.data(), xx, r2);
+    const float* cp = cb.center.data_ptr<float>();
+    for (int64_t t = 0; t < mm; ++t)
+      for (int64_t d = 0; d < D; ++d) sc.xc[static_cast<size_t>(t * D + d)] = xs[(m0 + t) * D + d] - cp[d];
+    to_bf16_rows(sc.xc.data(), mm, D, lda, -2.f, sc.a.data(), xx, r2);
     for (int64_t t = 0; t < mm; ++t) {
-      bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, max_e2, cb.max_err);
+      bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
       margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
     }
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
@@ -302,7 +329,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const
       const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
       for (int64_t t = 0; t < mm; ++t) {
         const int64_t tok = m0 + t;
-        scan_row(sc.s.data() + t * kTileK, norms, kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
+        scan_row(sc.s.data() + t * kTileK, cb.norms.data(), kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
                  sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
       }
     }
@@ -316,7 +343,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const
     for (int32_t j = 0; j < std::max(o.n, 0); ++j) o.idx[j] = sc.idx[static_cast<size_t>(t * kListCap + j)];
   }
 #else
-  (void)xs; (void)tn; (void)cb; (void)norms; (void)k0; (void)k1; (void)g; (void)max_e2; (void)out; (void)bounds;
+  (void)xs; (void)tn; (void)cb; (void)k0; (void)k1; (void)g; (void)out; (void)bounds;
   TORCH_CHECK(false, "sgcvq: the bf16 search needs torch's cpublas::brgemm (torch >= 2.6)");
 #endif
 }

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace sgcvq {
 namespace cpu {
@@ -26,14 +27,21 @@ void note_fast_exact_redo(int64_t n);  // also counts the call
 int64_t last_fast_exact_redo();
 int64_t bf16_search_calls();  // calls that took the bf16 path since the library loaded
 
-// The codebook rounded to bfloat16 and packed for brgemm: blocks of 64 codes, each [Dp/2][64][2]
-// (VNNI), codes and features zero-padded to Kp = 64 * ceil(K / 64) and Dp = 2 * ceil(D / 2).
+// The codebook centred and rounded to bfloat16, packed for brgemm: blocks of 64 codes, each
+// [Dp/2][64][2] (VNNI), codes and features zero-padded to Kp = 64 * ceil(K / 64), Dp = 2 * ceil(D / 2).
+// Distances do not change when x and every code move by the same c, and centring on the codebook's
+// mean keeps bf16's relative error small where all features share a large offset (post-ReLU
+// features, say), which would otherwise send every token to the exact search.
 struct Bf16Codebook {
-  at::Tensor packed;  // bfloat16 [Kp * Dp]
+  at::Tensor packed;         // bfloat16 [Kp * Dp], rows bf16(e_k - c)
+  at::Tensor center;         // float32 [D], c
+  std::vector<float> norms;  // [K] ||e_k - c||^2 (float32 sums)
   int64_t K = 0, D = 0, Kp = 0, Dp = 0;
-  double max_err = 0.0;  // max_k ||e_k - bf16(e_k)||, rounded up
+  double max_err = 0.0;  // max_k ||e'_k - bf16(e'_k)||, rounded up (e' = e - c in float32)
+  double max_e2 = 0.0;   // max_k ||e'_k||^2, rounded up
 };
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */);
+// bf16_values: x and E hold bfloat16 values (centring is then kept for large offsets only).
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, bool bf16_values);
 // True when the packing above writes the layout itself (checked once against oneDNN's pack, which
 // it uses instead where the layouts differ).
 bool bf16_own_pack();
@@ -51,20 +59,22 @@ struct CandList {
 // delta bounds |approximate - exact| of every code's a_k = ||e||^2 - 2 x.e for one token; margin
 // = 2 delta + slack is what the candidate rule adds to the running best, and what the float32
 // certificate (nearest_code_cpu.cpp) needs for the lists to prove the answer.
+// Approximate distances are a_k = ||e'_k||^2 - 2 x'.e'_k (centred), and the certificate then
+// compares ||x'||^2 + a_k with the re-scored float32 distances: xx is the token's ||x'||^2.
 struct Bf16Bound {
   double delta, margin;
+  float xx;
 };
-// From the token's float32 sums xx = sum x^2 and r2 = sum (bf16(-2x) + 2x)^2; g = (2D + 8) 2^-24
-// as in the exact path's certificate, max_e2 = max ||e_k||^2 (rounded up).
+// From the token's float32 sums xx = sum x'^2 and r2 = sum (bf16(-2x') + 2x')^2; g = (2D + 8) 2^-24
+// as in the exact path's certificate, max_e2 = max ||e'_k||^2 (rounded up).
 Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err);
 
-// Searches tokens xs [tn, D] (float32 rows, not scaled) against codes [k0, k1) of `cb`, with
-// norms [K] the float32 ||e_k||^2: out[t] and bounds[t] for t < tn. Every code outside out[t] has
-// an approximate distance >= b + margin (the margin as a float, rounded up). Scratch is per
-// thread; call bf16_release() when a thread is done with its items.
-void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, const float* norms,
-                      int64_t k0, int64_t k1, double g, double max_e2, CandList* out,
-                      Bf16Bound* bounds);
+// Searches tokens xs [tn, D] (float32 rows, not scaled, not centred) against codes [k0, k1) of
+// `cb`: out[t] and bounds[t] for t < tn. Every code outside out[t] has an approximate distance
+// >= b + margin (the margin as a float, rounded up). Scratch is per thread; call bf16_release()
+// when a thread is done with its items.
+void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
+                      double g, CandList* out, Bf16Bound* bounds);
 void bf16_release();
 
 }  // namespace cpu

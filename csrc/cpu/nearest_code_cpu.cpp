@@ -190,9 +190,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
   const Certificate cert(D, max_norm2, mm_rounds);
-  const double g = cert.g, max_e2 = cert.max_e2;
+  const double g = cert.g;
   cpu::Bf16Codebook cb16;
-  if (bf16) cb16 = cpu::pack_bf16_codebook(E);
+  if (bf16) cb16 = cpu::pack_bf16_codebook(E, bf16_input);
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
   // With one split the worker finishes each token straight from its own buffers; with several,
@@ -251,7 +251,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       }
       const cpu::Bf16Bound& bound = *bound_of;
       thr = b + std::nextafter(static_cast<float>(bound.margin), kInf);
-      certified = complete && (found >= hi - lo || cert.holds_with(cpu::sum_squares(xr, D), thr, bv, bound.delta));
+      // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
+      certified = complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta));
       if (!certified) {
         redo[static_cast<size_t>(i)] = 1;
         return;
@@ -301,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
-        cpu::bf16_search_item(rows, tn, cb16, np_, it.k0, it.k1, g, max_e2, found.data(), bounds.data());
+        cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, g, found.data(), bounds.data());
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
           if (!stored) {
