@@ -28,16 +28,11 @@ constexpr int64_t kTileM = 128;    // tokens per GEMM tile
 constexpr int64_t kTileK = 512;    // codes per GEMM tile: S is kTileM x kTileK floats = 256 KB (L2)
 constexpr int64_t kListCap = 32;   // candidates a token may hold while an item runs
 
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-constexpr bool kHaveBrgemm = true;
-#else
-constexpr bool kHaveBrgemm = false;  // older torch: fast_exact runs the exact path on the CPU
-#endif
-
+// The GEMM operands live in at::empty storage, which is 64-byte aligned (c10's CPU allocator):
+// with std::vector's 16-byte alignment the bf16 search's time varied by 20% from process to process.
 struct ItemScratch {
-  std::vector<float> xc;         // [kTileM, D] x - centre
-  std::vector<c10::BFloat16> a;  // [kTileM, lda] bf16(-2 (x - centre))
-  std::vector<float> s;          // [kTileM, kTileK]
+  at::Tensor a;                  // [kTileM, lda] bf16(-2 (x - centre))
+  at::Tensor s;                  // [kTileM, kTileK] float32
   std::vector<float> best;       // [tokens] running b
   std::vector<int32_t> count;    // [tokens] list sizes (-1: overflowed)
   std::vector<int32_t> idx;      // [tokens, kListCap]
@@ -48,6 +43,13 @@ struct ItemScratch {
 ItemScratch& scratch() {
   thread_local ItemScratch s;
   return s;
+}
+
+// t as at least n elements of dtype dt (reallocated only to grow).
+template <typename T>
+T* at_least(at::Tensor& t, int64_t n, at::ScalarType dt) {
+  if (!t.defined() || t.numel() < n) t = at::empty({n}, at::TensorOptions().dtype(dt));
+  return t.data_ptr<T>();
 }
 
 // Drops list entries at or above thr; returns the new size.
@@ -81,6 +83,15 @@ __attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hi
   return true;
 }
 
+// Approximate distances S + norms of codes kb + j .. kb + j + 15 of a row, lanes at or past j1
+// masked off (m).
+__attribute__((target("avx512f,avx512dq"))) inline __m512 row_values(const float* row, const float* norms,
+                                                                     int64_t kb, int64_t j, int64_t j1,
+                                                                     __mmask16& m) {
+  m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
+  return _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
+}
+
 // One token row of the S tile: columns [j0, j1) hold codes kb + j; approximate distances are
 // S + norms. Once the token has a finite best b, one pass appends every code below the current
 // b + margin and takes the row minimum (a later, lower b only shrinks the set that must be kept).
@@ -93,8 +104,8 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
   __m512 mn = inf;
   if (!(b < kInf)) {
     for (int64_t j = j0; j < j1; j += kLanes) {
-      const __mmask16 m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
-      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
+      __mmask16 m;
+      const __m512 v = row_values(row, norms, kb, j, j1, m);
       mn = _mm512_mask_min_ps(mn, m, v, mn);  // min(v, mn) keeps mn where v is NaN
     }
     b = _mm512_reduce_min_ps(mn);
@@ -103,8 +114,8 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
   const float t = b + margin;
   const __m512 thr = _mm512_set1_ps(t);
   for (int64_t j = j0; j < j1; j += kLanes) {
-    const __mmask16 m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
-    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
+    __mmask16 m;
+    const __m512 v = row_values(row, norms, kb, j, j1, m);
     mn = _mm512_mask_min_ps(mn, m, v, mn);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(m, v, thr, _CMP_LT_OQ);
     if (__builtin_expect(hit != 0, 0) && !append_hits(hit, v, kb + j, t, n, idx, val)) break;
@@ -112,19 +123,20 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
   b = std::min(b, _mm512_reduce_min_ps(mn));
 }
 
-// Rows xs [mm, D] -> a [mm, lda] = bf16(scale x) rounded to nearest even as c10::BFloat16 does,
-// zero past D (lda a multiple of 16); and the float32 sums xx = sum x^2 and
-// r2 = sum (bf16(scale x) - scale x)^2 (scale a power of two, so each difference is exact).
+// Rows xs [mm, D], centred on c [D]: x' = x - c in float32, then a [mm, lda] = bf16(scale x')
+// rounded to nearest even as c10::BFloat16 does, zero past D (lda a multiple of 16); and the
+// float32 sums xx = sum x'^2 and r2 = sum (bf16(scale x') - scale x')^2 (scale a power of two, so
+// each difference is exact).
 __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
-                                                              int64_t lda, float scale, c10::BFloat16* a,
-                                                              float* xx, float* r2) {
+                                                              int64_t lda, float scale, const float* c,
+                                                              c10::BFloat16* a, float* xx, float* r2) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   for (int64_t t = 0; t < mm; ++t) {
     __m512 sx = _mm512_setzero_ps(), sr = _mm512_setzero_ps();
     for (int64_t d = 0; d < lda; d += kLanes) {
       const int64_t left = std::min<int64_t>(kLanes, D - d);
       const __mmask16 m = static_cast<__mmask16>(left >= kLanes ? 0xFFFF : left > 0 ? (1u << left) - 1u : 0u);
-      const __m512 v = _mm512_maskz_loadu_ps(m, xs + t * D + d);
+      const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xs + t * D + d), _mm512_maskz_loadu_ps(m, c + d));
       const __m512 w = _mm512_mul_ps(v, _mm512_set1_ps(scale));
       const __m512i bits = _mm512_castps_si512(w);
       const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
@@ -144,8 +156,8 @@ __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, i
 
 bool bf16_gemm_available() {
   static const bool hardware = [] {
-    if (!kHaveBrgemm || !scan_uses_avx512()) return false;
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)  // older torch: fast_exact runs the exact path on the CPU
+    if (!scan_uses_avx512()) return false;
     try {
       return at::native::cpublas::could_pack(at::kBFloat16);
     } catch (const std::exception&) {
@@ -213,7 +225,7 @@ bool bf16_own_pack() {
 #endif
 }
 
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values) {
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values) {
   Bf16Codebook cb;
   cb.K = E.size(0);
   cb.D = E.size(1);
@@ -227,10 +239,18 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values) {
   // (a common offset), else 0, which keeps x - c exact, and bfloat16 inputs' products exact (for
   // them only a large offset is worth losing that). Any float32 vector would be correct: the bound
   // covers the rounding of x - c and e - c.
+  // ||e - m||^2 = ||e||^2 - 2 e.m + ||m||^2 from the caller's norms and one GEMV (a heuristic:
+  // its rounding does not matter).
   const at::Tensor mean = E.mean(0, /*keepdim=*/false, at::kDouble).to(at::kFloat);
-  const float raw2 = E.square().sum(1).max().item<float>();
-  const float centred2 = (E - mean).square().sum(1).max().item<float>();
-  const bool centre = centred2 < (bf16_values ? 0.25f : 0.75f) * raw2;
+  const at::Tensor em = at::mv(E, mean);
+  const float* emp = em.data_ptr<float>();
+  const double m2 = mean.square().sum().item<double>();
+  double raw2 = 0.0, centred2 = 0.0;
+  for (int64_t k = 0; k < K; ++k) {
+    raw2 = std::max(raw2, static_cast<double>(norms[k]));
+    centred2 = std::max(centred2, norms[k] - 2.0 * emp[k] + m2);
+  }
+  const bool centre = centred2 < (bf16_values ? 0.25 : 0.75) * raw2;
   cb.center = centre ? mean.contiguous() : at::zeros({D}, E.options());
   const float* cp = cb.center.data_ptr<float>();
   cb.norms.assign(static_cast<size_t>(K), 0.f);
@@ -241,17 +261,13 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values) {
   // Blocks of 64 codes in parallel: centre each row, round it to bf16 (measuring ||e' - bf16(e')||^2
   // and ||e'||^2), then lay the block out as brgemm wants it.
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> centred(static_cast<size_t>(kBlockN * D));
     std::vector<c10::BFloat16> rows(static_cast<size_t>(kBlockN * lda));
     std::vector<c10::BFloat16> bt(mine ? 0 : static_cast<size_t>(Dp * kBlockN));
     std::vector<float> e2(kBlockN), r2(kBlockN);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = std::min(kBlockN, K - b * kBlockN);
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t d = 0; d < D; ++d)
-          centred[static_cast<size_t>(j * D + d)] = ep[(b * kBlockN + j) * D + d] - cp[d];
       std::fill(rows.begin(), rows.end(), c10::BFloat16(0.f));
-      to_bf16_rows(centred.data(), n, D, lda, 1.f, rows.data(), e2.data(), r2.data());
+      to_bf16_rows(ep + b * kBlockN * D, n, D, lda, 1.f, cp, rows.data(), e2.data(), r2.data());
       std::copy(e2.begin(), e2.begin() + n, cb.norms.begin() + b * kBlockN);
       block_err2[static_cast<size_t>(b)] = *std::max_element(r2.begin(), r2.begin() + n);
       block_e2[static_cast<size_t>(b)] = *std::max_element(e2.begin(), e2.begin() + n);
@@ -299,12 +315,11 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
-  sc.a.resize(static_cast<size_t>(kTileM * lda));
-  sc.xc.resize(static_cast<size_t>(kTileM * D));
+  c10::BFloat16* a = at_least<c10::BFloat16>(sc.a, kTileM * lda, at::kBFloat16);
   sc.margin.resize(static_cast<size_t>(tn));
   float* margin = sc.margin.data();
   float xx[kTileM], r2[kTileM];
-  sc.s.resize(static_cast<size_t>(kTileM * kTileK));
+  float* sbuf = at_least<float>(sc.s, kTileM * kTileK, at::kFloat);
   sc.best.assign(static_cast<size_t>(tn), kInf);
   sc.count.assign(static_cast<size_t>(tn), 0);
   sc.idx.resize(static_cast<size_t>(tn * kListCap));
@@ -313,10 +328,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   const int64_t kb0 = k0 / kBlockN * kBlockN, kb1 = (k1 + kBlockN - 1) / kBlockN * kBlockN;
   for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
-    const float* cp = cb.center.data_ptr<float>();
-    for (int64_t t = 0; t < mm; ++t)
-      for (int64_t d = 0; d < D; ++d) sc.xc[static_cast<size_t>(t * D + d)] = xs[(m0 + t) * D + d] - cp[d];
-    to_bf16_rows(sc.xc.data(), mm, D, lda, -2.f, sc.a.data(), xx, r2);
+    to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
     for (int64_t t = 0; t < mm; ++t) {
       bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
       margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
@@ -324,12 +336,12 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
       const int64_t nb = std::min(kTileK, kb1 - kb);
       for (int64_t j = 0; j < nb; j += kBlockN)
-        at::native::cpublas::brgemm(mm, kBlockN, Dp, lda, kBlockN, kTileK, false, sc.a.data(),
-                                    packed + (kb + j) * Dp, sc.s.data() + j, true);
+        at::native::cpublas::brgemm(mm, kBlockN, Dp, lda, kBlockN, kTileK, false, a,
+                                    packed + (kb + j) * Dp, sbuf + j, true);
       const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
       for (int64_t t = 0; t < mm; ++t) {
         const int64_t tok = m0 + t;
-        scan_row(sc.s.data() + t * kTileK, cb.norms.data(), kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
+        scan_row(sbuf + t * kTileK, cb.norms.data(), kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
                  sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
       }
     }

@@ -40,8 +40,10 @@ struct Bf16Codebook {
   double max_err = 0.0;  // max_k ||e'_k - bf16(e'_k)||, rounded up (e' = e - c in float32)
   double max_e2 = 0.0;   // max_k ||e'_k||^2, rounded up
 };
-// bf16_values: x and E hold bfloat16 values (centring is then kept for large offsets only).
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, bool bf16_values);
+// norms: the caller's float32 ||e_k||^2 [K]; bf16_values: x and E hold bfloat16 values (centring
+// is then kept for large offsets only).
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, const float* norms,
+                                bool bf16_values);
 // True when the packing above writes the layout itself (checked once against oneDNN's pack, which
 // it uses instead where the layouts differ).
 bool bf16_own_pack();

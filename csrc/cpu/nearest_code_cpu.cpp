@@ -60,9 +60,9 @@ using cpu::direct_sqdist;
 // when that exceeds the best re-scored distance, the best is the fp32 argmin.
 struct Certificate {
   double g, g_dot, max_e2, max_e;
-  Certificate(int64_t D, double max_norm2, bool bf16_gemm)
+  Certificate(int64_t D, double max_norm2, bool mm_rounds_to_bf16)
       : g((2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24)),
-        g_dot(bf16_gemm ? std::ldexp(1.0, -7) + std::ldexp(1.0, -16) : 0.0),
+        g_dot(mm_rounds_to_bf16 ? std::ldexp(1.0, -7) + std::ldexp(1.0, -16) : 0.0),
         max_e2(max_norm2 * (1.001 + 2.0 * g)), max_e(std::sqrt(max_e2)) {}
   // xx: ||x||^2 as summed in fp32 (relative error <= g, accounted for here).
   bool holds(float xx, float thr, float best) const {
@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const Certificate cert(D, max_norm2, mm_rounds);
   const double g = cert.g;
   cpu::Bf16Codebook cb16;
-  if (bf16) cb16 = cpu::pack_bf16_codebook(E, bf16_input);
+  if (bf16) cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input);
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
   // With one split the worker finishes each token straight from its own buffers; with several,
