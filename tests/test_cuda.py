@@ -177,7 +177,9 @@ def test_nearest_code_ties_go_to_lowest_index(cuda_backend, dtype, mode, K):
     D = 40
     _, codebook = sample_inputs(1, K, D, dtype)
     dup = [13, 60, K - 1]
-    codebook[dup] = codebook[dup[0]]
+    # NOTE: clone the source row: torch 2.11 on CUDA refuses a write whose source aliases the
+    # destination (`codebook[dup] = codebook[dup[0]]`).
+    codebook[dup] = codebook[dup[0]].clone()
     # Tokens equal to the duplicated code: distance 0 to all three copies.
     x = codebook[[dup[1]] * 300].clone()
     index, sqdist = ops.nearest_code(x, codebook, mode=mode, backend="cuda")
