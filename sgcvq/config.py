@@ -58,7 +58,13 @@ class DataConfig:
     # from this segmentation model instead of label files (folder images then need no label maps).
     segmenter: str | None = None
     batch_size: int = 16  # per process, per micro-batch
-    num_workers: int = 0
+    # Loader processes: "auto" = by device and core count (see sgcvq.training.batch_stream), or a count.
+    num_workers: int | str = "auto"
+    pin_memory: bool | str = "auto"  # "auto": on when training on a GPU
+    prefetch_factor: int = 4  # batches each worker prepares ahead
+    # Synthetic scenes: "auto" paints each scene once into a memory-mapped cache under $SGCVQ_CACHE_DIR
+    # (default ~/.cache/sgcvq) that later epochs, workers and runs read; a folder path; or null (off).
+    cache: str | None = "auto"
 
 
 @dataclass
@@ -91,6 +97,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     time_limit_s: float = 0.0  # stop (with a checkpoint) after this many seconds; 0 = no limit
+    compile: bool = False  # run the generator and discriminator steps under torch.compile
+    channels_last: bool | str = "auto"  # NHWC activations; "auto": on GPUs (tensor-core convolutions)
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """SyntheticStreetScenes: procedurally drawn street scenes (and clips) with exact label maps.
 
 No files, no downloads: item i is drawn by its own numpy generator seeded by (seed, i), so the
-same (seed, i) gives the same item in any order, in any worker, at any resolution.
+same (seed, i) gives the same item in any order, in any worker, at any resolution. With `cache`
+(a folder), items are painted once into a memory-mapped SceneCache and read from it afterwards, in
+every process and later run: the same bits, without the painting.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -11,6 +15,7 @@ from torch.utils.data import Dataset
 
 from .classes import CLASS_NAMES
 from .scene import Canvas, render, sample_scene, smooth_noise
+from .scene_cache import MAX_CACHE_BYTES, SceneCache, default_cache_root
 
 
 def _resolution(resolution) -> tuple[int, int]:
@@ -43,6 +48,13 @@ def draw_street_scene(seed: int, index: int, resolution=64, num_frames: int = 1)
     return images, labels
 
 
+def _item_arrays(seed: int, resolution: tuple[int, int], num_frames: int, index: int):
+    """Item `index` as the dataset returns it: frames float32 [T, 3, H, W] in [-1, 1], labels uint8 [T, H, W]."""
+    images, labels = draw_street_scene(seed, index, resolution, num_frames)
+    frames = torch.from_numpy(images).permute(0, 3, 1, 2).mul(2.0).sub(1.0).contiguous()
+    return frames.numpy(), labels
+
+
 class SyntheticStreetScenes(Dataset):
     """Street scenes with 9 classes (CLASS_NAMES): road, sidewalk, building, pole, vegetation, terrain,
     sky, person, vehicle.
@@ -51,12 +63,16 @@ class SyntheticStreetScenes(Dataset):
     Video mode (video=True): ds[i] -> {"frames": float32 [T, 3, H, W], "labels": int64 [T, H, W], "id"},
     T = num_frames, with a camera moving forward and panning and vehicles/persons moving.
     Every pixel has a class (no ignore pixels).
+
+    cache: None (paint every item when it is read), "auto" (a SceneCache under $SGCVQ_CACHE_DIR or
+    ~/.cache/sgcvq) or a folder. A set over MAX_CACHE_BYTES is painted on the fly.
     """
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
 
-    def __init__(self, length: int, resolution=64, seed: int = 0, video: bool = False, num_frames: int = 8):
+    def __init__(self, length: int, resolution=64, seed: int = 0, video: bool = False, num_frames: int = 8,
+                 cache=None):
         if length < 0:
             raise ValueError(f"SyntheticStreetScenes: length must be >= 0, got {length}")
         if video and num_frames < 1:
@@ -66,6 +82,12 @@ class SyntheticStreetScenes(Dataset):
         self.seed = int(seed)
         self.video = bool(video)
         self.num_frames = int(num_frames) if video else 1
+        self.cache = None
+        if cache is not None and cache is not False and self.length > 0:
+            root = default_cache_root() if cache in ("auto", True) else cache
+            if SceneCache.nbytes(self.resolution, self.length, self.num_frames) <= MAX_CACHE_BYTES:
+                render = functools.partial(_item_arrays, self.seed, self.resolution, self.num_frames)
+                self.cache = SceneCache(root, self.seed, self.resolution, self.length, self.num_frames, render)
 
     def __len__(self) -> int:
         return self.length
@@ -86,10 +108,13 @@ class SyntheticStreetScenes(Dataset):
         if not -self.length <= index < self.length:
             raise IndexError(f"SyntheticStreetScenes index {index} out of range for length {self.length}")
         index = index % self.length
-        images, labels = draw_street_scene(self.seed, index, self.resolution, self.num_frames)
-        frames = torch.from_numpy(images).permute(0, 3, 1, 2).mul(2.0).sub(1.0)  # [T, 3, H, W] in [-1, 1]
+        if self.cache is not None:
+            frames, labels = self.cache.get(index)
+        else:
+            frames, labels = _item_arrays(self.seed, self.resolution, self.num_frames, index)
+        frames = torch.from_numpy(frames)  # [T, 3, H, W] in [-1, 1]
         labels = torch.from_numpy(labels).long()
         item_id = f"synthetic-{self.seed}-{index}"
         if self.video:
-            return {"frames": frames.contiguous(), "labels": labels, "id": item_id}
+            return {"frames": frames, "labels": labels, "id": item_id}
         return {"image": frames[0].contiguous(), "label": labels[0], "id": item_id}

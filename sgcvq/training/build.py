@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, DataConfig, OptimConfig
+from ..config import Config, DataConfig, OptimConfig, TrainConfig
 from ..data import CLASS_NAMES, FolderDataset, SegmentedDataset, SyntheticStreetScenes
 from ..model import SGCVQGAN, PatchDiscriminator, VQGANLoss
 
 __all__ = ["build_train_dataset", "build_eval_dataset", "build_video_dataset", "build_models",
-           "build_optimizer", "EVAL_SEED_OFFSET", "dataset_class_names", "check_classes"]
+           "build_optimizer", "EVAL_SEED_OFFSET", "dataset_class_names", "check_classes", "prepare_for_device",
+           "use_channels_last"]
 
 # Held-out synthetic scenes use a different seed, so evaluation never sees a training scene.
 EVAL_SEED_OFFSET = 1_000_003
@@ -50,7 +51,8 @@ def check_classes(cfg: Config, dataset) -> None:
 def build_train_dataset(data: DataConfig):
     """The training dataset named by data.dataset ("synthetic" or "folder")."""
     if data.dataset == "synthetic":
-        return _segmented(data, SyntheticStreetScenes(length=data.length, resolution=data.resolution, seed=data.seed))
+        return _segmented(data, SyntheticStreetScenes(length=data.length, resolution=data.resolution, seed=data.seed,
+                                                       cache=data.cache))
     if data.dataset == "folder":
         return _segmented(data, _folder(data, data.root, data.split))
     raise ValueError(f"data.dataset must be 'synthetic' or 'folder', got {data.dataset!r}")
@@ -60,7 +62,7 @@ def build_eval_dataset(data: DataConfig, root: str | None = None):
     """Held-out images: new synthetic scenes, or the folder `root` (default data.root)."""
     if data.dataset == "synthetic" and root is None:
         return _segmented(data, SyntheticStreetScenes(length=data.eval_length, resolution=data.resolution,
-                                                       seed=data.seed + EVAL_SEED_OFFSET))
+                                                       seed=data.seed + EVAL_SEED_OFFSET, cache=data.cache))
     return _segmented(data, _folder(data, root or data.root, data.eval_split if root is None else data.split))
 
 
@@ -85,11 +87,51 @@ def build_models(cfg: Config, device: torch.device):
     return model, disc, loss
 
 
-def build_optimizer(params, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """Adam or AdamW with the configured betas and weight decay."""
+def build_optimizer(params, optim: OptimConfig, lr: float, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """Adam or AdamW with the configured betas and weight decay.
+
+    On a GPU the fused implementation (one kernel for every parameter's update); elsewhere torch's
+    default, so CPU runs keep the numbers they had.
+    """
     params = [p for p in params if p.requires_grad]
+    extra = {"fused": True} if device is not None and device.type == "cuda" else {}
     if optim.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay, **extra)
     if optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay, **extra)
     raise ValueError(f"optim.name must be 'adam' or 'adamw', got {optim.name!r}")
+
+
+def use_channels_last(train: TrainConfig, device: torch.device) -> bool:
+    """train.channels_last resolved: "auto" is on for GPUs (NHWC is the tensor cores' layout)."""
+    value = train.channels_last
+    if value == "auto":
+        return device.type == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"train.channels_last must be 'auto', true or false, got {value!r}")
+
+
+def prepare_for_device(train: TrainConfig, model: torch.nn.Module, disc: torch.nn.Module, device: torch.device,
+                       sync_batchnorm: bool = False) -> bool:
+    """Memory format, SyncBatchNorm and torch.compile for a run; returns whether inputs go channels-last.
+
+    Call before the optimizers are built (SyncBatchNorm replaces the discriminator's norm layers).
+    sync_batchnorm: several processes train on GPUs; their discriminator's batch statistics are
+    then computed over the global batch. (torch's SyncBatchNorm runs on GPUs only: on CPU processes
+    each rank normalises with its own batch and DDP broadcasts rank 0's running statistics.)
+    train.compile: the encoder, pyramid, decoder and discriminator are compiled in place (state_dict
+    keys unchanged, so checkpoints are interchangeable with eager runs); the quantizer, whose EMA
+    update and DDP all-reduce run outside autograd, stays eager.
+    """
+    channels_last = use_channels_last(train, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        disc.to(memory_format=torch.channels_last)
+    if sync_batchnorm and device.type == "cuda":
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(disc)
+        assert converted is disc  # the root is no BatchNorm: children were replaced in place
+    if train.compile:
+        for part in (model.encoder, model.pyramid, model.decoder, disc):
+            part.compile()
+    return channels_last

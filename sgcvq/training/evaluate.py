@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data import IGNORE_LABEL
 from ..metrics import TokenizerMetrics, psnr, pixel_to_token_labels
+from .batch_stream import resolve_loader_settings
 from .build import build_eval_dataset, build_video_dataset, dataset_class_names
 
 __all__ = ["EvalResult", "evaluate"]
@@ -55,7 +56,10 @@ def evaluate(model, cfg: Config, device: torch.device, max_images: int | None = 
     bs = batch_size or cfg.data.batch_size
     n_total = len(dataset) if max_images is None else min(max_images, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(n_total))
-    loader = DataLoader(subset, batch_size=bs, shuffle=False, num_workers=cfg.data.num_workers)
+    settings = resolve_loader_settings(cfg.data.num_workers, cfg.data.pin_memory, cfg.data.prefetch_factor,
+                                       torch.device(device), main_process_only=cfg.data.segmenter is not None)
+    loader = DataLoader(subset, batch_size=bs, shuffle=False, num_workers=settings.num_workers,
+                        pin_memory=settings.pin_memory)
 
     as_trained = TokenizerMetrics(K, offsets, num_classes)
     label_free = TokenizerMetrics(K, offsets, num_classes)

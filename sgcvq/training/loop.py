@@ -5,12 +5,17 @@ decoder) and, from `train.disc_start` on, the same micro-batches through the dis
 Everything a step depends on (weights, optimizer moments, quantizer buffers, RNG states, data
 position) is in the checkpoint, so `--resume` continues with exactly the step an uninterrupted run
 would have taken.
+
+The step never waits on the host: losses, PSNR and gradient norms stay on the device as tensors and
+are read (one transfer) only when a log row is written, a checkpoint is taken or the run ends; the
+finiteness check of the loss runs then too (every step on the CPU, where reading is free).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -24,15 +29,15 @@ from ..checkpoint import (capture_rng_state, latest_checkpoint, load_checkpoint,
                           save_checkpoint)
 from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..metrics import psnr
-from .batch_stream import BatchStream
-from .build import build_models, build_optimizer, build_train_dataset, check_classes
+from .batch_stream import BatchStream, resolve_loader_settings
+from .build import build_models, build_optimizer, build_train_dataset, check_classes, prepare_for_device
 from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, resolve_device
 from .ema import WeightEMA
 from .precision import autocast_context, make_grad_scaler, resolve_amp
 from .run_log import RunLog
 from .steps import DiscriminatorStep, GeneratorStep, frozen
 
-__all__ = ["train", "TrainResult", "quantizer_scalars"]
+__all__ = ["train", "Trainer", "TrainResult", "quantizer_scalars", "read_logs"]
 
 
 @dataclass
@@ -65,14 +70,33 @@ def _active_fraction(scalars: dict[str, float]) -> float | None:
     return None
 
 
-def _scalar_logs(logs: dict, prefix: str) -> dict[str, float]:
+def _scalar_logs(logs: dict, prefix: str) -> dict:
+    """The scalar entries of a loss's logs, as detached tensors (still on the device) or numbers."""
     out = {}
     for k, v in (logs or {}).items():
         if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}/{k}"] = v.detach().reshape(())
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}/{k}"] = float(v)
     return out
+
+
+def read_logs(logs: dict) -> dict[str, float]:
+    """Python floats of a step's logs: every device tensor comes back in one transfer."""
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return out
+
+
+def _progress_fields(logs: dict[str, float]) -> dict[str, str]:
+    post = {"loss": f"{logs['loss']:.4f}", "psnr": f"{logs['psnr']:.2f}"}
+    active = _active_fraction({k[3:]: v for k, v in logs.items() if k.startswith("vq/")})
+    if active is not None:
+        post["active"] = f"{100 * active:.0f}%"
+    return post
 
 
 def _unwrap(m):
@@ -120,8 +144,11 @@ class Trainer:
         # Same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
         torch.manual_seed(cfg.train.seed)
         self.model, self.disc, self.loss = build_models(cfg, self.device)
-        self.opt_g = build_optimizer(self.model.parameters(), cfg.optim, cfg.optim.lr)
-        self.opt_d = build_optimizer(self.disc.parameters(), cfg.optim, cfg.optim.disc_lr or cfg.optim.lr)
+        self.channels_last = prepare_for_device(cfg.train, self.model, self.disc, self.device,
+                                                sync_batchnorm=self.dist.enabled)
+        self.opt_g = build_optimizer(self.model.parameters(), cfg.optim, cfg.optim.lr, self.device)
+        self.opt_d = build_optimizer(self.disc.parameters(), cfg.optim, cfg.optim.disc_lr or cfg.optim.lr,
+                                     self.device)
         self.scaler_g = make_grad_scaler(self.device, self.amp_dtype)
         self.scaler_d = make_grad_scaler(self.device, self.amp_dtype)
         self.ema = WeightEMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -144,10 +171,15 @@ class Trainer:
         data_pos = {"epoch": 0, "batch_in_epoch": 0}
         if resume_ckpt is not None:
             data_pos = self._load_state(resume_ckpt)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
+        self.loader = resolve_loader_settings(cfg.data.num_workers, cfg.data.pin_memory, cfg.data.prefetch_factor,
+                                              self.device, local_world, cfg.data.segmenter is not None)
         self.stream = BatchStream(self.dataset, cfg.data.batch_size, self.dist.rank, self.dist.world_size,
-                                  cfg.data.seed, cfg.data.num_workers, self.device.type == "cuda",
-                                  data_pos["epoch"], data_pos["batch_in_epoch"])
+                                  cfg.data.seed, self.loader.num_workers, self.loader.pin_memory,
+                                  data_pos["epoch"], data_pos["batch_in_epoch"], self.loader.prefetch_factor,
+                                  self.device)
         self.resumed_from = resume_ckpt["path"] if resume_ckpt is not None else None
+        self._unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet checked for NaN/Inf
 
     # ----------------------------------------------------------------------------------------
     def _find_resume(self, resume):
@@ -182,6 +214,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        self.check_finite()  # never a checkpoint of weights a NaN step has already reached
         rngs = all_gather_objects(self.dist, capture_rng_state())
         path = None
         if self.dist.is_main:
@@ -198,7 +231,7 @@ class Trainer:
         return path
 
     # ----------------------------------------------------------------------------------------
-    def _optimizer_step(self, params, opt, scaler) -> float:
+    def _optimizer_step(self, params, opt, scaler) -> torch.Tensor:
         clip = self.cfg.optim.grad_clip
         if scaler is not None:
             scaler.unscale_(opt)
@@ -208,13 +241,30 @@ class Trainer:
             scaler.update()
         else:
             opt.step()
-        return float(norm)
+        return norm.detach()
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError naming the first step since the last check whose generator loss
+        was NaN or Inf (one device read for all of them)."""
+        if not self._unchecked:
+            return
+        steps = [s for s, _ in self._unchecked]
+        values = torch.stack([v for _, v in self._unchecked]).tolist()
+        self._unchecked.clear()
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"step {step}: generator loss is {value}; lower optim.lr "
+                                         "or use train.amp=fp32")
 
     def _backward(self, loss, scaler):
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step of the generator and (after disc_start) of the discriminator."""
+    def train_step(self) -> dict:
+        """One optimizer step of the generator and (after disc_start) of the discriminator.
+
+        Returns the step's logs as device tensors (read them with `read_logs`); nothing in the step
+        waits for the device.
+        """
         cfg, accum = self.cfg, self.cfg.train.grad_accum
         disc_module = _unwrap(self.disc_step).disc
         disc_on = self.step >= cfg.train.disc_start
@@ -225,6 +275,8 @@ class Trainer:
         for micro in range(accum):
             batch = next(self.stream)
             images = batch["image"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = batch["label"].to(self.device, non_blocking=True) if cfg.model.num_classes else None
             sync = contextlib.nullcontext()
             if isinstance(self.gen_step, DDP) and micro < accum - 1:
@@ -233,14 +285,14 @@ class Trainer:
                 with autocast_context(self.device, self.amp_dtype):
                     out, g_loss, g_logs = self.gen_step(images, labels, self.step, disc_module)
                 self._backward(g_loss / accum, self.scaler_g)
-            loss_sum += float(g_loss.detach())
+            loss_sum = loss_sum + g_loss.detach().float()
             with torch.no_grad():
-                psnr_sum += psnr(out.recon.detach().float().clamp(-1, 1), images.float()).mean().item()
+                psnr_sum = psnr_sum + psnr(out.recon.detach().float().clamp(-1, 1), images.float()).mean()
             if disc_on:
                 kept.append((images, out.recon.detach()))
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"step {self.step}: generator loss is {loss_sum}; lower optim.lr "
-                                     "or use train.amp=fp32")
+        self._unchecked.append((self.step, loss_sum))
+        if self.device.type == "cpu":
+            self.check_finite()  # reading a CPU tensor costs nothing: fail at the very step
         g_norm = self._optimizer_step(self.model.parameters(), self.opt_g, self.scaler_g)
         if self.ema is not None:
             self.ema.update(self.model)
@@ -258,12 +310,20 @@ class Trainer:
                     with autocast_context(self.device, self.amp_dtype):
                         d_loss, d_logs = self.disc_step(images, recon, self.step)
                     self._backward(d_loss / accum, self.scaler_d)
-                d_sum += float(d_loss.detach())
+                d_sum = d_sum + d_loss.detach().float()
             logs["d_loss"] = d_sum / accum
             logs["grad_norm/d"] = self._optimizer_step(self.disc.parameters(), self.opt_d, self.scaler_d)
             logs.update(_scalar_logs(d_logs, "d"))
         self.step += 1
         return logs
+
+    @staticmethod
+    def _read_step_logs(logs: dict, quantizer) -> dict[str, float]:
+        if logs and all(isinstance(v, float) for v in logs.values()):
+            return logs  # already read (the last step was a log step)
+        out = read_logs(logs)
+        out.update({f"vq/{k}": v for k, v in quantizer_scalars(quantizer).items()})
+        return out
 
     # ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -282,6 +342,10 @@ class Trainer:
                 msg += f", {len(skipped)} unreadable file(s) skipped (first: {skipped[0][0]}: {skipped[0][1]})"
             if self.resumed_from is not None:
                 msg += f", resumed from {self.resumed_from} at step {self.step}"
+            msg += f"; {self.loader.describe()}"
+            cache = getattr(self.dataset, "cache", None)
+            if cache is not None:
+                msg += f"; scene cache {cache.path} ({cache.filled_count()}/{cache.length} painted)"
             print(msg, file=sys.stderr)
             if skipped:
                 log.text("data/skipped", "\n".join(f"{p}: {r}" for p, r in skipped), self.step)
@@ -292,24 +356,23 @@ class Trainer:
 
             bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
                        file=sys.stderr)
-        logs: dict[str, float] = {}
+        logs: dict = {}
         quantizer = self.model.quantizer
         last_ckpt = latest_checkpoint(self.ckpt_root) if main else None
         saved_step = self.step if self.resumed_from is not None else -1
         try:
             while self.step < cfg.train.max_steps:
                 logs = self.train_step()
-                vq = quantizer_scalars(quantizer)
-                logs.update({f"vq/{k}": v for k, v in vq.items()})
-                active = _active_fraction(vq)
                 if bar is not None:
-                    post = {"loss": f"{logs['loss']:.4f}", "psnr": f"{logs['psnr']:.2f}"}
-                    if active is not None:
-                        post["active"] = f"{100 * active:.0f}%"
-                    bar.set_postfix(post, refresh=False)
                     bar.update(1)
-                if main and (self.step % cfg.log.every == 0 or self.step == cfg.train.max_steps):
-                    log.log(self.step, {**logs, "data/skipped_files": len(skipped)})
+                if self.step % cfg.log.every == 0 or self.step == cfg.train.max_steps:
+                    # Log time: the only place the loop reads the device (the NaN check included).
+                    self.check_finite()
+                    logs = self._read_step_logs(logs, quantizer)
+                    if main:
+                        log.log(self.step, {**logs, "data/skipped_files": len(skipped)})
+                    if bar is not None:
+                        bar.set_postfix(_progress_fields(logs), refresh=False)
                 timed_out = cfg.train.time_limit_s > 0 and time.perf_counter() - start > cfg.train.time_limit_s
                 if cfg.train.ckpt_every > 0 and self.step % cfg.train.ckpt_every == 0:
                     last_ckpt = self.save() or last_ckpt
@@ -320,7 +383,10 @@ class Trainer:
                     break
             if saved_step != self.step:
                 last_ckpt = self.save() or last_ckpt
+            self.check_finite()
+            logs = self._read_step_logs(logs, quantizer)
         finally:
+            self.stream.close()  # stops the loader workers; a later step starts them again
             if bar is not None:
                 bar.close()
             if log is not None:
