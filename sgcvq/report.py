@@ -1,9 +1,11 @@
 """Reports (`sgcvq report`, `sgcvq compare`, the demo): a folder of PNG figures, the metric table
 (metrics.json, metrics.csv) and one report.html linking them.
 
-Per model: reconstructions beside originals, a codebook-usage histogram, a 2-D PCA of the codebook
-coloured by class group, per-class usage bars. Several models (SGC beside the plain-VQ baseline)
-share one table, one column each.
+Per model: reconstructions beside originals, codebook-usage histograms, a PCA and a t-SNE of the
+codebook coloured by class group (t-SNE needs scikit-learn: `pip install scikit-learn`; without it
+the section says so), per-class active codes and token counts. Several models (SGC beside its
+baselines) share one table, one column each, and each figure is one section of the report with
+the models side by side and a one-line caption.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch  # noqa: E402
 
 from .metrics import group_class_of_codes  # noqa: E402
 
-__all__ = ["write_report", "METRIC_ROWS"]
+__all__ = ["write_report", "METRIC_ROWS", "FIGURES", "codebook_pca", "codebook_tsne", "per_class_counts"]
 
 # (key, label, format) of the rows of the metric table, in order.
 METRIC_ROWS = [
@@ -84,23 +86,26 @@ def _save_usage_histogram(result, path: Path) -> None:
     names = result.class_names
     colors = _colors(max(len(names), 1))
     bar_colors = [colors[c] if c >= 0 else (0.6, 0.6, 0.6, 1.0) for c in cls.tolist()]
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [2, 1]})
     ax.bar(range(len(counts)), counts.numpy(), width=1.0, color=bar_colors)
-    ax.set_xlabel(f"code index (colour: {how})")
+    ax.set_xlabel(f"code index (colour: {how})", fontsize=8)
     ax.set_ylabel("tokens (eval set)")
     active = (counts > 0).float().mean().item()
     ax.set_title(f"codebook usage: {active:.1%} of {len(counts)} codes active", fontsize=10)
+    # Sorted counts on log axes: collapse shows as a short head and a long tail of unused codes.
+    ranked = counts.sort(descending=True).values
+    ax2.plot(range(1, len(ranked) + 1), (ranked + 1).numpy(), color="k", lw=1)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("code rank", fontsize=8)
+    ax2.set_ylabel("tokens + 1", fontsize=8)
+    ax2.set_title("sorted usage", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _save_pca(result, path: Path) -> None:
-    E = result.codebook.double()
-    E = E - E.mean(0, keepdim=True)
-    # The two leading right-singular vectors: an exact PCA, the codebook is small.
-    _, _, V = torch.linalg.svd(E, full_matrices=False)
-    xy = (E @ V[:2].T).float().numpy() if V.shape[0] >= 2 else torch.zeros(E.shape[0], 2).numpy()
+def _scatter_codes(xy, result, path: Path, title: str) -> None:
     cls, how = _code_classes(result)
     names = result.class_names
     colors = _colors(max(len(names), 1))
@@ -109,36 +114,98 @@ def _save_pca(result, path: Path) -> None:
         sel = (cls == c).numpy()
         label = names[c] if 0 <= c < len(names) else "unused"
         ax.scatter(xy[sel, 0], xy[sel, 1], s=10, color=colors[c] if c >= 0 else (0.6, 0.6, 0.6, 1.0), label=label)
-    ax.set_title(f"codebook PCA (colour: {how})", fontsize=9)
+    ax.set_title(f"{title} (colour: {how})", fontsize=9)
     ax.legend(fontsize=6, markerscale=1.5, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def codebook_pca(codebook: torch.Tensor) -> torch.Tensor:
+    """[K, 2] float32: the codes projected on their two leading principal axes (exact, via SVD)."""
+    E = codebook.double()
+    E = E - E.mean(0, keepdim=True)
+    _, _, V = torch.linalg.svd(E, full_matrices=False)
+    if V.shape[0] < 2:
+        return torch.zeros(E.shape[0], 2)
+    return (E @ V[:2].T).float()
+
+
+def codebook_tsne(codebook: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """[K, 2] float32 t-SNE of the codes (scikit-learn; an ImportError naming the pip command without it)."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as err:
+        raise ImportError("the t-SNE figure needs scikit-learn: pip install scikit-learn") from err
+    E = codebook.double().numpy()
+    K = E.shape[0]
+    if K < 4:
+        return torch.zeros(K, 2)
+    perplexity = float(min(30.0, (K - 1) / 3))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(E)
+    return torch.from_numpy(xy).float()
+
+
+def _save_pca(result, path: Path) -> None:
+    _scatter_codes(codebook_pca(result.codebook).numpy(), result, path, "codebook PCA")
+
+
+def _save_tsne(result, path: Path) -> None:
+    _scatter_codes(codebook_tsne(result.codebook).numpy(), result, path, "codebook t-SNE")
+
+
+def per_class_counts(result) -> tuple[list[int], list[int], list[int]]:
+    """(codes, active codes, tokens) per class: the class's codes (its group, or without groups the
+    codes whose tokens are mostly of that class), those that took a token, and the tokens they took
+    (eval set, as trained)."""
+    counts = result.counts
+    cls, _ = _code_classes(result)
+    sizes, active, tokens = [], [], []
+    for c in range(len(result.class_names)):
+        sel = cls == c
+        sizes.append(int(sel.sum()))
+        active.append(int((counts[sel] > 0).sum()))
+        tokens.append(int(counts[sel].sum()))
+    return sizes, active, tokens
+
+
 def _save_per_class(result, path: Path) -> None:
     names = result.class_names
     C = len(names)
-    counts = result.counts.float()
-    cls, how = _code_classes(result)
-    active, share = [], []
-    total = max(counts.sum().item(), 1.0)
-    for c in range(C):
-        sel = cls == c
-        active.append((counts[sel] > 0).float().mean().item() if sel.any() else 0.0)
-        share.append(counts[sel].sum().item() / total)
-    fig, ax = plt.subplots(figsize=(7, 3))
-    x = torch.arange(C).float()
-    ax.bar((x - 0.2).numpy(), active, width=0.4, label="active fraction of its codes")
-    ax.bar((x + 0.2).numpy(), share, width=0.4, label="share of all tokens")
-    ax.set_xticks(range(C))
-    ax.set_xticklabels(names, rotation=30, fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"per-class usage (codes by {how})", fontsize=9)
+    _, how = _code_classes(result)
+    sizes, active, tokens = per_class_counts(result)
+    colors = _colors(max(C, 1))[:C]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    x = list(range(C))
+    ax.bar(x, sizes, color=(0.85, 0.85, 0.85, 1.0), label="codes of the class")
+    ax.bar(x, active, color=colors, label="active codes")
+    ax.set_title(f"active codes per class (codes by {how})", fontsize=9)
+    ax2.bar(x, tokens, color=colors)
+    ax2.set_yscale("symlog")
+    ax2.set_title("tokens per class (eval set)", fontsize=9)
+    for a in (ax, ax2):
+        a.set_xticks(x)
+        a.set_xticklabels(names, rotation=30, fontsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# (key, section title, one-line caption, writer): one report section per figure, one PNG per model.
+FIGURES = [
+    ("recon", "Reconstructions", "Held-out scenes: originals on top, reconstructions below.", _save_recon_grid),
+    ("usage", "Codebook usage", "Tokens per code on the eval set (coloured by class) and the sorted counts: "
+                                "a collapsed codebook shows a long tail of unused codes.", _save_usage_histogram),
+    ("pca", "Codebook PCA", "The codes' two leading principal components, coloured by class group (baselines: "
+                            "by the majority class of each code's tokens); semantic codes form one cluster per "
+                            "class.", _save_pca),
+    ("tsne", "Codebook t-SNE", "t-SNE of the codes, coloured as the PCA: class clusters in the codes' "
+                               "neighbourhoods.", _save_tsne),
+    ("per_class", "Per-class codes and tokens", "Per class: active codes among its codes, and its token count; "
+                                                "rare classes (persons, poles) need codes in use too.",
+     _save_per_class),
+]
 
 
 def _fmt(value, fmt: str) -> str:
@@ -170,20 +237,17 @@ def write_report(out_dir: str | Path, results: dict, extra: dict[str, dict] | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     columns = {}
-    figures: dict[str, list[tuple[str, str]]] = {}
+    # figures[key] = [(model name, file name or None, why it is missing)]
+    figures: dict[str, list[tuple[str, str | None, str]]] = {key: [] for key, *_ in FIGURES}
     for name, res in results.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower())
-        files = [
-            (f"recon_{slug}.png", "reconstructions (top: original, bottom: reconstruction)"),
-            (f"usage_{slug}.png", "codebook usage"),
-            (f"pca_{slug}.png", "codebook PCA"),
-            (f"per_class_{slug}.png", "per-class usage"),
-        ]
-        _save_recon_grid(res, out / files[0][0])
-        _save_usage_histogram(res, out / files[1][0])
-        _save_pca(res, out / files[2][0])
-        _save_per_class(res, out / files[3][0])
-        figures[name] = files
+        for key, _, _, draw in FIGURES:
+            fname = f"{key}_{slug}.png"
+            try:
+                draw(res, out / fname)
+                figures[key].append((name, fname, ""))
+            except ImportError as err:  # optional dependency (scikit-learn for t-SNE)
+                figures[key].append((name, None, str(err)))
         columns[name] = {**res.metrics, **((extra or {}).get(name, {}))}
 
     with open(out / "metrics.json", "w") as fh:
@@ -198,7 +262,8 @@ def write_report(out_dir: str | Path, results: dict, extra: dict[str, dict] | No
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-             "td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+             "td:first-child{text-align:left}img{max-width:100%}.row{display:flex;flex-wrap:wrap;gap:8px}"
+             ".row figure{flex:1 1 300px;margin:0}.caption{color:#444}.missing{color:#a00}</style></head><body>",
              f"<h1>{esc(title)}</h1>"]
     for note in notes or []:
         parts.append(f"<p>{esc(note)}</p>")
@@ -212,11 +277,14 @@ def write_report(out_dir: str | Path, results: dict, extra: dict[str, dict] | No
         parts.append(f"<li><b>{esc(label)}</b>: {esc(text)}</li>")
     parts.append("</ul><p>Raw numbers: <a href='metrics.json'>metrics.json</a>, "
                  "<a href='metrics.csv'>metrics.csv</a>.</p>")
-    for name, files in figures.items():
-        parts.append(f"<h2>{esc(name)}</h2>")
-        for fname, caption in files:
-            parts.append(f"<figure><img src='{esc(fname)}' alt='{esc(caption)}'>"
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+    for key, heading, caption, _ in FIGURES:
+        parts.append(f"<section id='{key}'><h2>{esc(heading)}</h2><p class='caption'>{esc(caption)}</p>"
+                     "<div class='row'>")
+        for name, fname, why in figures[key]:
+            body = (f"<img src='{esc(fname)}' alt='{esc(heading)}: {esc(name)}'>" if fname
+                    else f"<p class='missing'>not drawn: {esc(why)}</p>")
+            parts.append(f"<figure>{body}<figcaption>{esc(name)}</figcaption></figure>")
+        parts.append("</div></section>")
     parts.append("</body></html>")
     report = out / "report.html"
     report.write_text("\n".join(parts))

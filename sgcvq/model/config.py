@@ -23,6 +23,13 @@ class ModelConfig:
         follow frequency ** 0.5, at least min_codes_per_class) or C explicit sizes.
     level_weights: distance weights (fine, coarse) of the pyramid levels (DESIGN.md §1.4).
     pyramid_channels: width of the pyramid's lateral convs (0 = the encoder's last width).
+    quantizer: "auto" (sgc with num_classes, ema without), "sgc", "ema", "vqgan" (taming's
+        gradient-learned codebook) or "cvq" (CVQ-VAE-style anchored re-initialisation); see
+        sgcvq/model/quantizers.py. The baselines (ema, vqgan, cvq) need num_classes=None.
+    group_loss_weight, group_loss_temperature: λ and τ of the group loss (sgcvq/model/semantic_loss.py),
+        which trains the encoder so that a label-free search lands in the token's class group
+        (sgc only; 0 = off). group_loss_warmup: λ ramps linearly from 0 over these training steps.
+        group_loss_max_tokens: labelled tokens per step that enter it (a fixed-stride subset).
     resolution: the training size, checked against the downsampling; the model itself accepts any
         H, W divisible by 2 x the downsampling factor.
     """
@@ -50,6 +57,11 @@ class ModelConfig:
     kmeans_init: bool = True
     kmeans_iters: int = 10
     semantic_loss_weight: float = 0.0
+    quantizer: str = "auto"
+    group_loss_weight: float = 0.0
+    group_loss_temperature: float = 1.0
+    group_loss_warmup: int = 0
+    group_loss_max_tokens: int = 4096
     disc_channels: int = 32
     disc_layers: int = 3
 
@@ -75,6 +87,14 @@ class ModelConfig:
                              ">= 0, not both 0")
         if self.num_classes is not None and not 1 <= self.num_classes < IGNORE_LABEL:
             raise ValueError(f"ModelConfig.num_classes={self.num_classes} must be None or in 1..254")
+        from .quantizers import resolve_quantizer_kind
+
+        resolve_quantizer_kind(self.quantizer, self.num_classes)
+        if self.group_loss_weight < 0 or self.group_loss_temperature <= 0 or self.group_loss_warmup < 0 \
+                or self.group_loss_max_tokens < 1:
+            raise ValueError(f"ModelConfig: group_loss_weight={self.group_loss_weight} must be >= 0, "
+                             f"group_loss_temperature={self.group_loss_temperature} > 0, group_loss_warmup="
+                             f"{self.group_loss_warmup} >= 0 and group_loss_max_tokens={self.group_loss_max_tokens} >= 1")
         if self.num_classes is not None and self.group_sizes == "frequency" and (
             self.class_frequencies is None or len(self.class_frequencies) != self.num_classes
         ):

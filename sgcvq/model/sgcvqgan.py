@@ -1,19 +1,21 @@
 """SGC-VQGAN: encoder -> feature pyramid -> FastSemanticQuantizer -> decoder.
 
 `SGCVQGAN(ModelConfig(num_classes=None))` is the plain-VQ baseline: the same network with an
-ungrouped EMA codebook, so the two differ only in semantic guidance.
+ungrouped EMA codebook, so the two differ only in semantic guidance. `ModelConfig.quantizer`
+swaps in the other baselines (taming's VQGAN quantizer, CVQ-VAE's), see quantizers.py.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..quantizer import FastSemanticQuantizer
 from ..semantic import pool_labels
 from .config import IGNORE_LABEL, ModelConfig, ModelOutput
 from .decoder import Decoder
 from .encoder import Encoder
 from .pyramid import FeaturePyramid, split_embed_dim
+from .quantizers import build_quantizer, resolve_quantizer_kind
+from .semantic_loss import group_loss
 
 
 class SGCVQGAN(nn.Module):
@@ -30,19 +32,8 @@ class SGCVQGAN(nn.Module):
         self.level_dims = split_embed_dim(cfg.embed_dim, 2)
         self.pyramid = FeaturePyramid(self.encoder.out_channels, cfg.pyramid_channels or self.encoder.out_channels,
                                       self.level_dims)
-        self.quantizer = FastSemanticQuantizer(
-            cfg.embed_dim, cfg.codebook_size, num_classes=cfg.num_classes,
-            group_sizes=cfg.group_sizes if isinstance(cfg.group_sizes, str) else list(cfg.group_sizes),
-            class_frequencies=None if cfg.class_frequencies is None else list(cfg.class_frequencies),
-            min_codes_per_class=cfg.min_codes_per_class,
-            decay=cfg.decay, eps=cfg.eps, commitment_weight=cfg.commitment_weight,
-            threshold_dead=cfg.threshold_dead, max_idle_steps=cfg.max_idle_steps,
-            kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
-            level_weights=list(cfg.level_weights), semantic_loss_weight=cfg.semantic_loss_weight,
-            channel_last=True, level_dims=list(self.level_dims),
-            # The model checks the pixel labels itself before pooling them (token_labels).
-            check_labels=False,
-        )
+        self.quantizer_kind = resolve_quantizer_kind(cfg.quantizer, cfg.num_classes)
+        self.quantizer = build_quantizer(cfg, self.level_dims)
         self.decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.base_channels, tuple(cfg.channel_mult),
                                cfg.num_res_blocks, attention, cfg.dropout)
 
@@ -93,7 +84,21 @@ class SGCVQGAN(nn.Module):
         tokens = z.permute(0, 2, 3, 1)  # [B, h, w, D]
         labels = token_labels if self.cfg.num_classes is not None else None  # the baseline ignores labels
         quantized, indices, loss = self.quantizer(tokens, labels=labels)
+        if self.training and labels is not None and self.cfg.group_loss_weight > 0:
+            loss = loss + self._group_loss(tokens, labels)
         return quantized.permute(0, 3, 1, 2), indices, loss
+
+    def _group_loss(self, tokens: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
+        """λ(step) · group loss (semantic_loss.py) in the quantizer's weighted search space."""
+        cfg, q = self.cfg, self.quantizer
+        weight = cfg.group_loss_weight
+        if cfg.group_loss_warmup > 0:  # q.steps already counts this step's update
+            weight *= min(1.0, int(q.steps) / cfg.group_loss_warmup)
+        x = tokens.reshape(-1, tokens.shape[-1])
+        if q._scaled:
+            x = x * q.channel_scale
+        return weight * group_loss(x, token_labels.reshape(-1), q.codebook, q.class_offsets, cfg.num_classes,
+                                   cfg.group_loss_temperature, cfg.group_loss_max_tokens)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         """images [B, 3, H, W] float in [-1, 1]; labels [B, H, W] int64 pixel classes (255 ignore) or None."""

@@ -1,0 +1,101 @@
+"""The group loss (sgcvq/model/semantic_loss.py) against a dense reference, and in the model."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgcvq.model import SGCVQGAN, ModelConfig
+from sgcvq.model.semantic_loss import group_distances, group_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _reference(x, labels, codebook, offsets, tau):
+    """Dense float64: all N x K distances, per-group minimum, scale-normalised cross-entropy."""
+    d = torch.cdist(x.double(), codebook.double()).pow(2)
+    off = offsets.tolist()
+    g = torch.stack([d[:, off[c]:off[c + 1]].min(1).values for c in range(len(off) - 1)], 1)
+    keep = labels >= 0
+    g, lab = g[keep], labels[keep]
+    s = g.gather(1, lab[:, None]).mean().detach()
+    return F.cross_entropy(-g / (tau * s), lab)
+
+
+@pytest.mark.parametrize("N,D,sizes,tau", [(37, 5, [3, 7, 1, 9], 1.0), (64, 8, [5, 5, 6], 0.3), (1, 3, [2, 2], 2.0)])
+def test_group_loss_matches_a_dense_reference_in_value_and_gradient(N, D, sizes, tau):
+    K, C = sum(sizes), len(sizes)
+    offsets = torch.tensor([0] + torch.tensor(sizes).cumsum(0).tolist())
+    codebook = torch.randn(K, D)
+    labels = torch.randint(0, C, (N,))
+    if N > 1:
+        labels[::5] = -1  # ignore tokens take no part
+    x = torch.randn(N, D, requires_grad=True)
+    x64 = x.detach().double().requires_grad_(True)
+    loss = group_loss(x, labels, codebook, offsets, C, temperature=tau)
+    ref = _reference(x64, labels, codebook, offsets, tau)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-6)
+    assert torch.all(x.grad[labels < 0] == 0)
+
+
+def test_group_distances_are_the_per_group_minimum_and_do_not_reach_the_codebook():
+    codebook = torch.randn(10, 4, requires_grad=True)
+    offsets = torch.tensor([0, 4, 10])
+    x = torch.randn(6, 4)
+    g = group_distances(x, codebook, offsets, 2)
+    d = torch.cdist(x, codebook.detach()).pow(2)
+    torch.testing.assert_close(g, torch.stack([d[:, :4].min(1).values, d[:, 4:].min(1).values], 1),
+                               rtol=1e-5, atol=1e-5)
+    assert not g.requires_grad  # x needs no grad here and the codebook is detached
+
+
+def test_group_loss_subsets_tokens_and_handles_no_labelled_token():
+    codebook, offsets = torch.randn(6, 3), torch.tensor([0, 3, 6])
+    x = torch.randn(50, 3, requires_grad=True)
+    labels = torch.randint(0, 2, (50,))
+    group_loss(x, labels, codebook, offsets, 2, max_tokens=7).backward()
+    assert int((x.grad.abs().sum(1) > 0).sum()) == 7
+    zero = group_loss(x, torch.full((50,), -1), codebook, offsets, 2)
+    assert zero.item() == 0.0 and zero.requires_grad
+    with pytest.raises(ValueError, match="temperature"):
+        group_loss(x, labels, codebook, offsets, 2, temperature=0.0)
+
+
+def _model(**kw):
+    cfg = ModelConfig(resolution=16, base_channels=8, channel_mult=(1, 2), embed_dim=6, codebook_size=18,
+                      num_classes=3, kmeans_iters=1, **kw)
+    torch.manual_seed(0)
+    return SGCVQGAN(cfg).train()
+
+
+def test_group_loss_reaches_the_encoder_in_the_model():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    labels = torch.randint(0, 3, (2, 16, 16))
+    grads, losses = [], []
+    for weight in (0.0, 1.0):
+        model = _model(group_loss_weight=weight)
+        out = model(images, labels=labels)
+        out.quant_loss.backward()
+        grads.append(model.encoder.conv_in.weight.grad.clone())
+        losses.append(out.quant_loss.item())
+    assert losses[1] > losses[0]  # the group loss adds a positive term
+    assert not torch.allclose(grads[0], grads[1])  # and a gradient that reaches the first encoder layer
+    # evaluation: the loss is a training signal only
+    model = _model(group_loss_weight=1.0).eval()
+    ref = _model(group_loss_weight=0.0).eval()
+    with torch.no_grad():
+        assert model(images, labels=labels).quant_loss.item() == pytest.approx(ref(images, labels=labels).quant_loss.item())
+
+
+def test_group_loss_warmup_ramps_the_weight():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    labels = torch.randint(0, 3, (2, 16, 16))
+    model = _model(group_loss_weight=1.0, group_loss_warmup=4)
+    tokens = model.encode_features(images).permute(0, 2, 3, 1)
+    tok_labels = model.token_labels(labels, tuple(tokens.shape[1:3]))
+    model(images, labels=labels)  # one training step: steps = 1
+    quarter = model._group_loss(tokens, tok_labels).item()
+    model.quantizer.steps.fill_(4)
+    full = model._group_loss(tokens, tok_labels).item()
+    assert full > 0 and quarter == pytest.approx(full / 4, rel=1e-5)
