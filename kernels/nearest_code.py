@@ -1,45 +1,55 @@
-"""nearest_code on the GPU in Triton: a fused tiled search that never materialises N x K.
+"""nearest_code on the GPU in Triton: certified low-precision candidates, never an N x K matrix.
 
-Pipeline (no host synchronisation anywhere):
+Pipeline (no host synchronisation anywhere; every count stays on the device):
 
-1. O(K) prologue in torch: code norms ||e_k|| in float32 and their maximum; with labels, a
-   counting sort of the tokens by class (int32 scatter_add counts + stable argsort).
-2. `_nearest_code_fwd_kernel`: a program owns BLOCK_N tokens (with labels: BLOCK_N tokens of one
-   class; the grid is the upper bound cdiv(N, BLOCK_N) + C + 1 and surplus programs do nothing)
-   and loops over its class's code range in BLOCK_K tiles. Per tile, `tl.dot` over D (an inner
-   loop of BLOCK_D, or one resident token tile when D <= BLOCK_D) gives x.e; the score
-   ||e||^2 - 2 x.e is reduced into a running top-2 (value, index) plus the third-best value, in
-   registers. After the loop the two candidates are re-scored with the direct float32 sum of
-   squared differences, and the token is *certified* when a rigorous error bound on the scores
-   proves that no other code can be as close (`error_bound_eta`). Writes index [N], sqdist [N]
-   and an "uncertified" flag [N].
-3. fast_exact on float32 only: the tokens 1xTF32 could not certify (compacted on the device) are
-   searched again by the same kernel with 3xTF32 dots.
-4. `_nearest_code_fallback_kernel`: tokens still uncertified (compacted on the device; the grid
-   is sized by N and programs past the device-side count do nothing) are searched again with the
-   direct float32 distance over their whole code range (a CPU simulation of the bound
-   on random data puts ~0.1% of the tokens here at D = 256).
+1. Prologue. The codebook mean mu (float32) is the centre: distances do not change when x and
+   every code move by the same vector, and centring shrinks the norms that the error bound scales
+   with (offset and post-ReLU data). `_prepare_rows_kernel` centres the codes, rounds them to the
+   candidate dtype (bfloat16, float16 or TF32) and records ||e'_k||^2 and the rounding residual;
+   run again over the tokens it writes their candidate operands, ||x'||^2 and two per-token
+   margins E (one for the candidate pass, one for the float32-grade pass).
+2. `_nearest_code_search_kernel`, the candidate pass: a program owns BLOCK_N tokens (with labels:
+   of one class; work units are (class, token block) and stream only their class's codes) and
+   loops over BLOCK_K code tiles. Per tile, `tl.dot` gives x'.e' on the tensor cores; the score
+   s_k = ||e'_k||^2 - 2 x'.e'_k feeds a per-token candidate list of LIST_R codes: a code enters
+   when its score is below the list's worst and within 2E of the list's best; the smallest score
+   ever left out (evicted or never listed) is kept as v_excl. After the loop the listed codes are
+   re-scored with the direct float32 distance on the original inputs, and the token is certified
+   when best + E < v_excl + ||x'||^2: then no code outside the list can be as close
+   (`token_margin` derives E). Writes index, sqdist and an "uncertified" flag.
+3. The tokens left uncertified (compacted on the device, still grouped by class) go through the
+   same kernel once more with float32-grade products (3xTF32 on the tensor cores, centring done
+   in the kernel) and the tighter margin: a GEMM-tile re-search, not a per-token scan.
+4. `_nearest_code_fallback_kernel`: the tokens that even the float32-grade pass cannot certify
+   (codes within float32 rounding of each other: exact or near duplicates, many-way ties) take
+   the direct float32 distance over their code range, in [32 tokens x 32 codes] tiles.
 
-Modes: "exact" computes x.e in float32 (`input_precision="ieee"`, FMA) for float32 inputs, or
-with 3xTF32 when asked (`exact_fp32_dot`); "fast_exact" uses 1xTF32 tensor cores, then 3xTF32
-for the uncertified tokens. bfloat16 / float16 inputs always use the tensor cores in their own
-dtype: their products are exact in float32, so both modes are the same single pass there. In
-every mode the index is the float32 argmin, ties to the lowest index: certified candidates are
-re-scored in float32, and the fallback computes the rest directly.
+Modes ("exact" is the default; all three return the same index):
+  "exact" / "fast_exact": the low-precision candidate pass first (float32 inputs: bfloat16
+      candidates of the centred data for D >= 32, TF32 below; bfloat16 inputs: bfloat16; float16:
+      float16), then steps 3 and 4 for what it leaves.
+  "exact_fp32": the float32-grade pass first (step 3 for every token), then step 4.
+In every mode the index is the float32 argmin, ties to the lowest index.
 
-Extra memory: O(N + K) (norms, flags, compacted token lists, the class sort).
+Extra memory: the candidate copies of x and the codes (N D + K D elements of the candidate dtype:
+2 bytes for bfloat16) plus O(N + K) (norms, margins, flags, compacted token lists, class sort).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["nearest_code", "nearest_code_with_stats", "error_bound_eta"]
+__all__ = ["nearest_code", "nearest_code_with_stats", "token_margin", "candidate_kind", "LIST_R"]
 
 _INF = tl.constexpr(float("inf"))  # a global the kernels may read: it must be a constexpr
+_INT_MAX = tl.constexpr(2**31 - 1)
+_TINY = tl.constexpr(2.0**-100)  # per feature: products and partial sums flushed to zero
+
+LIST_R = 8  # candidates per token (a CPU simulation: > 8 codes within the bf16 margin for 0.1%)
 
 
 def _interpreting() -> bool:
@@ -50,47 +60,134 @@ def _interpreting() -> bool:
 # Error bound
 # --------------------------------------------------------------------------------------------
 _U = 2.0**-24  # float32 unit roundoff
-# NOTE: tensor cores may truncate instead of rounding while accumulating in float32, so every
-# accumulation step is charged a full ulp (2u) rather than u.
-_U_ACC = 2.0**-23
-# Per precision: (relative error of one product x_d * e_d as the dot sees it, products summed
-# per x.e). TF32 keeps 10 mantissa bits and the hardware may truncate the low 13 bits of each
-# operand: (1 + 2^-10)^2 - 1 <= 2^-9 + 2^-20. 3xTF32 splits a = big + small (both TF32) and sums
-# big*big + big*small + small*big: the split leaves <= 2^-20 |a| per operand and the dropped
-# small*small term <= 2^-20 |ab|, so <= 2^-18 in all, over 3D accumulated products.
+# Per dot precision: (relative error of one product as the dot sees it, products per x.e). The
+# candidate operands (bf16 / fp16 / TF32 values) multiply exactly in float32; their rounding is
+# charged through the measured residuals instead. 3xTF32 splits a = big + small (both TF32) and
+# sums big*big + big*small + small*big: <= 2^-18 per product over 3D accumulated products.
 _PRODUCT_ERROR = {
+    "exact_products": (0.0, 1),
     "ieee": (_U, 1),
-    "exact_products": (_U, 1),
-    "tf32": (2.0**-9 + 2.0**-19, 1),
     "tf32x3": (2.0**-18, 3),
 }
 
 
-def error_bound_eta(D: int, precision: str) -> float:
-    """Relative bound eta: |computed - true| of every quantity the certification compares is at
-    most eta * (||x|| + max_k ||e_k||)^2.
+def _sum_error(D: int) -> float:
+    """g: relative error of a float32 sum of D non-negative terms (any order), or of a tensor-core
+    accumulation over D products. NOTE: tensor cores may truncate instead of rounding, so every
+    accumulation step is charged a full ulp (2u); +16 leaves slack for the final additions."""
+    return (2 * D + 16) * _U
 
-    With M = (||x|| + e_max)^2: the dot error is <= (delta + (P D + 1) u_acc) ||x|| ||e_k|| for
-    P D accumulated products (any summation order), the score ||e||^2 - 2 x.e doubles it
-    (2 ||x|| ||e|| <= M), the norms, the direct re-score and ||x||^2 each add <= (D+3) u M, a few
-    roundings add u M each. The factor 2 covers the rounding of M itself and leaves slack.
-    `precision` is "ieee" (float32 FMA), "tf32", "tf32x3" or "exact_products" (bfloat16/float16
-    operands: their products are exact in float32).
+
+@triton.jit
+def _margin(xx, r2, me2, merr, D, g, dp, passes):
+    """E with |(s_k + fl||x'||^2) - f_k| <= E for every code k (see `token_margin`)."""
+    xn = tl.sqrt(xx * (1.0 + g)) * 1.0001
+    r = tl.sqrt(r2 * (1.0 + g)) * 1.0001
+    me = tl.sqrt(me2)
+    ah = 2.0 * (xn + r)  # >= ||2 c(x')||
+    big = (xn + me) * (xn + me)
+    dot = 2.0 * r * me + ah * merr + (passes * g + dp) * ah * (me + merr)
+    e = g * (xn * xn + me2) + dot + (g * 1.01 + 12.0 * 2.0**-24) * big + (D + 8) * _TINY
+    return e * 1.01
+
+
+def token_margin(xx: float, r2: float, max_e2: float, max_err: float, D: int, dot: str) -> float:
+    """The per-token margin E of the certificate, in float64 (the kernels compute it in float32
+    with the same formula and 1% slack).
+
+    x' = fl(x - mu), e'_k = fl(e_k - mu) (centred, float32); c(.) the candidate rounding;
+    s_k = fl||e'_k||^2 - 2 c(x').c(e'_k) the candidate score; f_k the direct float32 distance on
+    the original inputs. xx = fl||x'||^2, r2 = fl||x' - c(x')||^2, max_e2 >= max_k ||e'_k||^2,
+    max_err >= max_k ||e'_k - c(e'_k)||. With xn, r, me the norms and g = `_sum_error(D)`:
+      2 x'.e' - 2 c(x').c(e')   <= 2 r me + ||2 c(x')|| max_err    (Cauchy-Schwarz on the residuals)
+      dot accumulation, products <= (passes g + delta) ||2 c(x')|| (me + max_err)
+      fl||x'||^2, fl||e'||^2      <= g (xn^2 + me^2)
+      f_k vs ||x - e_k||^2          <= g (xn + me)^2 (and centring moves it by 4u (xn + me)^2)
+    plus roundings of the score arithmetic (8u (xn + me)^2) and flushed subnormals.
     """
-    delta, passes = _PRODUCT_ERROR[precision]
-    return 2.0 * (delta + (passes * D + 1) * _U_ACC + (3 * D + 10) * _U)
+    g = _sum_error(D)
+    dp, passes = _PRODUCT_ERROR[dot]
+    xn = math.sqrt(xx * (1 + g)) * 1.0001
+    r = math.sqrt(r2 * (1 + g)) * 1.0001
+    me = math.sqrt(max_e2)
+    ah = 2 * (xn + r)
+    big = (xn + me) ** 2
+    d = 2 * r * me + ah * max_err + (passes * g + dp) * ah * (me + max_err)
+    return (g * (xn * xn + max_e2) + d + (g * 1.01 + 12 * _U) * big + (D + 8) * 2.0**-100) * 1.01
 
 
 # --------------------------------------------------------------------------------------------
-# Kernels
+# Prologue: centre, round to the candidate dtype, norms, residuals, margins
 # --------------------------------------------------------------------------------------------
-# (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32) are
-# H100-oriented: 64-128 tokens x 64-128 codes, D in 32-64 chunks, 3-4 stages. ptxas (sm_90,
-# Triton 3.6 and 3.9, compiled offline) reports no spills for bf16/fp16/tf32 and at most a few
-# hundred bytes for some 3xTF32 tiles (the last one has none). The float32 FMA dot ("ieee") holds
-# its operands in registers, so it gets smaller tiles (128 x 128 spills there).
-_TENSOR_CORE_SHAPES = [(128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 32, 8, 4),
-                       (64, 64, 32, 4, 4)]
+@triton.jit
+def _prepare_rows_kernel(
+    src_ptr,  # [R, D] float32/bfloat16/float16 rows (tokens or codes)
+    mu_ptr,  # [D] float32 centre
+    cand_ptr,  # [R, D] out: the centred rows in the candidate dtype (CAND != "none")
+    norm2_ptr,  # [R] float32 out: fl||row - mu||^2
+    resid2_ptr,  # [R] float32 out: fl||(row - mu) - c(row - mu)||^2 (WRITE_MARGINS == False)
+    bound_ptr,  # [2] float32 (WRITE_MARGINS): max_k ||e'_k||^2 and max_k ||e'_k - c(e'_k)||, upper bounds
+    margin1_ptr,  # [R] float32 out (WRITE_MARGINS): E of the candidate pass
+    margin2_ptr,  # [R] float32 out (WRITE_MARGINS): E of the float32-grade pass
+    rows_total,
+    D,
+    g,
+    dp1,
+    passes1,
+    dp2,
+    passes2,
+    CAND: tl.constexpr,  # "bf16", "fp16", "tf32" or "none"
+    WRITE_MARGINS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < rows_total
+    rows64 = rows.to(tl.int64)
+    sq = tl.zeros([BLOCK_R], dtype=tl.float32)
+    res = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for db in range(0, D, BLOCK_D):
+        offs = db + tl.arange(0, BLOCK_D)
+        dmask = offs < D
+        m2 = rmask[:, None] & dmask[None, :]
+        v = tl.load(src_ptr + rows64[:, None] * D + offs[None, :], mask=m2, other=0.0).to(tl.float32)
+        mu = tl.load(mu_ptr + offs, mask=dmask, other=0.0)
+        c = tl.where(m2, v - mu[None, :], 0.0)
+        sq += tl.sum(c * c, 1)
+        if CAND != "none":
+            if CAND == "bf16":
+                q = c.to(tl.bfloat16)
+                back = q.to(tl.float32)
+            elif CAND == "fp16":
+                q = c.to(tl.float16)
+                back = q.to(tl.float32)
+            else:  # "tf32": round to 10 mantissa bits (to nearest, ties away), kept as float32
+                bits = c.to(tl.int32, bitcast=True)
+                back = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+                q = back
+            tl.store(cand_ptr + rows64[:, None] * D + offs[None, :], q, mask=m2)
+            t = c - back  # exact in float32
+            res += tl.sum(t * t, 1)
+    tl.store(norm2_ptr + rows, sq, mask=rmask)
+    if WRITE_MARGINS:
+        me2 = tl.load(bound_ptr)
+        merr = tl.load(bound_ptr + 1)
+        e1 = _margin(sq, res, me2, merr, D, g, dp1, passes1)
+        e2 = _margin(sq, res * 0.0, me2, 0.0, D, g, dp2, passes2)
+        tl.store(margin1_ptr + rows, e1, mask=rmask)
+        tl.store(margin2_ptr + rows, e2, mask=rmask)
+    else:
+        tl.store(resid2_ptr + rows, res, mask=rmask)
+
+
+# --------------------------------------------------------------------------------------------
+# The search kernel
+# --------------------------------------------------------------------------------------------
+# (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32/3xTF32)
+# are H100-oriented: 64-128 tokens x 64-128 codes, D in 32-64 chunks, 3-4 stages. The float32
+# FMA dot ("ieee") holds its operands in registers, so it gets smaller tiles.
+_TENSOR_CORE_SHAPES = [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4),
+                       (128, 256, 64, 8, 3), (64, 64, 32, 4, 4)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
@@ -132,43 +229,62 @@ def _prune_configs(configs, named_args, **kwargs):
     return out
 
 
+@triton.jit
+def _operand_tile(ptr, mu_ptr, row_off, offs_d, mask, CENTER_IN_KERNEL: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """One [rows, BLOCK_D] dot operand: the prepared candidate values, or (CENTER_IN_KERNEL) the
+    raw rows centred here in float32 (the same fl(v - mu) as the prologue computed)."""
+    t = tl.load(ptr + row_off[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    if CENTER_IN_KERNEL:
+        mu = tl.load(mu_ptr + offs_d)  # zero-padded past D
+        t = tl.where(mask, t.to(tl.float32) - mu[None, :], 0.0)
+    elif DOT_IN_FP32:
+        # The interpreter's bf16 / fp16 dot is wrong; their products are exact in fp32 anyway.
+        t = t.to(tl.float32)
+    return t
+
+
 @triton.autotune(
     configs=_search_configs(),
-    key=["D", "GROUPED", "DOT_PRECISION"],  # not K: one tuning per feature width
+    key=["D", "GROUPED", "DOT_PRECISION", "CENTER_IN_KERNEL"],  # not K or N: one tuning per width
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.heuristics({"X_RESIDENT": lambda args: args["D"] <= args["BLOCK_D"]})
 @triton.jit
-def _nearest_code_fwd_kernel(
-    x_ptr,  # [N, D] float32/bfloat16/float16
-    e_ptr,  # [K, D] same dtype
-    enorm2_ptr,  # [K] float32, ||e_k||^2
-    emax_ptr,  # [1] float32, max_k ||e_k||
-    perm_ptr,  # [N] int64 token order sorted by bucket (GROUPED only)
+def _nearest_code_search_kernel(
+    xa_ptr,  # [N, D] x operands: candidate dtype (prepared) or the raw x (CENTER_IN_KERNEL)
+    ea_ptr,  # [K, D] code operands, likewise
+    mu_ptr,  # [D + 256] float32 centre, zero-padded (CENTER_IN_KERNEL)
+    x_ptr,  # [N, D] raw x, for the re-score
+    e_ptr,  # [K, D] raw codebook, for the re-score
+    enorm2_ptr,  # [K] float32 fl||e'_k||^2
+    xx_ptr,  # [N] float32 fl||x'||^2
+    margin_ptr,  # [N] float32 E of this pass
+    perm_ptr,  # [N] int64 token order, sorted by bucket
     bucket_count_ptr,  # [NB] int32 tokens per bucket; bucket 0 = label -1, bucket c+1 = class c
-    offsets_ptr,  # [C+1] int64 class code offsets (GROUPED only)
+    offsets_ptr,  # [C+1] int64 class code offsets ([0, K] without labels)
     index_ptr,  # [N] int64 out
     sqdist_ptr,  # [N] float32 out
-    need_ptr,  # [N] int32 out, per sorted position: 1 = not certified, the fallback decides
+    need_ptr,  # [N] int32 out, per sorted position: 1 = not certified, a later pass decides
     N,
     K,
     D,
     NB,
-    eta,
     GROUPED: tl.constexpr,
     NB_P2: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    CENTER_IN_KERNEL: tl.constexpr,
+    LIST_R: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     X_RESIDENT: tl.constexpr,
-    RESCORE_D: tl.constexpr = 16,
+    RESCORE_D: tl.constexpr = 8,
 ):
     pid = tl.program_id(0)
     if GROUPED:
-        # Tile pid -> (bucket, tile within bucket). The grid is an upper bound on the tile count
-        # (cdiv(N, BLOCK_N) + NB), so the host never reads the bucket sizes.
+        # Work unit pid -> (bucket, token block within the bucket). The grid is an upper bound on
+        # the number of units (cdiv(N, BLOCK_N) + NB), so the host never reads the bucket sizes.
         rb = tl.arange(0, NB_P2)
         cnt = tl.load(bucket_count_ptr + rb, mask=rb < NB, other=0)
         tiles = (cnt + BLOCK_N - 1) // BLOCK_N
@@ -198,113 +314,87 @@ def _nearest_code_fwd_kernel(
         rows = tl.load(perm_ptr + pos, mask=tok_mask, other=0)
     else:
         rows = pos.to(tl.int64)
+    x_off = rows * D
     cols = tl.arange(0, BLOCK_K)
     offs_d0 = tl.arange(0, BLOCK_D)
+    slots = tl.arange(0, LIST_R)
 
-    v1 = tl.full([BLOCK_N], _INF, tl.float32)
-    v2 = tl.full([BLOCK_N], _INF, tl.float32)
-    v3 = tl.full([BLOCK_N], _INF, tl.float32)
-    i1 = tl.full([BLOCK_N], -1, tl.int32)
-    i2 = tl.full([BLOCK_N], -1, tl.int32)
+    margin = tl.load(margin_ptr + rows, mask=tok_mask, other=0.0)
+    # A code enters the list only within `window` of the list's best: any code left out beyond it
+    # is provably farther than the best (2E, plus slack for the rounding of the comparisons).
+    window = margin * 2.0625
+    lv = tl.full([BLOCK_N, LIST_R], _INF, tl.float32)  # candidate scores (unsorted)
+    li = tl.full([BLOCK_N, LIST_R], -1, tl.int32)  # candidate codes
+    v_excl = tl.full([BLOCK_N], _INF, tl.float32)  # smallest score of any code not in the list
 
     if X_RESIDENT:
         # D fits one chunk: the token tile stays in registers for the whole code loop, and the
         # code loop itself is what the compiler software-pipelines (num_stages).
         dmask_r = offs_d0 < D
-        x_res = tl.load(x_ptr + rows[:, None] * D + offs_d0[None, :],
-                        mask=tok_mask[:, None] & dmask_r[None, :], other=0.0)
-        if DOT_IN_FP32:
-            x_res = x_res.to(tl.float32)
+        x_res = _operand_tile(xa_ptr, mu_ptr, x_off, offs_d0, tok_mask[:, None] & dmask_r[None, :],
+                              CENTER_IN_KERNEL, DOT_IN_FP32)
 
     for kb in range(k0, k1, BLOCK_K):
         offs_k = kb + cols
         kmask = offs_k < k1
+        e_off = offs_k.to(tl.int64) * D
         if X_RESIDENT:
-            et = tl.load(e_ptr + offs_k[:, None] * D + offs_d0[None, :],
-                         mask=kmask[:, None] & dmask_r[None, :], other=0.0)
-            if DOT_IN_FP32:
-                et = et.to(tl.float32)
+            et = _operand_tile(ea_ptr, mu_ptr, e_off, offs_d0, kmask[:, None] & dmask_r[None, :],
+                               CENTER_IN_KERNEL, DOT_IN_FP32)
             acc = tl.dot(x_res, tl.trans(et), input_precision=DOT_PRECISION)
         else:
             acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
             for db in range(0, D, BLOCK_D):
                 offs_d = db + offs_d0
                 dmask = offs_d < D
-                xt = tl.load(x_ptr + rows[:, None] * D + offs_d[None, :],
-                             mask=tok_mask[:, None] & dmask[None, :], other=0.0)
-                et = tl.load(e_ptr + offs_k[:, None] * D + offs_d[None, :],
-                             mask=kmask[:, None] & dmask[None, :], other=0.0)
-                if DOT_IN_FP32:
-                    # The interpreter's bf16 dot is wrong; bf16 products are exact in fp32 anyway.
-                    xt = xt.to(tl.float32)
-                    et = et.to(tl.float32)
+                xt = _operand_tile(xa_ptr, mu_ptr, x_off, offs_d, tok_mask[:, None] & dmask[None, :],
+                                   CENTER_IN_KERNEL, DOT_IN_FP32)
+                et = _operand_tile(ea_ptr, mu_ptr, e_off, offs_d, kmask[:, None] & dmask[None, :],
+                                   CENTER_IN_KERNEL, DOT_IN_FP32)
                 acc = tl.dot(xt, tl.trans(et), acc, input_precision=DOT_PRECISION)
         en = tl.load(enorm2_ptr + offs_k, mask=kmask, other=0.0)
-        # ||x - e||^2 - ||x||^2 = ||e||^2 - 2 x.e: ||x||^2 is common to the row, added back later.
+        # ||x' - e'||^2 - ||x'||^2 = ||e'||^2 - 2 x'.e': ||x'||^2 is common to the row.
         s = tl.where(kmask[None, :], en[None, :] - 2.0 * acc, _INF)
-        m1, a1 = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
-        # Only tiles that can change some row's top 3 pay for the 2nd and 3rd extraction.
-        if tl.max((m1 < v3).to(tl.int32), 0) > 0:
-            s = tl.where(cols[None, :] == a1[:, None], _INF, s)
-            m2, a2 = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
-            s = tl.where(cols[None, :] == a2[:, None], _INF, s)
-            m3 = tl.min(s, 1)
-            g1 = kb + a1
-            g2 = kb + a2
-            # Merge two sorted 3-lists. Running entries come from earlier tiles (lower indices),
-            # so they win ties: strict '<' keeps the lowest index among equal scores.
-            b1 = m1 < v1
-            o1 = tl.where(b1, m1, v1)
-            oi1 = tl.where(b1, g1, i1)
-            ha = tl.where(b1, v1, v2)
-            hia = tl.where(b1, i1, i2)
-            hb = tl.where(b1, m2, m1)
-            hib = tl.where(b1, g2, g1)
-            b2 = hb < ha
-            o2 = tl.where(b2, hb, ha)
-            oi2 = tl.where(b2, hib, hia)
-            nb = b1.to(tl.int32) + b2.to(tl.int32)
-            next_a = tl.where(nb == 0, v3, tl.where(nb == 1, v2, v1))
-            next_b = tl.where(nb == 0, m1, tl.where(nb == 1, m2, m3))
-            v3 = tl.minimum(next_a, next_b)
-            v1 = o1
-            i1 = oi1
-            v2 = o2
-            i2 = oi2
+        m, a = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
+        worst, wslot = tl.max(lv, 1, return_indices=True, return_indices_tie_break_left=True)
+        thr = tl.minimum(worst, tl.min(lv, 1) + window)
+        # Most tiles hold no code that can enter any row's list: one min and this test.
+        for _j in tl.static_range(LIST_R):
+            active = m < thr
+            if tl.max(active.to(tl.int32), 0) > 0:
+                # The row's tile minimum replaces its worst listed code, which becomes excluded.
+                put = active[:, None] & (slots[None, :] == wslot[:, None])
+                v_excl = tl.minimum(v_excl, tl.where(active, worst, _INF))
+                lv = tl.where(put, m[:, None], lv)
+                li = tl.where(put, (kb + a)[:, None], li)
+                s = tl.where(active[:, None] & (cols[None, :] == a[:, None]), _INF, s)
+                m, a = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
+                worst, wslot = tl.max(lv, 1, return_indices=True, return_indices_tie_break_left=True)
+                thr = tl.minimum(worst, tl.min(lv, 1) + window)
+        # Every code of the tile not listed scores >= m.
+        v_excl = tl.minimum(v_excl, m)
 
-    # Re-score both candidates with the direct float32 distance; ||x||^2 for the bound.
-    has1 = tok_mask & (i1 >= 0)
-    has2 = tok_mask & (i2 >= 0)
-    c1 = tl.maximum(i1, 0)
-    c2 = tl.maximum(i2, 0)
-    d1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    d2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    xn2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # Narrow D chunks here: three [BLOCK_N, RESCORE_D] gathers of 64-bit pointers are live at once.
+    # Re-score the listed codes with the direct float32 distance on the original inputs.
+    has = (li >= 0) & tok_mask[:, None]
+    lc = tl.maximum(li, 0).to(tl.int64) * D
+    dist = tl.zeros([BLOCK_N, LIST_R], dtype=tl.float32)
     offs_r0 = tl.arange(0, RESCORE_D)
     for db in range(0, D, RESCORE_D):
         offs_d = db + offs_r0
         dmask = offs_d < D
-        xt = tl.load(x_ptr + rows[:, None] * D + offs_d[None, :],
+        xt = tl.load(x_ptr + x_off[:, None] + offs_d[None, :],
                      mask=tok_mask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        e1 = tl.load(e_ptr + c1[:, None] * D + offs_d[None, :],
-                     mask=has1[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        e2 = tl.load(e_ptr + c2[:, None] * D + offs_d[None, :],
-                     mask=has2[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        t = xt - e1
-        d1 += tl.sum(t * t, 1)
-        t = xt - e2
-        d2 += tl.sum(t * t, 1)
-        xn2 += tl.sum(xt * xt, 1)
-    pick2 = has2 & ((d2 < d1) | ((d2 == d1) & (i2 < i1)))
-    best = tl.where(pick2, i2, i1)
-    bd = tl.where(pick2, d2, d1)
-    # Certified: every other code k has true distance >= v3 + ||x||^2 - err > bd + err >= the true
-    # distance of `best`, so the fp32 argmin is one of the two candidates. v3 = inf (fewer than
-    # three codes in range) certifies trivially.
-    emax = tl.load(emax_ptr)
-    root = tl.sqrt(xn2) + emax
-    certified = (bd + eta * root * root < v3 + xn2) & has1
+        et = tl.load(e_ptr + lc[:, :, None] + offs_d[None, None, :],
+                     mask=has[:, :, None] & dmask[None, None, :], other=0.0).to(tl.float32)
+        t = xt[:, None, :] - et
+        dist += tl.sum(t * t, 2)
+    dist = tl.where(has, dist, _INF)
+    bd = tl.min(dist, 1)
+    best = tl.min(tl.where(has & (dist == bd[:, None]), li, _INT_MAX), 1)  # ties: lowest index
+    xx = tl.load(xx_ptr + rows, mask=tok_mask, other=0.0)
+    # Certified: a code k outside the list has f_k >= s_k + ||x'||^2 - E >= v_excl + ||x'||^2 - E
+    # > bd, so the float32 argmin is listed. v_excl = inf (every code listed) certifies trivially.
+    certified = (bd + margin < v_excl + xx) & (best < _INT_MAX)
     tl.store(index_ptr + rows, best.to(tl.int64), mask=tok_mask)
     tl.store(sqdist_ptr + rows, bd, mask=tok_mask)
     tl.store(need_ptr + pos, (~certified).to(tl.int32), mask=tok_mask)
@@ -356,7 +446,7 @@ def _nearest_code_fallback_kernel(
             dmask = offs_d < D
             xt = tl.load(x_ptr + rows[:, None] * D + offs_d[None, :],
                          mask=jm[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-            et = tl.load(e_ptr + offs_k[:, None] * D + offs_d[None, :],
+            et = tl.load(e_ptr + offs_k[:, None].to(tl.int64) * D + offs_d[None, :],
                          mask=kmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
             diff = xt[:, None, :] - et[None, :, :]
             acc += tl.sum(diff * diff, 2)
@@ -373,26 +463,58 @@ def _nearest_code_fallback_kernel(
 # Host launcher
 # --------------------------------------------------------------------------------------------
 _FALLBACK_BLOCKS = dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=8)
+_PREP_BLOCKS = dict(BLOCK_R=16, BLOCK_D=64)
+CANDIDATE_KINDS = ("bf16", "tf32", "fp16", "fp32")
 
 
-def _search_passes(dtype: torch.dtype, mode: str, exact_fp32_dot: str) -> list[tuple[str, str]]:
-    """The search passes, as (tl.dot input_precision, error-bound class) pairs.
+def candidate_kind(dtype: torch.dtype, D: int, mode: str) -> str:
+    """The operands of the first search pass: "bf16", "tf32", "fp16" (rounded, centred copies) or
+    "fp32" (the float32-grade pass on its own).
 
-    Each pass after the first searches again only the tokens the previous one left uncertified;
-    the direct float32 fallback kernel then takes whatever is left.
+    float32 inputs: bfloat16 for D >= 32 (twice the TF32 rate; the margin list absorbs its larger
+    rounding), TF32 below (the epilogue dominates there, and TF32's 8x tighter margin keeps the
+    lists short); SGCVQ_TRITON_CANDIDATES overrides ("bf16" or "tf32"). bfloat16 / float16 inputs:
+    their own dtype (their products are exact in float32; bfloat16 data far from the origin is
+    centred and rounded again, float16 never, whose centred values could overflow).
     """
-    if dtype != torch.float32:
-        # bf16/fp16 operands: products are exact in fp32 (input_precision only affects fp32), so
-        # the bound is as tight as the fp32 FMA path's: one pass, both modes.
-        return [("ieee" if _interpreting() else "tf32", "exact_products")]
-    if mode == "exact":
-        # "ieee" (float32 FMA, the default) or "tf32x3" (tensor cores); both certified, so both
-        # return the same index: which one is faster on a given GPU is for the benchmarks to say.
-        return [(exact_fp32_dot, exact_fp32_dot)]
-    # fast_exact: 1xTF32 leaves 5-40% of random tokens uncertified (CPU simulation of the bound),
-    # so those go through 3xTF32 (fp32-grade products at ~1/3 of the TF32 rate), not the slow
-    # CUDA-core fallback.
-    return [("tf32", "tf32"), ("tf32x3", "tf32x3")]
+    if mode == "exact_fp32":
+        return "fp32"
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float16:
+        return "fp16"
+    forced = os.environ.get("SGCVQ_TRITON_CANDIDATES")
+    if forced:
+        if forced not in ("bf16", "tf32"):
+            raise ValueError(f"SGCVQ_TRITON_CANDIDATES must be 'bf16' or 'tf32', got {forced!r}")
+        return forced
+    return "bf16" if D >= 32 else "tf32"
+
+
+_CAND_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+
+
+def _centre(e: torch.Tensor, kind: str, D: int) -> torch.Tensor:
+    """mu [D] float32: the codebook mean, or zeros where centring would not pay. Both passes use
+    the same mu (they share ||x'||^2 and ||e'||^2).
+
+    float32 data and the float32-grade pass alone ("fp32") are always centred (in float32: it
+    moves the distances by 4u (xn + me)^2 only). float16 data never (its centred values could
+    overflow float16). bfloat16 data is exact as bfloat16 candidates uncentred (no rounding
+    residual), so it is centred only where the offset dominates: the uncentred margin grows like
+    g (||mu|| + s)^2, the centred one like 2^-9 s^2 (s the spread of the codes), so centre when
+    ||mu|| > (sqrt(2^-9 / g) - 1) s. Decided on the device: no host sync.
+    """
+    if kind == "fp16":
+        return torch.zeros(D, dtype=torch.float32, device=e.device)
+    mu = e.mean(0, dtype=torch.float32)
+    if e.dtype == torch.float32 or kind != "bf16":
+        return mu
+    n_raw = torch.linalg.vector_norm(e, dim=1, dtype=torch.float32)
+    spread2 = (n_raw * n_raw).mean() - (mu * mu).sum()
+    f = math.sqrt(2.0**-9 / _sum_error(D)) - 1.0
+    use = (mu * mu).sum() > (f * f) * spread2.clamp(min=0.0)
+    return mu * use.to(torch.float32)
 
 
 def _compact(need: torch.Tensor, order: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,15 +540,19 @@ def nearest_code_with_stats(
     force_fallback: bool = False,
     stats: dict | None = None,
     exact_fp32_dot: str | None = None,
+    candidates: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`nearest_code` plus n_todo [1] int64 (device): the tokens the direct fallback searched.
 
-    force_fallback sends every token through the fallback (tests use it to check that path).
-    stats, when given, receives "uncertified_per_pass": a list of [] int64 device tensors, the
-    tokens each search pass left uncertified (read them after the call; that syncs).
-    exact_fp32_dot: the dot of mode "exact" on float32 inputs, "ieee" or "tf32x3"; None reads
-    SGCVQ_TRITON_EXACT_FP32_DOT (default "ieee").
+    force_fallback sends every token through the direct fallback (tests use it to check it).
+    stats, when given, receives "uncertified_per_pass" (a list of [] int64 device tensors: the
+    tokens each search pass left uncertified; read them after the call, that syncs) and
+    "candidates" (the first pass's operand kind).
+    exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None reads
+    SGCVQ_TRITON_EXACT_FP32_DOT. candidates: force the first pass's kind (see `candidate_kind`).
     """
+    if mode not in ("exact", "fast_exact", "exact_fp32"):
+        raise ValueError(f"nearest_code (triton): mode must be 'exact', 'fast_exact' or 'exact_fp32', got {mode!r}")
     N, D = x.shape
     K = codebook.shape[0]
     device = x.device
@@ -434,15 +560,48 @@ def nearest_code_with_stats(
     sqdist = torch.empty(N, dtype=torch.float32, device=device)
     if N == 0:
         return index, sqdist, torch.zeros(1, dtype=torch.int64, device=device)
-    if K * D >= 2**31:
-        raise ValueError(f"nearest_code (triton): K * D = {K * D} must stay below 2^31")
+    if max(K, N) * D >= 2**31:
+        raise ValueError(f"nearest_code (triton): N * D and K * D must stay below 2^31, got N = {N}, K = {K}, D = {D}")
+    if exact_fp32_dot is None:
+        exact_fp32_dot = os.environ.get("SGCVQ_TRITON_EXACT_FP32_DOT", "tf32x3")
+    if exact_fp32_dot not in ("ieee", "tf32x3"):
+        raise ValueError(f"nearest_code (triton): exact_fp32_dot must be 'ieee' or 'tf32x3', got {exact_fp32_dot!r}")
+    kind = candidates or candidate_kind(x.dtype, D, mode)
+    if kind not in CANDIDATE_KINDS:
+        raise ValueError(f"nearest_code (triton): candidates must be one of {CANDIDATE_KINDS}, got {kind!r}")
+    if kind == "fp16" and x.dtype != torch.float16:
+        raise ValueError("nearest_code (triton): float16 candidates are for float16 inputs only")
     x = x.contiguous()
     e = codebook.contiguous()
-    enorm = torch.linalg.vector_norm(e, dim=1, dtype=torch.float32)  # [K]
-    enorm2 = enorm * enorm
-    emax = enorm.max().reshape(1)
-    ones = torch.ones(N, dtype=torch.int32, device=device)
+    interp = _interpreting()
 
+    # ---- prologue -------------------------------------------------------------------------
+    g = _sum_error(D)
+    mu = _centre(e, kind, D)
+    mu_pad = torch.zeros(D + 256, dtype=torch.float32, device=device)
+    mu_pad[:D] = mu  # the kernels load whole BLOCK_D chunks of it (BLOCK_D <= 256)
+    cand = None if kind == "fp32" else kind
+    prep_kind = cand or "none"
+    enorm2 = torch.empty(K, dtype=torch.float32, device=device)
+    eresid2 = torch.empty(K, dtype=torch.float32, device=device)
+    e_cand = torch.empty((K, D) if cand else (1,), dtype=_CAND_DTYPE.get(cand, torch.float32), device=device)
+    pb = _PREP_BLOCKS
+    dp1, passes1 = _PRODUCT_ERROR["exact_products" if cand else exact_fp32_dot]
+    dp2, passes2 = _PRODUCT_ERROR[exact_fp32_dot]
+    _prepare_rows_kernel[(triton.cdiv(K, pb["BLOCK_R"]),)](
+        e, mu_pad, e_cand, enorm2, eresid2, enorm2, enorm2, enorm2, K, D, g, dp1, passes1, dp2, passes2,
+        CAND=prep_kind, WRITE_MARGINS=False, **pb)
+    bound = torch.stack([enorm2.max() * (1.0 + g) * 1.0001,
+                         torch.sqrt(eresid2.max() * (1.0 + g)) * 1.0001]).contiguous()
+    xx = torch.empty(N, dtype=torch.float32, device=device)
+    margin1 = torch.empty(N, dtype=torch.float32, device=device)
+    margin2 = torch.empty(N, dtype=torch.float32, device=device)
+    x_cand = torch.empty((N, D) if cand else (1,), dtype=_CAND_DTYPE.get(cand, torch.float32), device=device)
+    _prepare_rows_kernel[(triton.cdiv(N, pb["BLOCK_R"]),)](
+        x, mu_pad, x_cand, xx, xx, bound, margin1, margin2, N, D, g, dp1, passes1, dp2, passes2,
+        CAND=prep_kind, WRITE_MARGINS=True, **pb)
+
+    ones = torch.ones(N, dtype=torch.int32, device=device)
     grouped = labels is not None
     if grouped:
         NB = offsets.shape[0]  # C + 1 buckets
@@ -459,44 +618,48 @@ def nearest_code_with_stats(
         counts = torch.full((1,), N, dtype=torch.int32, device=device)
         order = torch.arange(N, device=device)
 
-    def launch(rows, bucket_counts, need, precision, bound_class, is_grouped):
+    def launch(rows, bucket_counts, need, first: bool, is_grouped: bool):
+        if first and cand:
+            xa, ea, precision, margin, centre = x_cand, e_cand, "ieee" if interp else "tf32", margin1, False
+            in_fp32 = interp and cand in ("bf16", "fp16")
+        else:
+            xa, ea, precision, margin, centre = x, e, exact_fp32_dot, margin2, True
+            in_fp32 = False
+
         def grid(meta):
             tiles = triton.cdiv(N, meta["BLOCK_N"])
             return (tiles + NB if is_grouped else tiles,)
 
-        _nearest_code_fwd_kernel[grid](
-            x, e, enorm2, emax, rows, bucket_counts, offs, index, sqdist, need,
-            N, K, D, NB, error_bound_eta(D, bound_class),
+        _nearest_code_search_kernel[grid](
+            xa, ea, mu_pad, x, e, enorm2, xx, margin, rows, bucket_counts, offs, index, sqdist, need,
+            N, K, D, NB,
             GROUPED=is_grouped,
             NB_P2=triton.next_power_of_2(NB),
             DOT_PRECISION=precision,
-            DOT_IN_FP32=_interpreting() and x.dtype == torch.bfloat16,
+            DOT_IN_FP32=in_fp32,
+            CENTER_IN_KERNEL=centre,
+            LIST_R=LIST_R,
         )
 
-    if exact_fp32_dot is None:
-        exact_fp32_dot = os.environ.get("SGCVQ_TRITON_EXACT_FP32_DOT", "ieee")
-    if exact_fp32_dot not in ("ieee", "tf32x3"):
-        raise ValueError(f"nearest_code (triton): exact_fp32_dot must be 'ieee' or 'tf32x3', got {exact_fp32_dot!r}")
-    passes = _search_passes(x.dtype, mode, exact_fp32_dot)
     # Pass 1: every token. `need` is indexed by position in `order`.
     need = torch.empty(N, dtype=torch.int32, device=device)
-    launch(order, counts, need, *passes[0], grouped)
+    launch(order, counts, need, True, grouped)
     uncertified = [need.sum()]
-    # Later passes: the uncertified tokens only, still grouped by bucket (compaction keeps the
-    # sorted order), through the grouped launch with the device-side bucket counts.
-    for precision, bound_class in passes[1:]:
+    if cand:
+        # Pass 2: the uncertified tokens only, still grouped by bucket (compaction keeps the sorted
+        # order), through the grouped launch with the device-side bucket counts.
         todo, _ = _compact(need, order, N)
         if grouped:
-            sorted_bucket = bucket[order]
-            counts = torch.zeros(NB, dtype=torch.int32, device=device).scatter_add_(0, sorted_bucket, need)
+            counts = torch.zeros(NB, dtype=torch.int32, device=device).scatter_add_(0, bucket[order], need)
         else:
             counts = need.sum(0, dtype=torch.int32).reshape(1)
         order = todo[:N]
         need = torch.zeros(N, dtype=torch.int32, device=device)  # positions past the count stay 0
-        launch(order, counts, need, precision, bound_class, True)
+        launch(order, counts, need, False, True)
         uncertified.append(need.sum())
     if stats is not None:
         stats["uncertified_per_pass"] = uncertified
+        stats["candidates"] = kind
 
     if force_fallback:
         need = torch.ones(N, dtype=torch.int32, device=device)
@@ -525,8 +688,8 @@ def nearest_code(
         labels: optional [N] int32/int64 in [-1, C); token i searches codes
             [offsets[labels[i]], offsets[labels[i] + 1]), label -1 all K codes.
         offsets: [C+1] int32/int64 class code offsets (with labels).
-        mode: "exact" (float32 dot for float32 inputs) or "fast_exact" (TF32 candidates, certified
-            and re-scored in float32: the same index).
+        mode: "exact" (default: the fastest certified path, low-precision candidates first),
+            "fast_exact" (the same path, by name) or "exact_fp32" (float32-grade candidates).
 
     Returns:
         index [N] int64 (float32 argmin, ties to the lowest index), sqdist [N] float32, the

@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton")
 
 import sgcvq  # noqa: E402
 from sgcvq import kernels  # noqa: E402
-from sgcvq.kernels.nearest_code import error_bound_eta, nearest_code_with_stats  # noqa: E402
+from sgcvq.kernels.nearest_code import LIST_R, nearest_code_with_stats, token_margin  # noqa: E402
 from sgcvq.reference import cluster_stats_reference, ema_update_reference, nearest_code_reference  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
@@ -29,7 +29,7 @@ if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (large shapes, compiled kernels)")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-MODES = ["exact", "fast_exact"]
+MODES = ["exact", "fast_exact", "exact_fp32"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,45 +199,118 @@ def test_triton_nearest_code_empty_input(grouped):
 def test_triton_fast_exact_returns_the_exact_indices():
     x, codebook, labels, offsets = sample_inputs(190, 70, 48, offsets=GROUP_OFFSETS[:-1] + [70])
     for lab, off in ((None, None), (labels, offsets)):
-        exact = kernels.nearest_code(x, codebook, lab, off, "exact")
-        fast = kernels.nearest_code(x, codebook, lab, off, "fast_exact")
-        assert torch.equal(fast[0], exact[0])
-        torch.testing.assert_close(fast[1], exact[1], rtol=1e-6, atol=1e-6)
+        exact = kernels.nearest_code(x, codebook, lab, off, "exact_fp32")
+        for mode in ("fast_exact", "exact"):
+            fast = kernels.nearest_code(x, codebook, lab, off, mode)
+            assert torch.equal(fast[0], exact[0])
+            torch.testing.assert_close(fast[1], exact[1], rtol=1e-6, atol=1e-6)
+
+
+def _crowded_codebook(K, D, copies, step, device=DEVICE):
+    """Codes: `copies` codes v + t_j u (u a unit vector, t_j^2 = step * j) first, then random
+    codes. A token at v has distances ||v - e_j||^2 = step * j to the crowd: gaps of `step`."""
+    v = torch.randn(D, device=device)
+    u = torch.randn(D, device=device)
+    u = u / u.norm()
+    t = torch.sqrt(step * torch.arange(1, copies + 1, device=device, dtype=torch.float32))
+    crowd = v + t[:, None] * u
+    return torch.cat([crowd, torch.randn(K - copies, D, device=device)]), v
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-def test_triton_fast_exact_second_pass_takes_the_uncertified_tokens(grouped):
-    # fp32 fast_exact. Codes 0.1 apart around a centre of norm ~14, tokens 0.01 from a code: the
-    # gap to the third-best code (~1) is under the 1xTF32 bound (~3) but far over the 3xTF32
-    # bound (~0.05), so every token goes to the second pass, which must certify and answer.
-    N, K, D = 160, 70, 48
-    offsets = torch.tensor(GROUP_OFFSETS[:-1] + [K], device=DEVICE)
-    codebook = 2.0 + 0.1 * torch.randn(K, D, device=DEVICE)
-    pick = torch.randint(0, K, (N,), device=DEVICE)
-    x = codebook[pick] + 0.01 * torch.randn(N, D, device=DEVICE)
-    labels = None
+def test_triton_second_pass_takes_the_crowded_tokens(grouped):
+    # 12 codes 0.03 apart in distance from the tokens: more than LIST_R within the bf16 margin
+    # (~0.5 here), far apart for the float32-grade one (~0.01), so every token near v goes to the
+    # 3xTF32 re-search, which certifies it; the direct fallback runs for none.
+    N, K, D = 96, 70, 48
+    codebook, v = _crowded_codebook(K, D, 12, 0.03)
+    x = v + 1e-4 * torch.randn(N, D, device=DEVICE)
+    labels = offsets = None
     if grouped:
-        labels = torch.searchsorted(offsets, pick, right=True) - 1  # the class owning `pick`
-        labels = torch.where(torch.rand(N, device=DEVICE) < 0.2, -1, labels)
-        offsets_arg = offsets
-    else:
-        offsets_arg = None
+        offsets = torch.tensor([0, 30, K], device=DEVICE)
+        labels = torch.where(torch.rand(N, device=DEVICE) < 0.3, -1, 0)
     stats = {}
-    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, labels, offsets_arg, "fast_exact", stats=stats)
+    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, labels, offsets, "exact", stats=stats)
     first, second = (int(n) for n in stats["uncertified_per_pass"])
+    assert stats["candidates"] == "bf16"
     assert first > N // 2, "too few tokens reached the second pass for the test to exercise it"
     assert second == 0 and int(n_todo) == 0
-    assert torch.equal(index, pick)
-    assert_nearest_matches(x, codebook, labels, offsets_arg, index, sqdist)
+    assert bool((index == 0).all())
+    assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_many_exact_copies_go_to_the_direct_fallback(dtype):
+    # 12 exact copies of a code, tokens on it: a 12-way tie that no margin separates. Both search
+    # passes leave these tokens; the direct fallback answers the lowest copy.
+    N, K, D = 40, 50, 20
+    codebook = torch.randn(K, D, device=DEVICE).to(dtype)
+    copies = torch.tensor([3, 5, 8, 13, 21, 22, 30, 31, 40, 44, 47, 49], device=DEVICE)
+    codebook[copies] = codebook[3].clone()
+    x = codebook[torch.full((N,), 3, device=DEVICE)].clone()
+    x[N // 2:] = torch.randn(N - N // 2, D, device=DEVICE).to(dtype)  # and some ordinary tokens
+    for mode in MODES:
+        stats = {}
+        index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, mode, stats=stats)
+        assert int(n_todo) >= N // 2
+        assert bool((index[: N // 2] == 3).all())
+        assert bool((sqdist[: N // 2] == 0).all())
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+@pytest.mark.parametrize("dot", ["tf32x3", "ieee"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_triton_exact_with_tf32x3_candidates_matches_reference(grouped):
+def test_triton_exact_fp32_matches_reference(grouped, dot):
     x, codebook, labels, offsets = sample_inputs(130, 67, 40, offsets=GROUP_OFFSETS if grouped else None)
-    index, sqdist, _ = nearest_code_with_stats(x, codebook, labels, offsets, "exact", exact_fp32_dot="tf32x3")
+    stats = {}
+    index, sqdist, _ = nearest_code_with_stats(x, codebook, labels, offsets, "exact_fp32", exact_fp32_dot=dot,
+                                               stats=stats)
+    assert stats["candidates"] == "fp32" and len(stats["uncertified_per_pass"]) == 1
     assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
     with pytest.raises(ValueError, match="exact_fp32_dot"):
         nearest_code_with_stats(x, codebook, labels, offsets, "exact", exact_fp32_dot="tf32")
+    with pytest.raises(ValueError, match="mode"):
+        nearest_code_with_stats(x, codebook, labels, offsets, "fastest")
+
+
+DATA = {  # the hard data of the issue: post-ReLU, a common offset, near-duplicate codes
+    "randn": lambda n, d: torch.randn(n, d, device=DEVICE),
+    "relu": lambda n, d: torch.relu(torch.randn(n, d, device=DEVICE)),
+    "offset": lambda n, d: torch.randn(n, d, device=DEVICE) + 30.0,
+    "near_duplicates": lambda n, d: 3.0 + 1e-3 * torch.randn(n, d, device=DEVICE),
+}
+
+
+@pytest.mark.parametrize("data", list(DATA))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_hard_data_stays_exact(data, dtype):
+    torch.manual_seed(hash(data) % 1000)
+    x, codebook = DATA[data](140, 44).to(dtype), DATA[data](90, 44).to(dtype)
+    for mode in ("exact", "exact_fp32"):
+        index, sqdist = kernels.nearest_code(x, codebook, None, None, mode)
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+@pytest.mark.parametrize("candidates", ["bf16", "tf32"])
+@pytest.mark.parametrize("D", [8, 64])
+def test_triton_candidate_kinds_for_float32(candidates, D):
+    # Both candidate dtypes at both widths (the default picks TF32 below D = 32, bf16 above).
+    for data in ("randn", "relu"):
+        x, codebook = DATA[data](120, D), DATA[data](75, D)
+        stats = {}
+        index, sqdist, _ = nearest_code_with_stats(x, codebook, None, None, "exact", candidates=candidates,
+                                                   stats=stats)
+        assert stats["candidates"] == candidates
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+
+
+def test_triton_certifies_random_tokens_in_the_first_pass():
+    # The design's premise at a small scale: on random data the bf16 candidate pass with the
+    # centred operands and LIST_R candidates certifies (almost) every token.
+    x, codebook, _, _ = sample_inputs(200, 300, 64)
+    stats = {}
+    nearest_code_with_stats(x, codebook, None, None, "exact", stats=stats)
+    assert int(stats["uncertified_per_pass"][0]) <= 2
 
 
 def test_triton_nearest_code_certifies_well_separated_tokens_without_fallback():
@@ -246,10 +319,11 @@ def test_triton_nearest_code_certifies_well_separated_tokens_without_fallback():
     codebook = torch.randn(64, 32, device=DEVICE) * 4
     pick = torch.randint(0, 64, (150,), device=DEVICE)
     x = codebook[pick] + 0.01 * torch.randn(150, 32, device=DEVICE)
-    index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, "exact")
-    assert int(n_todo) == 0
-    assert torch.equal(index, pick)
-    assert_nearest_matches(x, codebook, None, None, index, sqdist)
+    for mode in MODES:
+        index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, mode)
+        assert int(n_todo) == 0
+        assert torch.equal(index, pick)
+        assert_nearest_matches(x, codebook, None, None, index, sqdist)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -261,24 +335,47 @@ def test_triton_nearest_code_fallback_path(grouped):
     assert_nearest_matches(x, codebook, labels, offsets, index, sqdist)
 
 
-def test_triton_nearest_code_uncertified_tokens_are_still_exact():
-    # A tight cluster of codes far from the origin: the expanded distance cancels badly, the
-    # bound cannot separate the candidates, and those tokens go through the fallback.
-    D = 24
-    centre = torch.full((D,), 30.0, device=DEVICE)
-    codebook = centre + 1e-3 * torch.randn(60, D, device=DEVICE)
-    x = centre + 1e-3 * torch.randn(100, D, device=DEVICE)
-    for mode in MODES:
-        index, sqdist, n_todo = nearest_code_with_stats(x, codebook, None, None, mode)
-        assert int(n_todo) > 0
-        assert_nearest_matches(x, codebook, None, None, index, sqdist)
+def _tf32_round(t):
+    bits = t.view(torch.int32)
+    return ((bits + 0x1000) & -8192).view(torch.float32)
 
 
-def test_triton_error_bound_orders_precisions():
+@pytest.mark.parametrize("candidates", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("data", ["randn", "relu", "offset"])
+def test_triton_token_margin_bounds_the_score_error(candidates, data):
+    # The certificate's premise, checked in float64: |s_k + fl||x'||^2 - f_k| <= E for every token
+    # and code, with s_k computed as the kernels do (centred, rounded operands whose products are
+    # exact; the float32 accumulation's own error is far below E's share for it).
+    torch.manual_seed(7)
+    D = 64
+    x, e = DATA[data](300, D).cpu(), DATA[data](500, D).cpu()
+    mu = e.mean(0)
+    xc, ec = x - mu, e - mu
+    rnd = {"bf16": lambda t: t.bfloat16().float(), "tf32": _tf32_round, "fp32": lambda t: t}[candidates]
+    xr, er = rnd(xc), rnd(ec)
+    xx = (xc * xc).sum(1)
+    n = (ec * ec).sum(1)
+    s = n.double()[None, :] - 2.0 * xr.double() @ er.double().T
+    f = ((x[:, None, :] - e[None, :, :]) ** 2).sum(2)  # float32, as the re-score
+    err = (s + xx.double()[:, None] - f.double()).abs()
+    r2 = ((xc - xr) ** 2).sum(1)
+    max_e2 = float(n.max()) * (1 + 1e-4)
+    max_err = float(((ec - er) ** 2).sum(1).max().sqrt()) * (1 + 1e-4)
+    dot = "exact_products" if candidates != "fp32" else "ieee"
+    margin = torch.tensor([token_margin(float(a), float(b), max_e2, max_err, D, dot) for a, b in zip(xx, r2)],
+                          dtype=torch.float64)
+    ratio = (err / margin[:, None]).max()
+    assert ratio < 1.0, f"the score error reaches {float(ratio):.3f} of the margin"
+    assert ratio > 1e-3, "the margin is far looser than it needs to be"
+
+
+def test_triton_token_margin_orders_precisions():
+    args = (100.0, 0.0, 120.0, 0.0)
     for D in (1, 8, 256):
-        assert 0 < error_bound_eta(D, "ieee") == error_bound_eta(D, "exact_products") < error_bound_eta(D, "tf32")
-        assert error_bound_eta(D, "ieee") < error_bound_eta(D, "tf32x3") < error_bound_eta(D, "tf32")
-    assert error_bound_eta(8, "ieee") < error_bound_eta(256, "ieee")
+        exact = token_margin(*args, D, "exact_products")
+        assert 0 < exact < token_margin(*args, D, "ieee") < token_margin(*args, D, "tf32x3")
+        assert token_margin(100.0, 1e-4, 120.0, 1e-2, D, "exact_products") > exact  # residuals count
+    assert token_margin(*args, 8, "ieee") < token_margin(*args, 256, "ieee")
 
 
 def test_triton_autotune_configs_split_by_dot_family():
