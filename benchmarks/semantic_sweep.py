@@ -36,6 +36,13 @@ VARIANTS = {
     "group_l1_coarse2": (["model.group_loss_weight=1.0", "model.level_weights=[1.0, 2.0]"],
                          "group loss λ=1, coarse level weight 2"),
     "group_l3": (["model.group_loss_weight=3.0"], "group loss λ=3, τ=1"),
+    "group_l0.03": (["model.group_loss_weight=0.03"], "group loss λ=0.03, τ=1"),
+    "group_l0.1_coarse": (["model.group_loss_weight=0.1", "model.group_loss_levels=coarse"],
+                          "group loss λ=0.1, gradient into the coarse level only"),
+    "group_l1_coarse": (["model.group_loss_weight=1.0", "model.group_loss_levels=coarse"],
+                        "group loss λ=1, gradient into the coarse level only"),
+    "group_l0.1_t3": (["model.group_loss_weight=0.1", "model.group_loss_temperature=3.0"],
+                      "group loss λ=0.1, τ=3 (softer)"),
 }
 
 KEYS = ("token_purity", "group_miou", "psnr", "psnr_label_free", "active_code_fraction", "perplexity")

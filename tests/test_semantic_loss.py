@@ -99,3 +99,22 @@ def test_group_loss_warmup_ramps_the_weight():
     model.quantizer.steps.fill_(4)
     full = model._group_loss(tokens, tok_labels).item()
     assert full > 0 and quarter == pytest.approx(full / 4, rel=1e-5)
+
+
+def test_group_loss_on_the_coarse_level_leaves_the_fine_channels_without_gradient():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    labels = torch.randint(0, 3, (2, 16, 16))
+    grads = {}
+    for levels in ("all", "coarse"):
+        model = _model(group_loss_weight=1.0, group_loss_levels=levels)
+        model(images, labels=labels)  # k-means start
+        tokens = model.encode_features(images).permute(0, 2, 3, 1).detach().requires_grad_(True)
+        tok_labels = model.token_labels(labels, tuple(tokens.shape[1:3]))
+        loss = model._group_loss(tokens, tok_labels)
+        loss.backward()
+        grads[levels] = (loss.item(), tokens.grad.reshape(-1, 6))
+    fine = model.level_dims[0]
+    assert grads["coarse"][0] == pytest.approx(grads["all"][0], rel=1e-5)  # same distances, same value
+    assert torch.all(grads["coarse"][1][:, :fine] == 0)
+    torch.testing.assert_close(grads["coarse"][1][:, fine:], grads["all"][1][:, fine:])
+    assert grads["all"][1][:, :fine].abs().sum() > 0

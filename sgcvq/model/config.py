@@ -30,6 +30,9 @@ class ModelConfig:
         which trains the encoder so that a label-free search lands in the token's class group
         (sgc only; 0 = off). group_loss_warmup: λ ramps linearly from 0 over these training steps.
         group_loss_max_tokens: labelled tokens per step that enter it (a fixed-stride subset).
+        group_loss_levels: "all" (its gradient reaches every channel) or "coarse" (the distances are
+        the full search distances, but only the coarse pyramid level gets the gradient: the fine
+        level stays free for reconstruction detail).
     resolution: the training size, checked against the downsampling; the model itself accepts any
         H, W divisible by 2 x the downsampling factor.
     """
@@ -62,6 +65,7 @@ class ModelConfig:
     group_loss_temperature: float = 1.0
     group_loss_warmup: int = 0
     group_loss_max_tokens: int = 4096
+    group_loss_levels: str = "all"
     disc_channels: int = 32
     disc_layers: int = 3
 
@@ -95,6 +99,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: group_loss_weight={self.group_loss_weight} must be >= 0, "
                              f"group_loss_temperature={self.group_loss_temperature} > 0, group_loss_warmup="
                              f"{self.group_loss_warmup} >= 0 and group_loss_max_tokens={self.group_loss_max_tokens} >= 1")
+        if self.group_loss_levels not in ("all", "coarse"):
+            raise ValueError(f"ModelConfig.group_loss_levels={self.group_loss_levels!r} must be 'all' or 'coarse'")
         if self.num_classes is not None and self.group_sizes == "frequency" and (
             self.class_frequencies is None or len(self.class_frequencies) != self.num_classes
         ):

@@ -95,6 +95,9 @@ class SGCVQGAN(nn.Module):
         if cfg.group_loss_warmup > 0:  # q.steps already counts this step's update
             weight *= min(1.0, int(q.steps) / cfg.group_loss_warmup)
         x = tokens.reshape(-1, tokens.shape[-1])
+        if cfg.group_loss_levels == "coarse":  # same distances, gradient into the coarse level only
+            fine = self.level_dims[0]
+            x = torch.cat([x[:, :fine].detach(), x[:, fine:]], dim=1)
         if q._scaled:
             x = x * q.channel_scale
         return weight * group_loss(x, token_labels.reshape(-1), q.codebook, q.class_offsets, cfg.num_classes,
