@@ -1,4 +1,4 @@
-"""The `sgcvq` command line: train, eval, report, compare, encode, decode.
+"""The `sgcvq` command line: train, eval, report, compare, study, encode, decode.
 
 A thin layer: each subcommand builds a Config (defaults < --config YAML < --set overrides <
 explicit flags) or loads a checkpoint, then calls one library function.
@@ -69,12 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_data(p)
     _add_device(p)
 
-    p = sub.add_parser("compare", help="SGC vs plain-VQ baseline: one report with both columns")
-    p.add_argument("--sgc", required=True, help="checkpoint of the SGC model")
-    p.add_argument("--baseline", required=True, help="checkpoint of the plain-VQ baseline")
+    p = sub.add_parser("compare", help="SGC vs its baselines (plain VQ, VQGAN, CVQ): one report, one column each")
+    p.add_argument("--sgc", default=None, help="checkpoint of the SGC model")
+    p.add_argument("--baseline", default=None, help="checkpoint of the plain-VQ baseline")
+    p.add_argument("--model", dest="models", metavar="NAME=CKPT", nargs="+", default=[], action="extend",
+                   help="more models, e.g. --model VQGAN=runs/vqgan CVQ=runs/cvq (trained with model.quantizer=...)")
     p.add_argument("--out", required=True, help="report folder")
     _add_eval_data(p)
     _add_device(p)
+
+    p = sub.add_parser("study", help="codebook studies; usage-vs-k: active codes, perplexity and label-free "
+                                     "purity of each quantizer at several K")
+    p.add_argument("name", choices=["usage-vs-k"], help="the study to run")
+    p.add_argument("--out", default="runs/study_usage_vs_k", help="folder for results.json, table.md, the plot")
+    p.add_argument("--ks", default="128,1024,8192", help="codebook sizes, comma-separated")
+    p.add_argument("--quantizers", default="vqgan,cvq,ema,sgc", help="model.quantizer kinds, comma-separated")
+    p.add_argument("--steps", type=int, default=300, help="training steps per run")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--eval-images", type=int, default=256, help="held-out scenes per evaluation")
+    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", nargs="+", default=[], action="extend",
+                   help="config overrides for every run")
 
     p = sub.add_parser("encode", help="images (and optional label maps) -> token grids")
     p.add_argument("--ckpt", required=True)
@@ -182,7 +196,10 @@ def _evaluate(ckpt: str, args, use_ema: bool = True):
 
 
 def _default_name(cfg) -> str:
-    return "SGC-VQGAN" if cfg.model.num_classes is not None else "plain VQ (baseline)"
+    from .model.quantizers import resolve_quantizer_kind
+
+    kind = resolve_quantizer_kind(cfg.model.quantizer, cfg.model.num_classes)
+    return {"sgc": "SGC-VQGAN", "ema": "plain VQ (baseline)", "vqgan": "VQGAN", "cvq": "CVQ-VAE"}[kind]
 
 
 def _cmd_eval(args) -> int:
@@ -210,16 +227,38 @@ def _cmd_report(args) -> int:
 def _cmd_compare(args) -> int:
     from .report import write_report
 
-    sgc, sgc_cfg, sgc_extra = _evaluate(args.sgc, args)
-    base, base_cfg, base_extra = _evaluate(args.baseline, args)
-    if sgc_cfg.data.resolution != base_cfg.data.resolution or sgc_cfg.data.dataset != base_cfg.data.dataset:
-        print("sgcvq compare: warning: the two checkpoints were trained on different data settings",
-              file=sys.stderr)
-    results = {"SGC-VQGAN": sgc, "plain VQ (baseline)": base}
-    extra = {"SGC-VQGAN": sgc_extra, "plain VQ (baseline)": base_extra}
-    report = write_report(args.out, results, extra, title="sgcvq: SGC-VQGAN vs plain VQ",
-                          notes=[f"SGC: {args.sgc}", f"baseline: {args.baseline}"])
+    named = []
+    if args.sgc:
+        named.append(("SGC-VQGAN", args.sgc))
+    if args.baseline:
+        named.append(("plain VQ (baseline)", args.baseline))
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model {item!r} must look like NAME=CKPT")
+        named.append((name, path))
+    if len(named) < 2:
+        raise ValueError("compare needs at least two models (--sgc, --baseline, --model NAME=CKPT)")
+    results, extra, settings = {}, {}, set()
+    for name, path in named:
+        results[name], cfg, extra[name] = _evaluate(path, args)
+        settings.add((cfg.data.resolution, cfg.data.dataset))
+    if len(settings) > 1:
+        print("sgcvq compare: warning: the checkpoints were trained on different data settings", file=sys.stderr)
+    report = write_report(args.out, results, extra, title="sgcvq: " + " vs ".join(results),
+                          notes=[f"{name}: {path}" for name, path in named])
     print(f"report: {report}")
+    return 0
+
+
+def _cmd_study(args) -> int:
+    from .study import run_usage_vs_k
+
+    ks = [int(k) for k in args.ks.split(",") if k]
+    kinds = [k for k in args.quantizers.split(",") if k]
+    run_usage_vs_k(args.out, ks, kinds, steps=args.steps, jobs=args.jobs, eval_images=args.eval_images,
+                   overrides=args.overrides)
+    print(f"study: {Path(args.out) / 'table.md'}, {Path(args.out) / 'usage_vs_k.png'}")
     return 0
 
 
@@ -242,7 +281,7 @@ def _cmd_decode(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare,
+_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare, "study": _cmd_study,
              "encode": _cmd_encode, "decode": _cmd_decode}
 
 
