@@ -7,5 +7,6 @@ Each mirrors its peer's constructor, defaults, forward outputs, methods and stat
 (parity tests in tests/test_compat_vq.py and tests/test_compat_taming.py).
 """
 from .taming import TamingVectorQuantizer, VectorQuantizer, VectorQuantizer2
+from .vector_quantize import LossBreakdown, VectorQuantize
 
-__all__ = ["VectorQuantizer2", "VectorQuantizer", "TamingVectorQuantizer"]
+__all__ = ["VectorQuantize", "LossBreakdown", "VectorQuantizer2", "VectorQuantizer", "TamingVectorQuantizer"]

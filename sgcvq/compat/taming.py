@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ops import cluster_stats, nearest_code
+from ..ops import nearest_code
 from ..quantizer import FastSemanticQuantizer
+from .sqdist_loss import sqdist_loss
 
 __all__ = ["VectorQuantizer2", "VectorQuantizer", "TamingVectorQuantizer"]
 
@@ -174,7 +175,7 @@ class VectorQuantizer2(nn.Module):
         with torch.no_grad():
             index, sqdist = nearest_code(tokens.detach().float(), weight.detach().float(), check=False)
         w_commit, w_codebook = (1.0, float(self.beta)) if self.legacy else (float(self.beta), 1.0)
-        loss = _TamingLoss.apply(tokens, weight, index, sqdist, w_commit, w_codebook)
+        loss = sqdist_loss(tokens, weight, index, sqdist, w_commit + w_codebook, w_commit, w_codebook, tokens.numel())
         with torch.no_grad():
             codes = weight.detach()[index].view(B, H, W, C).permute(0, 3, 1, 2)
             delta = codes.to(z.dtype) - z.detach()
@@ -237,36 +238,6 @@ class TamingVectorQuantizer(VectorQuantizer2):
     def __init__(self, n_e, e_dim, beta=0.25, **sgcvq_kwargs):
         sgcvq_kwargs.setdefault("legacy", False)
         super().__init__(n_e, e_dim, beta, ema=True, **sgcvq_kwargs)
-
-
-class _TamingLoss(torch.autograd.Function):
-    """taming's loss w_commit * mse(sg(q), x) + w_codebook * mse(q, sg(x)) from the search's sqdist.
-
-    Forward: (w_commit + w_codebook) * Σ sqdist / numel. Backward, with e_i the code of token i:
-        d/dx_i  = 2 w_commit / numel * (x_i − e_i)
-        d/de_k  = 2 w_codebook / numel * (n_k e_k − Σ_{i: k_i = k} x_i)     (counts, sums: cluster_stats)
-    """
-
-    @staticmethod
-    def forward(ctx, tokens, weight, index, sqdist, w_commit, w_codebook):
-        numel = max(tokens.numel(), 1)
-        ctx.save_for_backward(tokens, weight, index)
-        ctx.factors = (2.0 * w_commit / numel, 2.0 * w_codebook / numel)
-        return ((w_commit + w_codebook) / numel) * sqdist.sum()
-
-    @staticmethod
-    def backward(ctx, grad):
-        tokens, weight, index = ctx.saved_tensors
-        f_commit, f_codebook = ctx.factors
-        grad_tokens = grad_weight = None
-        g = grad.float()
-        if ctx.needs_input_grad[0]:
-            codes = weight.detach().float()[index]
-            grad_tokens = ((tokens.float() - codes) * (g * f_commit)).to(tokens.dtype)
-        if ctx.needs_input_grad[1]:
-            counts, sums = cluster_stats(index, tokens.detach().float().contiguous(), weight.shape[0], check=False)
-            grad_weight = ((counts[:, None] * weight.detach().float() - sums) * (g * f_codebook)).to(weight.dtype)
-        return grad_tokens, grad_weight, None, None, None, None
 
 
 def _taming_checkpoint_into_ema(module, state_dict, prefix, local_metadata, strict, missing_keys,
