@@ -210,7 +210,10 @@ class FastSemanticQuantizer(nn.Module):
                 = identity (straight-through).
             indices: int64, x's token shape ([B, N] or [B, H, W]).
             loss: scalar (float32; float64 for float64 input): commitment loss plus the
-                semantic loss when semantic_loss_weight > 0.
+                semantic loss when semantic_loss_weight > 0. In eval mode too: unlike
+                vector-quantize-pytorch (zero in eval), the value is kept as the validation
+                quantization error, and it costs nothing (the search returns the distances). For
+                the peer's zero, use sgcvq.compat.VectorQuantize.
         """
         tokens, token_shape = self._tokens(x)
         grid = self._validate_labels(labels, x, token_shape)  # None: token labels (or no labels)
@@ -286,6 +289,11 @@ class FastSemanticQuantizer(nn.Module):
         if self.channel_last:
             return codes
         return codes.movedim(-1, 1).contiguous()
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """vector-quantize-pytorch's name for decode_indices: the forward's `quantized` value
+        (float32) from its indices. There is no output projection here, so it is decode_indices."""
+        return self.decode_indices(indices)
 
     @torch.no_grad()
     def metrics(self) -> dict:
