@@ -13,6 +13,13 @@ Two comparisons, each a pytest-benchmark group whose rows also go to the shared 
   VectorQuantize at the largest N where VectorQuantize's N x K float32 matrices (distances, one-hot,
   ...; ~6 of them, measured) stay under a 6 GB budget (quick: 0.5 GB) on this shared machine. At
   N = 65536 it would need ~24 GB (the machine has 24 GB): not run.
+The drop-ins of sgcvq.compat against their peers (issue 13), with the peers' defaults on both sides:
+* `compat VectorQuantize` vs vector-quantize-pytorch's `VectorQuantize` (decay 0.8, rotation
+  trick), plain, with 2 heads (separate codebooks, codebook_dim = D/2) and with a codebook_dim = D/4
+  projection; `compat VectorQuantizer2` vs taming's VectorQuantizer2 (not installable: its forward
+  written out in plain torch below, `TamingReference`, dense distances as taming computes them);
+* time per step at SPEED_SHAPE and peak memory at MEMORY_SHAPE (ours at N = 65536, ours and the
+  peer at N_THEIRS, the largest N where the peer fits the budget).
 Peak RSS is VmHWM from /proc/self/status: getrusage's ru_maxrss is the same counter, but Linux
 carries it over fork + exec, so a child of a big pytest process would report the parent's peak.
 """
@@ -42,6 +49,8 @@ _times: dict[str, float] = {}
 
 def make_provider(name: str, K: int, D: int):
     """The quantizer under test, training mode, EMA on, re-seeding off on both sides."""
+    if name in COMPAT_PROVIDERS:
+        return make_compat_provider(name, K, D)
     if name == "vector_quantize_pytorch":
         vqp = pytest.importorskip("vector_quantize_pytorch")
         return vqp.VectorQuantize(D, K, decay=DECAY, kmeans_init=False, threshold_ema_dead_code=0,
@@ -175,3 +184,117 @@ def test_train_step_memory(benchmark, bench_record, provider, N):
                  extra_mb=step_extra_mb, peak_rss_mb=round(mem["peak_rss"] / 2**20, 1), N=N, K=K, D=D)
     if provider == "sgcvq" and N == MEMORY_SHAPE[0]:
         assert mem["peak_rss"] < MEMORY_FLOOR_BYTES, f"peak RSS {mem['peak_rss'] / 2**20:.0f} MiB >= 1 GiB"
+
+
+# ------------------------------------------------------------------------------------------------
+# sgcvq.compat drop-ins against their peers (issue 13)
+# ------------------------------------------------------------------------------------------------
+# variant -> VectorQuantize keyword arguments at feature size D (the peers' defaults otherwise)
+COMPAT_VARIANTS = {
+    "": lambda D: {},
+    " heads2": lambda D: dict(heads=2, separate_codebook_per_head=True, codebook_dim=D // 2),
+    " codebook_dim": lambda D: dict(codebook_dim=max(D // 4, 1)),
+}
+COMPAT_PAIRS = [(f"compat VectorQuantize{v}", f"vector_quantize_pytorch VectorQuantize{v}") for v in COMPAT_VARIANTS]
+COMPAT_PAIRS.append(("compat VectorQuantizer2", "taming VectorQuantizer2 (reference)"))
+COMPAT_PROVIDERS = {name for pair in COMPAT_PAIRS for name in pair}
+
+
+class TamingReference(torch.nn.Module):
+    """taming-transformers' VectorQuantizer2.forward (legacy loss) in plain torch, as taming computes
+    it: the full [N, K] distance matrix, argmin, embedding lookup, two mse terms, straight-through.
+    taming is not installable; this is its algorithm, not its code."""
+
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25):
+        super().__init__()
+        self.beta = beta
+        self.embedding = torch.nn.Embedding(n_e, e_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+
+    def forward(self, z):
+        z = z.permute(0, 2, 3, 1).contiguous()
+        flat = z.view(-1, z.shape[-1])
+        e = self.embedding.weight
+        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
+        idx = d.argmin(1)
+        z_q = self.embedding(idx).view(z.shape)
+        loss = (z_q.detach() - z).pow(2).mean() + self.beta * (z_q - z.detach()).pow(2).mean()
+        z_q = z + (z_q - z).detach()
+        return z_q.permute(0, 3, 1, 2).contiguous(), loss, (None, None, idx)
+
+
+class TamingAsSequence(torch.nn.Module):
+    """Runs a taming-style quantizer on x [1, N, D] as the feature map [1, D, N/64, 64] (a view)."""
+
+    def __init__(self, vq):
+        super().__init__()
+        self.vq = vq
+
+    def forward(self, x):
+        _, N, D = x.shape
+        z = x.view(1, N // 64, 64, D).permute(0, 3, 1, 2)
+        z_q, loss, (_, _, idx) = self.vq(z)
+        return z_q, idx, loss
+
+
+def make_compat_provider(name: str, K: int, D: int):
+    from sgcvq.compat import VectorQuantize, VectorQuantizer2
+
+    if name == "compat VectorQuantizer2":
+        return TamingAsSequence(VectorQuantizer2(K, D, 0.25)).train()
+    if name == "taming VectorQuantizer2 (reference)":
+        return TamingAsSequence(TamingReference(K, D)).train()
+    for variant, kwargs in COMPAT_VARIANTS.items():
+        if name == f"compat VectorQuantize{variant}":
+            return VectorQuantize(D, K, **kwargs(D)).train()
+        if name == f"vector_quantize_pytorch VectorQuantize{variant}":
+            vqp = pytest.importorskip("vector_quantize_pytorch")
+            return vqp.VectorQuantize(D, K, **kwargs(D)).train()
+    raise ValueError(name)
+
+
+_compat_times: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("pair,side", [(i, s) for i in range(len(COMPAT_PAIRS)) for s in (0, 1)],
+                         ids=lambda v: str(v))
+def test_compat_train_step_time(benchmark, bench_record, pair, side):
+    N, K, D = SPEED_SHAPE
+    ours_name, peer_name = COMPAT_PAIRS[pair]
+    provider = (ours_name, peer_name)[side]
+    torch.manual_seed(0)
+    vq = make_provider(provider, K, D)
+    x = torch.randn(1, N, D, requires_grad=True)
+    benchmark.group = f"compat train step N={N} K={K} D={D}: {ours_name}"
+    rounds = 3 if QUICK or side == 0 else 1
+    benchmark.pedantic(train_step, args=(vq, x), rounds=rounds, iterations=1, warmup_rounds=1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=side == 0, N=N, K=K, D=D)
+    _compat_times[provider] = benchmark.stats.stats.min
+    if side == 1 and ours_name in _compat_times:
+        ratio = _compat_times[peer_name] / _compat_times[ours_name]
+        print(f"\n{benchmark.group}: {peer_name} {_compat_times[peer_name]:.3f} s, {ours_name} "
+              f"{_compat_times[ours_name]:.3f} s ({ratio:.1f}x faster)")
+        benchmark.extra_info.update(speedup_of_compat=ratio)
+
+
+@pytest.mark.parametrize(
+    "provider,N",
+    [(name, MEMORY_SHAPE[0]) for name, _ in COMPAT_PAIRS]
+    + [(name, N_THEIRS) for pair in COMPAT_PAIRS for name in pair],
+    ids=lambda v: str(v),
+)
+def test_compat_train_step_memory(benchmark, bench_record, provider, N):
+    _, K, D = MEMORY_SHAPE
+    if provider.startswith("vector_quantize_pytorch"):
+        pytest.importorskip("vector_quantize_pytorch")
+    mem = measure_in_subprocess(provider, N, K, D)
+    step_extra_mb = (mem["step_peak"] - mem["base_rss"]) / 2**20
+    print(f"\n{provider} N={N} K={K} D={D}: peak RSS {mem['peak_rss'] / 2**20:.0f} MiB (whole process, fresh), "
+          f"the step itself +{step_extra_mb:.0f} MiB, {mem['step_s']:.2f} s in the subprocess")
+    ours = provider.startswith("compat")
+    group = f"compat train step N={N} K={K} D={D} (memory)"
+    benchmark.group = group  # not timed here: the step time is the subprocess's one step
+    bench_record(benchmark, group=group, provider=provider, reference=False, extra_mb=step_extra_mb,
+                 peak_rss_mb=round(mem["peak_rss"] / 2**20, 1), step_s=round(mem["step_s"], 3), N=N, K=K, D=D)
+    if ours and N == MEMORY_SHAPE[0]:
+        assert mem["peak_rss"] < 2 * MEMORY_FLOOR_BYTES, f"peak RSS {mem['peak_rss'] / 2**20:.0f} MiB >= 2 GiB"

@@ -580,8 +580,8 @@ class VectorQuantize(nn.Module):
         cb = self._codebook
         c, _, _, d = xh.shape
         loss = None
-        for h in range(c):
-            tokens = xh[h].reshape(-1, d)
+        for h, head in enumerate(xh.unbind(0)):  # unbind: one stack in backward, not a zeros per head
+            tokens = head.reshape(-1, d)
             idx = index[h].reshape(-1)
             at_search = snapshot[h] if snapshot is not None else None
             sqdist = sqdists[h]
@@ -640,30 +640,42 @@ def _rotate_to(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 class _RotationTrick(torch.autograd.Function):
-    """out = r · (x − 2 (x·w) w + 2 (x·u) q), u = x/||x||, q = e/||e||, w = (u+q)/||u+q||,
-    r = ||e||/||x|| (u, q, w, r treated as constants). Backward: r · (g − 2 (g·w) w + 2 (g·q) u).
-    u, q, w are recomputed in backward from x and e instead of being kept: 2 [N, d] tensors saved
-    instead of the 5 an autograd graph of the same expression keeps."""
+    """out = r · R x with R = I − 2 w wᵀ + 2 q uᵀ, u = x/||x||, q = e/||e||, w = (u+q)/||u+q||,
+    r = ||e||/||x|| (u, q, w, r constants for autograd: the peer's detaches), row by row.
 
-    @staticmethod
-    def _frame(x, e):
-        nx = x.norm(dim=-1, keepdim=True)
-        ne = e.norm(dim=-1, keepdim=True)
-        u = x / nx.clamp(min=1e-6)
-        q = e / ne.clamp(min=1e-6)
-        w = _l2norm(u + q)
-        return u, q, w, ne / nx.clamp(min=1e-6)
+    R x and Rᵀ g are combinations of x and e with per-row scalars (u and q are x and e scaled), so
+    forward and backward are three row dot products and one axpy each, and only x, e and three
+    [M] scalars are kept: no [M, d] u, q, w temporaries. Norm clamps (1e-6) as the peer's.
+    """
 
     @staticmethod
     def forward(ctx, x, e):
-        u, q, w, r = _RotationTrick._frame(x, e)
-        ctx.save_for_backward(x, e)
-        out = x - 2.0 * (x * w).sum(-1, keepdim=True) * w + 2.0 * (x * u).sum(-1, keepdim=True) * q
-        return out * r
+        xf, ef = x.float(), e.float()
+        nx = xf.norm(dim=-1).clamp(min=1e-6)  # ||x|| as the peer divides by it
+        ne_raw = ef.norm(dim=-1)
+        ne = ne_raw.clamp(min=1e-6)
+        xx = xf.pow(2).sum(-1)
+        xe = (xf * ef).sum(-1)
+        # ||u + q||, F.normalize's eps
+        uu, qq, uq = xx / (nx * nx), ne_raw.pow(2) / (ne * ne), xe / (nx * ne)
+        s = (uu + qq + 2.0 * uq).clamp(min=0).sqrt().clamp(min=1e-6)
+        r = ne_raw / nx
+        x_dot_u = xx / nx
+        x_dot_w = (x_dot_u + xe / ne) / s
+        alpha = r * (1.0 - 2.0 * x_dot_w / (s * nx))
+        beta = r * (2.0 * x_dot_u - 2.0 * x_dot_w / s) / ne
+        ctx.save_for_backward(x, e, nx, ne, s, r)
+        return (alpha[:, None] * xf + beta[:, None] * ef).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
-        x, e = ctx.saved_tensors
-        u, q, w, r = _RotationTrick._frame(x, e)
-        grad = g - 2.0 * (g * w).sum(-1, keepdim=True) * w + 2.0 * (g * q).sum(-1, keepdim=True) * u
-        return grad * r, None
+        x, e, nx, ne, s, r = ctx.saved_tensors
+        xf, ef, gf = x.float(), e.float(), g.float()
+        g_dot_u = (gf * xf).sum(-1) / nx
+        g_dot_q = (gf * ef).sum(-1) / ne
+        g_dot_w = (g_dot_u + g_dot_q) / s
+        # r (g − 2 (g·w) w + 2 (g·q) u), w = (x/nx + e/ne) / s
+        cx = r * (2.0 * g_dot_q - 2.0 * g_dot_w / s) / nx
+        ce = -2.0 * r * g_dot_w / (s * ne)
+        grad = r[:, None] * gf + cx[:, None] * xf + ce[:, None] * ef
+        return grad.to(x.dtype), None
