@@ -243,3 +243,23 @@ def test_bad_arguments_name_themselves(tmp_path):
     np.save(path, np.array([1, 2], dtype=np.int64))
     with pytest.raises(ValueError, match="unknown_index"):
         VectorQuantizer2(8, 4, 0.25, remap=str(path), unknown_index="bogus")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes(dtype):
+    """z in another dtype (codebook float32, as under autocast): the same indices as the float32
+    reference on the same values; z_q, its gradient and the loss in z's dtype."""
+    z, codebook = sample_inputs(seed=9)
+    z = z.to(dtype)
+    vq = VectorQuantizer2(23, 5, beta=0.25)
+    vq.embedding.weight.data.copy_(codebook)
+    zz = z.clone().requires_grad_()
+    zq, loss, (_, _, idx) = vq(zz)
+    _, ref_loss, ref_idx = TamingReference(codebook, 0.25, True)(z.float())
+    assert torch.equal(idx, ref_idx)
+    assert zq.dtype == dtype and loss.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float64 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(zq.float(), codebook[idx].view(2, 3, 7, 5).permute(0, 3, 1, 2), **tol)
+    torch.testing.assert_close(loss.float(), ref_loss, **tol)
+    loss.backward()
+    assert zz.grad.dtype == dtype and vq.embedding.weight.grad.dtype == torch.float32

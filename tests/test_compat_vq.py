@@ -294,3 +294,27 @@ def test_semantic_labels_restrict_the_search():
         plain(x, labels=labels)
     with pytest.raises(ValueError, match=r"labels must be in \[-1, 4\)"):
         vq(x, labels=labels + 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rotation_trick", [True, False])
+def test_half_precision_inputs(dtype, rotation_trick):
+    """The same indices and dtypes; values within the input dtype's rounding (ours computes the
+    loss and the rotation in float32, the peer in the input dtype)."""
+    kw = dict(dim=16, codebook_size=32, rotation_trick=rotation_trick)
+    ours, theirs = make_pair(kw)
+    g = torch.Generator().manual_seed(11)
+    for _ in range(3):
+        x = torch.randn(2, 37, 16, generator=g).to(dtype)
+        xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        qo, io, lo = ours(xo)
+        qt, it, lt = theirs(xt)
+        assert torch.equal(io, it)
+        assert qo.dtype == qt.dtype == dtype and lo.dtype == lt.dtype
+        torch.testing.assert_close(qo.float(), qt.float(), rtol=0.02, atol=0.05)
+        torch.testing.assert_close(lo, lt, rtol=0.02, atol=1e-3)
+        (qo.float().sum() + lo).backward()
+        (qt.float().sum() + lt).backward()
+        assert xo.grad.dtype == dtype
+        torch.testing.assert_close(xo.grad.float(), xt.grad.float(), rtol=0.05, atol=0.05)
+    assert_same_state(ours, theirs, "after half-precision steps")
