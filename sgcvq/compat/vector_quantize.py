@@ -454,8 +454,11 @@ class VectorQuantize(nn.Module):
             indices.append(index)
             sqdists.append(sqdist)
             codes.append(F.embedding(index, cb.embed[h] if cb.embed.requires_grad else cb.embed[h].detach()))
-        index = torch.stack(indices).view(c, Bp, n)
-        codes = torch.stack(codes).view(c, Bp, n, d).float()
+        if c == 1:  # no stack copy for one codebook
+            index, codes = indices[0].view(1, Bp, n), codes[0].view(1, Bp, n, d).float()
+        else:
+            index = torch.stack(indices).view(c, Bp, n)
+            codes = torch.stack(codes).view(c, Bp, n, d).float()
         updates = self.training and not freeze_codebook and (ema_update or self.threshold_ema_dead_code > 0)
         snapshot = cb.embed.detach().float().clone() if updates else None
         if updates:
