@@ -152,25 +152,26 @@ def _keep_saved_run_length(cfg, args) -> None:
     saved = load_checkpoint(path, with_optim=False)["state"]["config"]
     if args.max_steps is None and not any(o.startswith("train.max_steps=") for o in args.overrides):
         cfg.train.max_steps = saved["train"]["max_steps"]
-    taken = ("train.max_steps=", "train.time_limit_s=", "train.device=", "data.num_workers=", "log.")
+    taken = ("train.max_steps=", "train.time_limit_s=", "train.device=", "train.compile=", "train.channels_last=",
+             "data.num_workers=", "data.pin_memory=", "data.prefetch_factor=", "data.cache=", "log.")
     ignored = [o for o in args.overrides if not o.startswith(taken)]
     if ignored or args.config:
         print("sgcvq train: note: --resume continues with the checkpoint's config; only train.max_steps, "
-              "train.time_limit_s, train.device, data.num_workers and log.* are taken from the command line "
+              "train.time_limit_s, train.device, train.compile, train.channels_last, data.num_workers, "
+              "data.pin_memory, data.prefetch_factor, data.cache and log.* are taken from the command line "
               f"(ignored: {ignored or args.config})", file=sys.stderr)
 
 
 def _cmd_train(args) -> int:
     if args.demo:
-        from .training import DEMO_STEPS, run_demo
+        from .training import run_demo
 
         if args.config or args.resume or args.data_root:
             raise ValueError("--demo takes no --config, --resume or --data-root (it uses --out, --max-steps, --set)")
         overrides = list(args.overrides)
         if args.device:
             overrides.append(f"train.device={args.device}")
-        report = run_demo(args.out or "runs/demo", args.max_steps or DEMO_STEPS, overrides,
-                          progress=not args.no_progress)
+        report = run_demo(args.out or "runs/demo", args.max_steps, overrides, progress=not args.no_progress)
         print(f"report: {report}")
         return 0
     from .training import train

@@ -285,3 +285,162 @@ def test_build_dataset_kinds(tmp_path):
     assert len(build_dataset("folder", root=tmp_path, num_classes=3)) == 3
     with pytest.raises(ValueError, match="kind must be"):
         build_dataset("imagenet")
+
+
+# --------------------------------------------------------------------------------------------
+# The scene cache and the batch stream (exact resume depends on item i being the same everywhere)
+# --------------------------------------------------------------------------------------------
+def _same_item(a, b):
+    assert a.keys() == b.keys() and a["id"] == b["id"]
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_scene_cache_gives_the_painted_items_bit_for_bit(tmp_path, video):
+    kwargs = dict(length=23, resolution=(24, 40), seed=int(np.random.default_rng().integers(1000)), video=video,
+                  num_frames=3)
+    plain = SyntheticStreetScenes(**kwargs)
+    cached = SyntheticStreetScenes(**kwargs, cache=tmp_path)
+    order = np.random.default_rng().permutation(23)
+    for i in order[:11]:  # first reads paint and store
+        _same_item(cached[int(i)], plain[int(i)])
+    assert cached.cache.filled_count() == 11
+    again = SyntheticStreetScenes(**kwargs, cache=tmp_path)  # a later run: reads what is stored
+    for i in order:
+        _same_item(again[int(i)], plain[int(i)])
+    assert again.cache.filled_count() == 23
+    assert again[-1]["id"] == plain[22]["id"]
+
+
+def test_scene_cache_is_filled_by_workers_and_keyed_by_the_set(tmp_path):
+    plain = SyntheticStreetScenes(16, resolution=32, seed=5)
+    cached = SyntheticStreetScenes(16, resolution=32, seed=5, cache=tmp_path)
+    gen = torch.Generator().manual_seed(1)
+    batches = list(DataLoader(cached, batch_size=4, shuffle=True, num_workers=2, generator=gen))
+    ids = [i for b in batches for i in b["id"]]
+    assert sorted(ids) == sorted(plain[i]["id"] for i in range(16))
+    for b in batches:
+        for j, item_id in enumerate(b["id"]):
+            ref = plain[int(item_id.rsplit("-", 1)[1])]
+            assert torch.equal(b["image"][j], ref["image"]) and torch.equal(b["label"][j], ref["label"])
+    assert SyntheticStreetScenes(16, resolution=32, seed=5, cache=tmp_path).cache.filled_count() == 16
+    others = [SyntheticStreetScenes(16, resolution=32, seed=6, cache=tmp_path),
+              SyntheticStreetScenes(16, resolution=48, seed=5, cache=tmp_path),
+              SyntheticStreetScenes(17, resolution=32, seed=5, cache=tmp_path)]
+    assert len({o.cache.path for o in others} | {cached.cache.path}) == 4
+    assert all(o.cache.filled_count() == 0 for o in others)
+
+
+def test_scene_cache_repaints_a_cache_that_disagrees_with_the_renderer(tmp_path):
+    ds = SyntheticStreetScenes(6, resolution=16, seed=2, cache=tmp_path)
+    reference = [SyntheticStreetScenes(6, resolution=16, seed=2)[i] for i in range(6)]
+    for i in range(6):
+        ds[i]
+    images = np.memmap(ds.cache.path / "images.f32", np.float32, "r+", shape=ds.cache.image_shape)
+    images[:] += 0.5  # as if the renderer had changed without a RENDER_VERSION bump
+    images.flush()
+    with pytest.warns(UserWarning, match="does not match the renderer"):
+        fresh = SyntheticStreetScenes(6, resolution=16, seed=2, cache=tmp_path)
+        items = [fresh[i] for i in range(6)]
+    for item, ref in zip(items, reference):
+        _same_item(item, ref)
+
+
+def test_scene_cache_off_and_size_limit(tmp_path, monkeypatch):
+    import sgcvq.data.synthetic as synthetic
+
+    assert SyntheticStreetScenes(4, resolution=16).cache is None
+    monkeypatch.setattr(synthetic, "MAX_CACHE_BYTES", 1000)
+    assert SyntheticStreetScenes(4, resolution=16, cache=tmp_path).cache is None  # painted on the fly
+    monkeypatch.setenv("SGCVQ_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setattr(synthetic, "MAX_CACHE_BYTES", 1 << 30)
+    assert SyntheticStreetScenes(4, resolution=16, cache="auto").cache.path.parent == tmp_path / "env"
+
+
+def _stream_batches(dataset, workers, n, epoch=0, batch_in_epoch=0, rank=0, world=1):
+    from sgcvq.training.batch_stream import BatchStream
+
+    stream = BatchStream(dataset, 3, rank, world, seed=11, num_workers=workers, epoch=epoch,
+                         batch_in_epoch=batch_in_epoch, prefetch_factor=2)
+    out = [next(stream) for _ in range(n)]
+    state = stream.state()
+    stream.close()
+    return out, state
+
+
+def test_batch_stream_is_the_same_for_any_worker_count_and_resumes_exactly(tmp_path):
+    plain = SyntheticStreetScenes(10, resolution=16, seed=4)
+    cached = SyntheticStreetScenes(10, resolution=16, seed=4, cache=tmp_path)
+    # 3 batches of 3 per epoch: 7 batches cross two epoch boundaries.
+    ref, state = _stream_batches(plain, 0, 7)
+    assert state == {"epoch": 2, "batch_in_epoch": 1}
+    for dataset, workers in ((plain, 2), (cached, 0), (cached, 2)):
+        got, _ = _stream_batches(dataset, workers, 7)
+        for a, b in zip(got, ref):
+            _same_item(a, b)
+    # Resumed after batch 4 (epoch 1, batch 1): the same batches 5..7, any worker count.
+    for workers in (0, 2):
+        tail, _ = _stream_batches(cached, workers, 3, epoch=1, batch_in_epoch=1)
+        for a, b in zip(tail, ref[4:]):
+            _same_item(a, b)
+    # Two ranks share an epoch's shuffled order without overlap.
+    r0, _ = _stream_batches(cached, 1, 1, rank=0, world=2)
+    r1, _ = _stream_batches(cached, 0, 1, rank=1, world=2)
+    assert not set(r0[0]["id"]) & set(r1[0]["id"])
+
+
+def test_loader_settings_auto_and_errors(monkeypatch):
+    import sgcvq.training.batch_stream as bs
+
+    monkeypatch.setattr(bs, "_usable_cores", lambda: 16)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    s = bs.resolve_loader_settings("auto", "auto", 4, cuda)
+    assert (s.num_workers, s.pin_memory, s.prefetch_factor) == (8, True, 4)
+    assert bs.resolve_loader_settings("auto", "auto", 4, cuda, local_world_size=4).num_workers == 3
+    assert bs.resolve_loader_settings("auto", "auto", 4, cuda, main_process_only=True).num_workers == 0
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(12)
+        s = bs.resolve_loader_settings("auto", "auto", 2, cpu)
+        assert (s.num_workers, s.pin_memory) == (4, False)
+        torch.set_num_threads(16)
+        assert bs.resolve_loader_settings("auto", True, 2, cpu).num_workers == 0  # no idle core on a CPU run
+        assert bs.resolve_loader_settings("auto", True, 2, cpu).pin_memory is False  # nothing to pin for
+    finally:
+        torch.set_num_threads(threads)
+    assert bs.resolve_loader_settings(3, False, 1, cuda) == bs.LoaderSettings(3, False, 1)
+    for bad, match in ((("many", "auto", 4), "data.num_workers"), ((-1, "auto", 4), "data.num_workers"),
+                       ((0, "yes", 4), "data.pin_memory"), ((0, "auto", 0), "data.prefetch_factor")):
+        with pytest.raises(ValueError, match=match):
+            bs.resolve_loader_settings(*bad, cpu)
+
+
+def test_decode_failures_in_workers_are_counted_once(tmp_path):
+    import time
+
+    from sgcvq.training.batch_stream import BatchStream
+
+    for i in range(5):
+        _write_rgb(tmp_path / "images" / f"{i}.png", 16, 16, i)
+        _write_label(tmp_path / "labels" / f"{i}.png", np.ones((16, 16)))
+    # Unknown class ids pass the header check: found only when the item is decoded, in a worker.
+    _write_rgb(tmp_path / "images" / "unknown.png", 16, 16, 9)
+    _write_label(tmp_path / "labels" / "unknown.png", np.full((16, 16), 7))
+    ds = FolderDataset(tmp_path, layout="plain", num_classes=3)
+    assert len(ds) == 6 and ds.skipped == []
+    stream = BatchStream(ds, 2, 0, 1, seed=0, num_workers=2)
+    for _ in range(6):  # two epochs: both workers may meet the bad file
+        batch = next(stream)
+        assert batch["image"].shape == (2, 3, 16, 16) and batch["label"].max() < 3
+    for _ in range(100):  # the workers' queue feeder threads deliver asynchronously
+        if stream.skipped():
+            break
+        time.sleep(0.05)
+    skipped = stream.skipped()
+    stream.close()
+    assert [p for p, _ in skipped] == [str(tmp_path / "labels" / "unknown.png")]
+    assert "unknown class ids [7]" in skipped[0][1]
+    assert ds.skipped == []  # the main process's copy never decoded it

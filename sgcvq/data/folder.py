@@ -100,6 +100,9 @@ class FolderDataset(Dataset):
         self.num_classes = num_classes
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
+        # Loader workers hold copies of this dataset: a queue set here by the loader's owner
+        # (BatchStream) carries the files they skip back to the main process.
+        self.skip_sink = None
 
         pairs = self._find_pairs()
         if not pairs:
@@ -232,6 +235,8 @@ class FolderDataset(Dataset):
             except BadItemError as err:
                 self._bad.add(i)
                 self.skipped.append((err.path, err.reason))
+                if self.skip_sink is not None:
+                    self.skip_sink.put((str(err.path), err.reason))
                 warnings.warn(f"FolderDataset: skipping {err}", stacklevel=2)
         raise RuntimeError(f"FolderDataset: every item under {str(self.root)!r} failed to load; see ds.skipped")
 

@@ -1,7 +1,9 @@
 """An endless stream of batches that knows its position (epoch, batch within the epoch)."""
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +109,26 @@ class BatchStream:
         self.batch_in_epoch = batch_in_epoch
         self._loader = None
         self._it = None
+        self._worker_skips: list[tuple[str, str]] = []
+        self._skip_queue = None
+        if num_workers > 0 and hasattr(dataset, "skip_sink"):
+            self._skip_queue = multiprocessing.get_context().Queue()
+            dataset.skip_sink = self._skip_queue
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """Files the dataset skipped so far, in this process or in a loader worker, each once."""
+        if self._skip_queue is not None:
+            while True:
+                try:
+                    self._worker_skips.append(self._skip_queue.get_nowait())
+                except queue.Empty:
+                    break
+        seen, out = set(), []
+        for path, reason in list(getattr(self.dataset, "skipped", None) or []) + self._worker_skips:
+            if str(path) not in seen:
+                seen.add(str(path))
+                out.append((path, reason))
+        return out
 
     def state(self) -> dict:
         """JSON-safe position, for the checkpoint."""

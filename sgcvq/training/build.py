@@ -132,6 +132,12 @@ def prepare_for_device(train: TrainConfig, model: torch.nn.Module, disc: torch.n
         converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(disc)
         assert converted is disc  # the root is no BatchNorm: children were replaced in place
     if train.compile:
+        import torch._functorch.config as functorch_config
+
+        # NOTE: VQGAN's adaptive GAN weight differentiates the losses through the decoder's last layer
+        # with retain_graph=True before the main backward; compiled backwards that donate their saved
+        # buffers refuse a retained graph.
+        functorch_config.donated_buffer = False
         for part in (model.encoder, model.pyramid, model.decoder, disc):
             part.compile()
     return channels_last

@@ -136,7 +136,10 @@ class Trainer:
             saved.train.max_steps = cfg.train.max_steps
             saved.train.time_limit_s = cfg.train.time_limit_s
             saved.train.device = cfg.train.device
-            saved.data.num_workers = cfg.data.num_workers
+            saved.train.compile = cfg.train.compile
+            saved.train.channels_last = cfg.train.channels_last
+            for key in ("num_workers", "pin_memory", "prefetch_factor", "cache"):  # same items either way
+                setattr(saved.data, key, getattr(cfg.data, key))
             saved.log = cfg.log
             self.cfg = cfg = saved
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
@@ -225,7 +228,7 @@ class Trainer:
                      "scaler_g": self.scaler_g.state_dict() if self.scaler_g else {},
                      "scaler_d": self.scaler_d.state_dict() if self.scaler_d else {}}
             state = {"config": config_to_dict(self.cfg), "rng_per_rank": rngs, "data": self.stream.state(),
-                     "world_size": self.dist.world_size, "skipped_files": len(_skipped(self.dataset))}
+                     "world_size": self.dist.world_size, "skipped_files": len(self.stream.skipped())}
             path = save_checkpoint(self.ckpt_root, self.step, tensors, optim, state, self.cfg.train.keep_last)
         barrier(self.dist)
         return path
@@ -369,6 +372,7 @@ class Trainer:
                     # Log time: the only place the loop reads the device (the NaN check included).
                     self.check_finite()
                     logs = self._read_step_logs(logs, quantizer)
+                    skipped = self.stream.skipped()  # header checks and decode failures in any worker
                     if main:
                         log.log(self.step, {**logs, "data/skipped_files": len(skipped)})
                     if bar is not None:
@@ -385,6 +389,7 @@ class Trainer:
                 last_ckpt = self.save() or last_ckpt
             self.check_finite()
             logs = self._read_step_logs(logs, quantizer)
+            skipped = self.stream.skipped()
         finally:
             self.stream.close()  # stops the loader workers; a later step starts them again
             if bar is not None:
