@@ -184,10 +184,13 @@ def _prepare_rows_kernel(
 # The search kernel
 # --------------------------------------------------------------------------------------------
 # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32/3xTF32)
-# are H100-oriented: 64-128 tokens x 64-128 codes, D in 32-64 chunks, 3-4 stages. The float32
-# FMA dot ("ieee") holds its operands in registers, so it gets smaller tiles.
-_TENSOR_CORE_SHAPES = [(128, 128, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 4),
-                       (128, 256, 64, 8, 3), (64, 64, 32, 4, 4)]
+# are H100-oriented: 64-128 tokens x 64-256 codes, D in 32-64 chunks, 3-4 stages. The first is
+# the one used without autotuning: compiled offline for sm_90 (.ci/triton_sm90_check.py, Triton
+# 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA), while BLOCK_D = 64
+# with 128 x 128 spills 280 bytes. The float32 FMA dot ("ieee") holds its operands in registers,
+# so it gets smaller tiles.
+_TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
+                       (128, 256, 32, 8, 3), (64, 64, 32, 4, 4)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
@@ -212,9 +215,15 @@ _FMA_KEYS = {(bn, bk, bd, w, s) for bn, bk, bd, w, s in _FMA_SHAPES}
 def _prune_configs(configs, named_args, **kwargs):
     if len(configs) == 1:
         return configs
-    ieee = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION")) == "ieee"
+    precision = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
+    ieee = precision == "ieee"
     # A BLOCK_D wider than D only loads zeros; tl.dot needs at least 16.
     cap = max(16, triton.next_power_of_2(named_args["D"]))
+    if kwargs.get("CENTER_IN_KERNEL", named_args.get("CENTER_IN_KERNEL")) or precision == "tf32x3":
+        # float32 operands: 3 stages of [128, 64] + [128, 64] float32 tiles plus the 3xTF32
+        # splits need 197-263 KB of shared memory on sm_90 (ptxas, offline), over the 227 KB a
+        # block may have; BLOCK_D = 32 halves it.
+        cap = min(cap, 32)
     seen, out = set(), []
     for c in configs:
         kw = dict(c.kwargs)
