@@ -21,7 +21,7 @@ from sgcvq import ops, reference
 pytestmark = requires_cuda
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-MODES = ["exact", "fast_exact"]
+MODES = ["exact", "fast_exact", "exact_fp32"]
 
 
 @pytest.fixture
@@ -336,7 +336,7 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
     e = torch.randn(70, 37, device="cuda").to(dtype)
     labels = torch.randint(-1, 3, (300,), device="cuda")
     offsets = torch.tensor([0, 20, 21, 70], device="cuda")
-    for mode in ("exact", "fast_exact"):
+    for mode in ("exact", "fast_exact", "exact_fp32"):
         ops.nearest_code(x, e, mode=mode, backend="cuda", check=False)
         ops.nearest_code(x, e, labels, offsets, mode=mode, backend="cuda", check=False)
     index = torch.randint(0, 70, (300,), device="cuda")

@@ -11,9 +11,9 @@
 // thread scans the range exactly (the fallback). So every path returns the argmin of the same fp32
 // distances, ties to the lowest index.
 //
-// Paths (see nearest_code.h): float32 'exact' -> SimtCore (FFMA, fp32 products, R = 4);
-// float32 'fast_exact' -> Tf32Core (inputs rounded to TF32, R = 8); bfloat16 / float16 in both
-// modes -> Wmma16Core (bf16 x bf16 and fp16 x fp16 products are exact in fp32, R = 8).
+// Paths (see nearest_code.h): float32 'exact' and 'exact_fp32' -> SimtCore (FFMA, fp32 products,
+// R = 4); float32 'fast_exact' -> Tf32Core (inputs rounded to TF32, R = 8); bfloat16 / float16 in
+// every mode -> Wmma16Core (bf16 x bf16 and fp16 x fp16 products are exact in fp32, R = 8).
 //
 // Small N: the code range is split over gridDim.y blocks; each block certifies within its own range
 // and the blocks merge with one 64-bit atomicMin per token on (distance bits << 32 | index). A
@@ -623,7 +623,7 @@ size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C) { return la
 
 cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind dtype,
                                 const int32_t* labels, const int32_t* offsets, int64_t N, int64_t D,
-                                int64_t K, int64_t C, bool fast_exact, void* workspace, int64_t* index,
+                                int64_t K, int64_t C, SearchMode mode, void* workspace, int64_t* index,
                                 float* sqdist, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   // 32-bit token and code indices inside the kernels (and in the packed atomic's low word).
@@ -694,7 +694,7 @@ cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind 
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
 
   if (dtype == ScalarKind::kFloat32) {
-    if (fast_exact) SGCVQ_CUDA_TRY(launch_search<Tf32Core>(args, grid, stream));
+    if (mode == SearchMode::kLowPrecision) SGCVQ_CUDA_TRY(launch_search<Tf32Core>(args, grid, stream));
     else SGCVQ_CUDA_TRY(launch_search<SimtCore>(args, grid, stream));
   } else if (dtype == ScalarKind::kBFloat16) {
     SGCVQ_CUDA_TRY(launch_search<Wmma16Core<__nv_bfloat16>>(args, grid, stream));

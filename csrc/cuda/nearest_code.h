@@ -14,21 +14,28 @@ namespace sgcvq::gpu {
 // results, and with labels (C > 0) the counting sort of tokens by class.
 size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C);
 
+// Which candidate path a search takes (the op's `mode`; DESIGN.md, the mode decision):
+//   kFloat32:      float32 inputs take the FFMA (all-fp32) tile path   ("exact_fp32");
+//   kLowPrecision: float32 inputs take the TF32 tensor-core tile path ("fast_exact");
+//   kFastest:      the fastest certified path measured on this backend ("exact", the default):
+//                  the FFMA path for float32 (the TF32 path's certificate fails wholesale on
+//                  post-ReLU data: 80 ms against 27 ms, BASELINE.md), or the Hopper kernel of
+//                  nearest_code_sm90.cu where SGCVQ_CUDA_SM90=1 opts in (unverified on a GPU).
+// bfloat16 / float16 inputs take their tensor-core path in every mode (the products are exact).
+// Every path re-scores its candidates in fp32 and certifies them, so all modes return the argmin
+// of the same fp32 distances.
+enum class SearchMode { kFloat32, kLowPrecision, kFastest };
+
 // index[i] = argmin_k ||x_i - e_k||^2 over token i's code group (all K codes without labels or
 // for label -1), ties to the lowest index; sqdist[i] = that fp32 distance. Inputs contiguous,
 // labels and offsets already validated (labels in [-1, C), offsets non-decreasing from 0 to K,
 // no label pointing at an empty group). Nothing here synchronises with the host.
-//   fast_exact = false: float32 inputs take the FFMA (all-fp32) tile path;
-//   fast_exact = true:  float32 inputs take the TF32 tensor-core tile path.
-//   bfloat16 / float16 inputs take their tensor-core path in both modes (the products are exact).
-// Every path re-scores its candidates in fp32 and certifies them, so both modes return the argmin
-// of the same fp32 distances.
 cudaError_t nearest_code_launch(const void* x,            // [N, D] dtype
                                 const void* codebook,     // [K, D] dtype
                                 ScalarKind dtype,
                                 const int32_t* labels,    // [N] in [-1, C), or nullptr (C == 0)
                                 const int32_t* offsets,   // [C + 1], or nullptr (C == 0)
-                                int64_t N, int64_t D, int64_t K, int64_t C, bool fast_exact,
+                                int64_t N, int64_t D, int64_t K, int64_t C, SearchMode mode,
                                 void* workspace,          // nearest_code_workspace_bytes(N, K, C)
                                 int64_t* index,           // [N] out
                                 float* sqdist,            // [N] out

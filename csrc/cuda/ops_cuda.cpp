@@ -44,6 +44,14 @@ gpu::ScalarKind scalar_kind(at::ScalarType t) {
   return gpu::ScalarKind::kFloat32;
 }
 
+// "exact" (default): the fastest certified path; "fast_exact": low-precision candidates;
+// "exact_fp32": float32 candidates. check_nearest_code_shapes has already rejected anything else.
+gpu::SearchMode search_mode(c10::string_view mode) {
+  if (mode == "fast_exact") return gpu::SearchMode::kLowPrecision;
+  if (mode == "exact_fp32") return gpu::SearchMode::kFloat32;
+  return gpu::SearchMode::kFastest;
+}
+
 void check_cuda(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, " (CUDA kernel): ", name, " is on ", t.device(), ", expected a CUDA device");
 }
@@ -77,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const 
       "nearest_code",
       gpu::nearest_code_launch(xc.data_ptr(), ec.data_ptr(), scalar_kind(x.scalar_type()),
                                C > 0 ? lab.data_ptr<int32_t>() : nullptr,
-                               C > 0 ? off.data_ptr<int32_t>() : nullptr, N, D, K, C, mode == "fast_exact",
+                               C > 0 ? off.data_ptr<int32_t>() : nullptr, N, D, K, C, search_mode(mode),
                                workspace.data_ptr(), index.data_ptr<int64_t>(), sqdist.data_ptr<float>(),
                                c10::cuda::getCurrentCUDAStream().stream()));
   return {index, sqdist};
