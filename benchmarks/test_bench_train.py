@@ -32,9 +32,9 @@ import torch
 QUICK = os.environ.get("SGCVQ_BENCH_QUICK", "0") not in ("", "0")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out" / "train_rates.json"
-BLOCK_STEPS = 3 if QUICK else 10
+BLOCK_STEPS = 2 if QUICK else 10
 ROUNDS = 2 if QUICK else 3
-WARMUP_STEPS = 2 if QUICK else 3
+WARMUP_STEPS = 1 if QUICK else 3
 FLOOR = 0.90
 
 _ROWS: list[dict] = []

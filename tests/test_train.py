@@ -262,3 +262,27 @@ def test_compile_trains_and_keeps_the_checkpoint_format(tmp_path):
     for k in a:
         if a[k].is_floating_point() and not k.startswith("quantizer."):
             torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=1e-3, msg=k)
+
+
+def test_gpu_demo_config_is_the_same_model_at_64(tmp_path):
+    import dataclasses
+
+    from sgcvq.config import demo_config
+    from sgcvq.model import SGCVQGAN
+    from sgcvq.training.demo import DEMO_GPU_STEPS, DEMO_STEPS, demo_run_config
+
+    assert demo_run_config(9, torch.device("cpu")) == demo_config(9, DEMO_STEPS)
+    for classes in (9, None):
+        cfg = demo_run_config(classes, torch.device("cuda"))  # built without a GPU: nothing runs on it
+        small = demo_config(classes, DEMO_STEPS)
+        assert (cfg.data.resolution, cfg.model.resolution, cfg.data.batch_size) == (64, 64, 32)
+        assert cfg.train.max_steps == DEMO_GPU_STEPS and cfg.train.time_limit_s > 0
+        for key in ("base_channels", "channel_mult", "embed_dim", "codebook_size", "num_classes", "group_sizes"):
+            assert getattr(cfg.model, key) == getattr(small.model, key), key
+        model = SGCVQGAN(cfg.model)
+        ds = build_train_dataset(dataclasses.replace(cfg.data, length=2, cache=None))
+        images = torch.stack([ds[i]["image"] for i in range(2)])
+        labels = torch.stack([ds[i]["label"] for i in range(2)]) if classes else None
+        model.eval()
+        with torch.no_grad():
+            assert model(images, labels=labels).recon.shape == (2, 3, 64, 64)

@@ -54,6 +54,9 @@ def demo_run_config(num_classes: int | None, device: torch.device, steps: int | 
         freqs = tuple(SyntheticStreetScenes(cfg.data.length, res, cfg.data.seed).class_frequencies(num_images=64))
     cfg.model = dataclasses.replace(cfg.model, resolution=res, class_frequencies=freqs)
     cfg.log = dataclasses.replace(cfg.log, every=25)
+    # A guard, not the plan: a slow or shared GPU stops each model after 4 minutes (with a checkpoint;
+    # the report lists the steps each model got).
+    cfg.train = dataclasses.replace(cfg.train, time_limit_s=240.0)
     return cfg
 
 
