@@ -17,7 +17,8 @@ The drop-ins of sgcvq.compat against their peers (issue 13), with the peers' def
 * `compat VectorQuantize` vs vector-quantize-pytorch's `VectorQuantize` (decay 0.8, rotation
   trick), plain, with 2 heads (separate codebooks, codebook_dim = D/2) and with a codebook_dim = D/4
   projection; `compat VectorQuantizer2` vs taming's VectorQuantizer2 (not installable: its forward
-  written out in plain torch below, `TamingReference`, dense distances as taming computes them);
+  written out in plain torch below, `TamingReference`, dense distances as taming computes them),
+  from taming's start (codes uniform in +-1/K) and from a spread (kaiming_uniform) codebook;
 * time per step at SPEED_SHAPE and peak memory at MEMORY_SHAPE (ours at N = 65536, ours and the
   peer at N_THEIRS, the largest N where the peer fits the budget).
 Peak RSS is VmHWM from /proc/self/status: getrusage's ru_maxrss is the same counter, but Linux
@@ -197,6 +198,11 @@ COMPAT_VARIANTS = {
 }
 COMPAT_PAIRS = [(f"compat VectorQuantize{v}", f"vector_quantize_pytorch VectorQuantize{v}") for v in COMPAT_VARIANTS]
 COMPAT_PAIRS.append(("compat VectorQuantizer2", "taming VectorQuantizer2 (reference)"))
+# NOTE: taming's start, uniform(-1/K, 1/K), puts every code so close to 0 that for most tokens the
+# fp32 distances of the best codes are equal to the last bit: the exact search certifies none of
+# them and re-searches each token exactly (slow). "spread" starts both from kaiming_uniform codes,
+# as the VectorQuantize rows do, the state a codebook reaches once training has moved it.
+COMPAT_PAIRS.append(("compat VectorQuantizer2 spread", "taming VectorQuantizer2 (reference) spread"))
 COMPAT_PROVIDERS = {name for pair in COMPAT_PAIRS for name in pair}
 
 
@@ -240,10 +246,11 @@ class TamingAsSequence(torch.nn.Module):
 def make_compat_provider(name: str, K: int, D: int):
     from sgcvq.compat import VectorQuantize, VectorQuantizer2
 
-    if name == "compat VectorQuantizer2":
-        return TamingAsSequence(VectorQuantizer2(K, D, 0.25)).train()
-    if name == "taming VectorQuantizer2 (reference)":
-        return TamingAsSequence(TamingReference(K, D)).train()
+    if name.startswith(("compat VectorQuantizer2", "taming VectorQuantizer2")):
+        vq = VectorQuantizer2(K, D, 0.25) if name.startswith("compat") else TamingReference(K, D)
+        if name.endswith(" spread"):
+            torch.nn.init.kaiming_uniform_(vq.embedding.weight.data)
+        return TamingAsSequence(vq).train()
     for variant, kwargs in COMPAT_VARIANTS.items():
         if name == f"compat VectorQuantize{variant}":
             return VectorQuantize(D, K, **kwargs(D)).train()
