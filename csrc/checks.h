@@ -26,8 +26,8 @@ inline void check_nearest_code_shapes(const at::Tensor& x, const at::Tensor& cod
               " but codebook is ", codebook.scalar_type(), ": dtypes must match");
   TORCH_CHECK(x.device() == codebook.device(), "nearest_code: x is on ", x.device(),
               " but codebook is on ", codebook.device());
-  TORCH_CHECK(mode == "exact" || mode == "fast_exact",
-              "nearest_code: mode must be 'exact' or 'fast_exact', got '", mode, "'");
+  TORCH_CHECK(mode == "exact" || mode == "fast_exact" || mode == "exact_fp32",
+              "nearest_code: mode must be 'exact', 'fast_exact' or 'exact_fp32', got '", mode, "'");
   TORCH_CHECK(labels.has_value() == offsets.has_value(),
               "nearest_code: labels and offsets go together: pass both or neither");
   if (labels.has_value()) {

@@ -6,33 +6,60 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 namespace sgcvq::cpu {
 bool scan_uses_avx512();
-bool bf16_gemm_available();
+const char* bf16_path_now();
+std::vector<const char*> bf16_path_names_here();
 bool bf16_own_pack();
 int64_t last_fast_exact_redo();
+int64_t last_bf16_searched();
 int64_t bf16_search_calls();
 }  // namespace sgcvq::cpu
 
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
 // kernels can do here, for tests and benchmarks.
 static PyObject* cpu_capabilities(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:O,s:O,s:O}", "avx512", sgcvq::cpu::scan_uses_avx512() ? Py_True : Py_False,
-                       "bf16_gemm", sgcvq::cpu::bf16_gemm_available() ? Py_True : Py_False,
-                       "bf16_own_pack", sgcvq::cpu::bf16_own_pack() ? Py_True : Py_False);
+  const char* path = nullptr;
+  bool own_pack = false;
+  try {
+    path = sgcvq::cpu::bf16_path_now();  // raises for an SGCVQ_CPU_BF16 this CPU cannot run
+    own_pack = sgcvq::cpu::bf16_own_pack();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  const std::vector<const char*> names = sgcvq::cpu::bf16_path_names_here();
+  PyObject* paths = PyTuple_New(static_cast<Py_ssize_t>(names.size()));
+  for (size_t i = 0; i < names.size(); ++i)
+    PyTuple_SET_ITEM(paths, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i]));  // steals
+  const bool on = std::string(path) != "off";
+  return Py_BuildValue("{s:O,s:O,s:s,s:N,s:O}", "avx512", sgcvq::cpu::scan_uses_avx512() ? Py_True : Py_False,
+                       "bf16_gemm", on ? Py_True : Py_False, "bf16_path", path, "bf16_paths", paths,
+                       "bf16_own_pack", own_pack ? Py_True : Py_False);
 }
 static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_fast_exact_redo()));
+}
+static PyObject* last_bf16_searched(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_bf16_searched()));
 }
 static PyObject* bf16_search_calls(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::bf16_search_calls()));
 }
 static PyMethodDef kMethods[] = {
     {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
-     "{'avx512': the AVX-512 scans run, 'bf16_gemm': mode='fast_exact' takes bf16 GEMM tiles (D > 16), "
+     "{'avx512': the AVX-512 scans run, 'bf16_gemm': modes 'exact' and 'fast_exact' take certified bf16 "
+     "candidates, 'bf16_path': which ('amx', 'avx512bf16' or 'off'; SGCVQ_CPU_BF16 forces one), "
+     "'bf16_paths': the paths this CPU runs, fastest first, "
      "'bf16_own_pack': the bf16 codebook is packed by sgcvq, not by oneDNN's slower per-block pack}"},
     {"last_fast_exact_redo", last_fast_exact_redo, METH_NOARGS,
-     "Tokens the last CPU bf16 fast_exact call sent to the exact path (-1: none ran yet)."},
+     "Tokens the last CPU bf16 call sent to the float32 search (-1: none ran yet)."},
+    {"last_bf16_searched", last_bf16_searched, METH_NOARGS,
+     "Tokens (times code splits) the last CPU bf16 call searched with bf16 tiles: fewer than N when "
+     "it gave up early on near-duplicate codes and sent the rest to the float32 search (-1: none ran yet)."},
     {"bf16_search_calls", bf16_search_calls, METH_NOARGS,
      "nearest_code calls that took the CPU bf16 path since the library was loaded."},
     {nullptr, nullptr, 0, nullptr}};

@@ -28,7 +28,11 @@ from . import reference
 __all__ = ["nearest_code", "cluster_stats", "ema_update", "available_backends", "BACKENDS", "MODES"]
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-MODES = ("exact", "fast_exact")
+# "exact": the float32 argmin from the fastest certified path of the backend (low-precision
+# candidates, a margin, a float32 re-score and a certificate, float32 candidates where the margin
+# cannot separate); "fast_exact" forces the low-precision candidates and "exact_fp32" the float32
+# ones (for tests and benchmarks). All three return the same index.
+MODES = ("exact", "fast_exact", "exact_fp32")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -320,8 +324,10 @@ def nearest_code(
         labels: optional [N] int32/int64 class of each token in [-1, C); -1 searches all codes.
         offsets: [C+1] int32/int64 with the class groups: class c owns codes
             [offsets[c], offsets[c+1]); offsets[0] = 0, offsets[C] = K. Required with labels.
-        mode: "exact" (float32 argmin) or "fast_exact" (low-precision candidates re-scored in
-            float32: the same answer, faster where the backend has it).
+        mode: "exact" (the float32 argmin through the fastest certified path the backend has:
+            on the CPU bf16 candidates where it has AMX or AVX512_BF16), "fast_exact" (forces
+            the low-precision candidates) or "exact_fp32" (forces float32 candidates); all three
+            return the same index.
         backend: force "reference", "cpu", "cuda" or "triton"; None reads SGCVQ_BACKEND.
         check: validate values too (label range, offsets, finiteness): one host sync.
 

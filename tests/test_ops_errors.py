@@ -102,7 +102,7 @@ CASES = [
     ("inf-codebook-unlabelled", nearest_code(codebook=nan_at(torch.randn(K, D), float("inf")), labels=None,
                                              offsets=None), ValueError, "nearest_code: codebook contains NaN or Inf"),
     ("bad-mode", nearest_code(mode="fast"), ValueError,
-     "nearest_code: mode must be one of ('exact', 'fast_exact'), got 'fast'"),
+     "nearest_code: mode must be one of ('exact', 'fast_exact', 'exact_fp32'), got 'fast'"),
     ("bad-backend", nearest_code(backend="gpu"), ValueError,
      "sgcvq: backend must be one of ('auto', 'reference', 'cpu', 'cuda', 'triton'), got 'gpu'"),
     # ---- cluster_stats --------------------------------------------------------------------
@@ -204,7 +204,7 @@ KERNEL_CASES = [
     ("K=0", raw_nearest_code(codebook=torch.randn(0, D), labels=None, offsets=None),
      "nearest_code: codebook is empty (K = 0)"),
     ("bad-mode", lambda: torch.ops.sgcvq.nearest_code(torch.randn(N, D), torch.randn(K, D), None, None, "fast"),
-     "nearest_code: mode must be 'exact' or 'fast_exact', got 'fast'"),
+     "nearest_code: mode must be 'exact', 'fast_exact' or 'exact_fp32', got 'fast'"),
     ("cluster_stats-index-out-of-range",
      lambda: torch.ops.sgcvq.cluster_stats(torch.tensor([0, 1, 7, 2, 0, 1]), torch.randn(N, D), K, False),
      "cluster_stats: index must be in [0, 5), but index[2] = 7"),

@@ -1,6 +1,7 @@
 // The CPU fast_exact search for D > 16 (see nearest_code_bf16.h).
 #include "nearest_code_bf16.h"
 
+#include "bf16_tile_avx512.h"
 #include "nearest_code_scan.h"
 
 #include <ATen/Parallel.h>
@@ -13,6 +14,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <string>
 #include <vector>
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -77,9 +80,13 @@ __attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hi
     }
   }
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  _mm512_mask_compressstoreu_epi32(idx + n, hit, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(k)), iota));
-  _mm512_mask_compressstoreu_ps(val + n, hit, v);
-  n += __builtin_popcount(hit);
+  // Register compress and a masked store (the memory form of vcompress is microcoded on AMD).
+  const int32_t h = __builtin_popcount(hit);
+  const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
+  _mm512_mask_storeu_epi32(idx + n, first,
+                           _mm512_maskz_compress_epi32(hit, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(k)), iota)));
+  _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(hit, v));
+  n += h;
   return true;
 }
 
@@ -154,10 +161,13 @@ __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, i
 
 }  // namespace
 
-bool bf16_gemm_available() {
-  static const bool hardware = [] {
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)  // older torch: fast_exact runs the exact path on the CPU
-    if (!scan_uses_avx512()) return false;
+namespace {
+
+// oneDNN's brgemm ukernel with AMX tiles: this torch build has it and it packs bf16 here (oneDNN
+// answers could_pack only where AMX runs; on AVX512_BF16 alone it refuses the VNNI ukernel).
+bool amx_brgemm_here() {
+  static const bool yes = [] {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)  // older torch: no AMX path
     try {
       return at::native::cpublas::could_pack(at::kBFloat16);
     } catch (const std::exception&) {
@@ -167,18 +177,62 @@ bool bf16_gemm_available() {
     return false;
 #endif
   }();
-  const char* off = std::getenv("SGCVQ_CPU_BF16");  // "0" turns the path off (read every call)
-  return hardware && !(off != nullptr && std::strcmp(off, "0") == 0);
+  return yes;
 }
 
-namespace {
-std::atomic<int64_t> g_last_redo{-1}, g_calls{0};
 }  // namespace
-void note_fast_exact_redo(int64_t n) {
+
+const char* bf16_path_name(Bf16Path p) {
+  switch (p) {
+    case Bf16Path::kAmx: return "amx";
+    case Bf16Path::kAvx512Bf16: return "avx512bf16";
+    default: return "off";
+  }
+}
+
+std::vector<Bf16Path> bf16_paths_here() {
+  std::vector<Bf16Path> paths;
+  if (scan_uses_avx512()) {  // the candidate scans of both paths are AVX-512 code
+    if (amx_brgemm_here()) paths.push_back(Bf16Path::kAmx);
+    if (cpu_has_avx512_bf16()) paths.push_back(Bf16Path::kAvx512Bf16);
+  }
+  paths.push_back(Bf16Path::kOff);
+  return paths;
+}
+
+Bf16Path bf16_path() {
+  static const std::vector<Bf16Path> here = bf16_paths_here();
+  const char* env = std::getenv("SGCVQ_CPU_BF16");  // read on every call: tests switch it
+  if (env == nullptr || env[0] == '\0') return here.front();
+  Bf16Path want;
+  if (std::strcmp(env, "amx") == 0) {
+    want = Bf16Path::kAmx;
+  } else if (std::strcmp(env, "avx512bf16") == 0) {
+    want = Bf16Path::kAvx512Bf16;
+  } else if (std::strcmp(env, "off") == 0 || std::strcmp(env, "0") == 0) {
+    return Bf16Path::kOff;
+  } else {
+    TORCH_CHECK(false, "SGCVQ_CPU_BF16 must be 'amx', 'avx512bf16' or 'off', got '", env, "'");
+  }
+  std::string have;
+  for (const Bf16Path p : here) have += std::string(have.empty() ? "" : ", ") + bf16_path_name(p);
+  TORCH_CHECK(std::find(here.begin(), here.end(), want) != here.end(), "SGCVQ_CPU_BF16=", env,
+              " but this CPU (or torch build, or SGCVQ_CPU_PORTABLE) cannot run that path; it runs: ", have);
+  return want;
+}
+
+bool bf16_gemm_available() { return bf16_path() != Bf16Path::kOff; }
+
+namespace {
+std::atomic<int64_t> g_last_redo{-1}, g_last_searched{-1}, g_calls{0};
+}  // namespace
+void note_fast_exact_redo(int64_t n, int64_t searched) {
   g_last_redo.store(n);
+  g_last_searched.store(searched);
   g_calls.fetch_add(1);
 }
 int64_t last_fast_exact_redo() { return g_last_redo.load(); }
+int64_t last_bf16_searched() { return g_last_searched.load(); }
 int64_t bf16_search_calls() { return g_calls.load(); }
 
 namespace {
@@ -218,21 +272,23 @@ bool pack_layout_matches() {
 }  // namespace
 
 bool bf16_own_pack() {
+  const Bf16Path p = bf16_path();
+  if (p == Bf16Path::kAvx512Bf16) return true;
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-  return bf16_gemm_available() && pack_layout_matches();
+  return p == Bf16Path::kAmx && pack_layout_matches();
 #else
   return false;
 #endif
 }
 
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values) {
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values, Bf16Path path) {
   Bf16Codebook cb;
+  cb.path = path;
   cb.K = E.size(0);
   cb.D = E.size(1);
   cb.Kp = (cb.K + kBlockN - 1) / kBlockN * kBlockN;
   cb.Dp = (cb.D + 1) / 2 * 2;
   cb.packed = at::empty({cb.Kp * cb.Dp}, E.options().dtype(at::kBFloat16));
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   const int64_t K = cb.K, D = cb.D, Dp = cb.Dp, lda = (Dp + kLanes - 1) / kLanes * kLanes;
   const float* ep = E.data_ptr<float>();
   // The centre: the codebook's mean row where that shrinks the largest squared code norm enough
@@ -253,9 +309,13 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   const bool centre = centred2 < (bf16_values ? 0.25 : 0.75) * raw2;
   cb.center = centre ? mean.contiguous() : at::zeros({D}, E.options());
   const float* cp = cb.center.data_ptr<float>();
-  cb.norms.assign(static_cast<size_t>(K), 0.f);
+  cb.norms.assign(static_cast<size_t>(cb.Kp), 0.f);  // zero past K: the small-D scan reads whole blocks
   c10::BFloat16* out = cb.packed.data_ptr<c10::BFloat16>();
-  const bool mine = pack_layout_matches();
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  const bool mine = path != Bf16Path::kAmx || pack_layout_matches();
+#else
+  const bool mine = true;
+#endif
   const int64_t blocks = cb.Kp / kBlockN;
   std::vector<float> block_err2(static_cast<size_t>(blocks), 0.f), block_e2(static_cast<size_t>(blocks), 0.f);
   // Blocks of 64 codes in parallel: centre each row, round it to bf16 (measuring ||e' - bf16(e')||^2
@@ -274,10 +334,12 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
       if (mine) {
         write_vnni_block(rows.data(), lda, Dp, out + b * kBlockN * Dp);
       } else {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
         for (int64_t j = 0; j < kBlockN; ++j)
           for (int64_t d = 0; d < Dp; ++d) bt[static_cast<size_t>(d * kBlockN + j)] = rows[static_cast<size_t>(j * lda + d)];
         at::native::cpublas::pack(Dp, kBlockN, kBlockN, kBlockN, at::kBFloat16, at::kBFloat16, bt.data(),
                                   out + b * kBlockN * Dp);
+#endif
       }
     }
   });
@@ -286,7 +348,14 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   const double err2 = *std::max_element(block_err2.begin(), block_err2.end());
   cb.max_err = std::sqrt(err2 * (1.0 + g)) * (1.0 + 1e-9);
   cb.max_e2 = *std::max_element(block_e2.begin(), block_e2.end()) * (1.001 + 2.0 * g);
-#endif
+  // Non-finite codes (or norms that overflow): an infinite bound sends every token to the float32
+  // search (std::max_element does not see NaN reliably, so test every norm).
+  for (int64_t k = 0; k < K; ++k)
+    if (!std::isfinite(norms[k]) || !std::isfinite(cb.norms[static_cast<size_t>(k)])) {
+      cb.max_e2 = std::numeric_limits<double>::infinity();
+      cb.max_err = std::numeric_limits<double>::infinity();
+      break;
+    }
   return cb;
 }
 
@@ -311,22 +380,38 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
 
 void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
                       double g, CandList* out, Bf16Bound* bounds) {
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
   c10::BFloat16* a = at_least<c10::BFloat16>(sc.a, kTileM * lda, at::kBFloat16);
-  sc.margin.resize(static_cast<size_t>(tn));
+  // Small D: the fused scan takes 8 tokens at a time (pad rows are searched and ignored).
+  const bool small = D <= kSmallMaxD;
+  const int64_t tpad = small ? (tn + 7) / 8 * 8 : tn;
+  sc.margin.assign(static_cast<size_t>(tpad), 0.f);
   float* margin = sc.margin.data();
   float xx[kTileM], r2[kTileM];
-  float* sbuf = at_least<float>(sc.s, kTileM * kTileK, at::kFloat);
-  sc.best.assign(static_cast<size_t>(tn), kInf);
-  sc.count.assign(static_cast<size_t>(tn), 0);
-  sc.idx.resize(static_cast<size_t>(tn * kListCap));
-  sc.val.resize(static_cast<size_t>(tn * kListCap));
+  sc.best.assign(static_cast<size_t>(tpad), kInf);
+  sc.count.assign(static_cast<size_t>(tpad), 0);
+  sc.idx.resize(static_cast<size_t>(tpad * kListCap));
+  sc.val.resize(static_cast<size_t>(tpad * kListCap));
   const c10::BFloat16* packed = cb.packed.data_ptr<c10::BFloat16>();
+  if (small) {
+    for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
+      const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
+      to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
+      std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
+      for (int64_t t = 0; t < mm; ++t) {
+        bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
+        margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
+      }
+      bf16_small_scan_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
+                             sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
+                             static_cast<int32_t>(kListCap));
+    }
+  }
+  float* sbuf = small ? nullptr : at_least<float>(sc.s, kTileM * kTileK, at::kFloat);
   const int64_t kb0 = k0 / kBlockN * kBlockN, kb1 = (k1 + kBlockN - 1) / kBlockN * kBlockN;
-  for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
+  for (int64_t m0 = 0; !small && m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
     to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
     for (int64_t t = 0; t < mm; ++t) {
@@ -335,9 +420,17 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
     }
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
       const int64_t nb = std::min(kTileK, kb1 - kb);
-      for (int64_t j = 0; j < nb; j += kBlockN)
-        at::native::cpublas::brgemm(mm, kBlockN, Dp, lda, kBlockN, kTileK, false, a,
-                                    packed + (kb + j) * Dp, sbuf + j, true);
+      if (cb.path == Bf16Path::kAvx512Bf16) {
+        bf16_tile_avx512(a, lda, mm, packed + kb * Dp, Dp, nb / kBlockN, sbuf, kTileK);
+      } else {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+        for (int64_t j = 0; j < nb; j += kBlockN)
+          at::native::cpublas::brgemm(mm, kBlockN, Dp, lda, kBlockN, kTileK, false, a,
+                                      packed + (kb + j) * Dp, sbuf + j, true);
+#else
+        TORCH_CHECK(false, "sgcvq: the AMX bf16 search needs torch's cpublas::brgemm (torch >= 2.6)");
+#endif
+      }
       const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
       for (int64_t t = 0; t < mm; ++t) {
         const int64_t tok = m0 + t;
@@ -354,17 +447,27 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
     o.n = n > kMaxCand ? -1 : n;
     for (int32_t j = 0; j < std::max(o.n, 0); ++j) o.idx[j] = sc.idx[static_cast<size_t>(t * kListCap + j)];
   }
-#else
-  (void)xs; (void)tn; (void)cb; (void)k0; (void)k1; (void)g; (void)out; (void)bounds;
-  TORCH_CHECK(false, "sgcvq: the bf16 search needs torch's cpublas::brgemm (torch >= 2.6)");
-#endif
 }
 
-void bf16_release() {
+void bf16_release(const Bf16Codebook& cb) {
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-  at::native::cpublas::brgemm_release(true);
+  if (cb.path == Bf16Path::kAmx) at::native::cpublas::brgemm_release(true);
+#else
+  (void)cb;
 #endif
 }
 
+}  // namespace cpu
+}  // namespace sgcvq
+
+namespace sgcvq {
+namespace cpu {
+// For cpu_capabilities() (csrc/ops.cpp), which sees no ATen types.
+const char* bf16_path_now() { return bf16_path_name(bf16_path()); }
+std::vector<const char*> bf16_path_names_here() {
+  std::vector<const char*> names;
+  for (const Bf16Path p : bf16_paths_here()) names.push_back(bf16_path_name(p));
+  return names;
+}
 }  // namespace cpu
 }  // namespace sgcvq

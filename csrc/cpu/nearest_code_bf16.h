@@ -16,15 +16,26 @@
 namespace sgcvq {
 namespace cpu {
 
-// True when ATen's bf16 brgemm runs here (AMX or AVX512-BF16 behind oneDNN's ukernel), this build
-// of torch has it, the AVX-512 scans are allowed (SGCVQ_CPU_PORTABLE unset) and SGCVQ_CPU_BF16 is
-// not "0".
+// Which GEMM gives the bf16 candidates: AMX tiles through oneDNN's brgemm ukernel (ATen's
+// cpublas; Intel Sapphire Rapids and later), our own AVX512_BF16 tiles (bf16_tile_avx512.h: AMD
+// Zen 4/5, Intel without AMX), or none (the float32 candidates only).
+enum class Bf16Path { kOff, kAmx, kAvx512Bf16 };
+const char* bf16_path_name(Bf16Path p);
+// The fastest path this CPU runs, unless SGCVQ_CPU_BF16 forces one: "amx", "avx512bf16", or
+// "off" (also "0"), read on every call. Forcing a path this CPU (or this torch build) cannot run
+// raises an error that says so. SGCVQ_CPU_PORTABLE=1 (the portable scans) turns the bf16 paths off.
+Bf16Path bf16_path();
+// The paths this CPU and torch build can run, fastest first (kOff always last).
+std::vector<Bf16Path> bf16_paths_here();
+// bf16_path() != kOff.
 bool bf16_gemm_available();
 
 // How many tokens the last bf16 call could not certify and re-searched exactly (a statistic for
 // tests and benchmarks; -1 before the first call).
-void note_fast_exact_redo(int64_t n);  // also counts the call
+// searched: the tokens the bf16 tiles searched (fewer than N when the call gave up early).
+void note_fast_exact_redo(int64_t n, int64_t searched);  // also counts the call
 int64_t last_fast_exact_redo();
+int64_t last_bf16_searched();
 int64_t bf16_search_calls();  // calls that took the bf16 path since the library loaded
 
 // The codebook centred and rounded to bfloat16, packed for brgemm: blocks of 64 codes, each
@@ -33,6 +44,7 @@ int64_t bf16_search_calls();  // calls that took the bf16 path since the library
 // mean keeps bf16's relative error small where all features share a large offset (post-ReLU
 // features, say), which would otherwise send every token to the exact search.
 struct Bf16Codebook {
+  Bf16Path path = Bf16Path::kOff;  // which GEMM searches it
   at::Tensor packed;         // bfloat16 [Kp * Dp], rows bf16(e_k - c)
   at::Tensor center;         // float32 [D], c
   std::vector<float> norms;  // [K] ||e_k - c||^2 (float32 sums)
@@ -43,9 +55,9 @@ struct Bf16Codebook {
 // norms: the caller's float32 ||e_k||^2 [K]; bf16_values: x and E hold bfloat16 values (centring
 // is then kept for large offsets only).
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, const float* norms,
-                                bool bf16_values);
-// True when the packing above writes the layout itself (checked once against oneDNN's pack, which
-// it uses instead where the layouts differ).
+                                bool bf16_values, Bf16Path path);
+// True when the packing above writes the layout itself (always on the AVX512_BF16 path; on AMX
+// checked once against oneDNN's pack, which it uses instead where the layouts differ).
 bool bf16_own_pack();
 
 // A token's candidates from one code range: b is the smallest approximate distance seen, idx[0, n)
@@ -77,7 +89,7 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
 // when a thread is done with its items.
 void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
                       double g, CandList* out, Bf16Bound* bounds);
-void bf16_release();
+void bf16_release(const Bf16Codebook& cb);
 
 }  // namespace cpu
 }  // namespace sgcvq

@@ -7,13 +7,15 @@
 // Every item keeps the two best codes per token by the approximate distance ||e||^2 - 2 x.e
 // (x pre-scaled by -2, exact): for D > 16 from GEMM tiles (ATen at::mm_out into a thread-local,
 // L2-sized scratch), for D <= 16 from a register-blocked SIMD scan (nearest_code_scan.cpp);
-// mode 'fast_exact' at D > 16 instead keeps every code within a per-token margin of the best from
-// bf16 GEMM tiles (nearest_code_bf16.cpp). Each token's candidates are then re-scored with the
+// where the CPU has bf16 dot products (AMX or AVX512_BF16) the default mode 'exact' (and
+// 'fast_exact') at D > 16 instead keeps every code within a per-token margin of the best from
+// bf16 GEMM tiles (nearest_code_bf16.cpp); 'exact_fp32' forces the float32 candidates. Each token's candidates are then re-scored with the
 // direct fp32 sum of squared differences and the winner is CERTIFIED: from a rigorous bound on the
 // expansion's rounding error it checks that no other code can have a smaller fp32 distance; a token
 // that fails the check (true near-ties, non-finite values) is re-searched exactly. The result is
 // therefore the argmin of the direct fp32 distance, ties to the lowest index, on every path.
 #include "../checks.h"
+#include "bf16_tile_avx512.h"
 #include "nearest_code_bf16.h"
 #include "nearest_code_scan.h"
 
@@ -33,7 +35,12 @@ using cpu::Top2;
 
 constexpr int64_t kTileN = 512;  // tokens per work item (the GEMM packs each code tile once per 512)
 constexpr int64_t kTileK = 512;  // codes per GEMM tile (scratch: kTileN * kTileK floats = 1 MB, in L2)
-constexpr int64_t kBf16MinTokens = 256;  // fast_exact's bf16 path from this many tokens on
+constexpr int64_t kBf16MinTokens = 256;  // the bf16 path from this many tokens on
+// The bf16 path gives up early when its lists overflow for more than this share of the first
+// kRedoSample tokens (near-duplicate codebooks): the rest of the tokens then take the float32
+// candidates once, instead of paying for bf16 tiles and then the float32 search again.
+constexpr int64_t kRedoSample = 2048;
+constexpr double kRedoGiveUp = 0.25;
 
 struct WorkItem {
   int64_t t0, t1;  // positions in the (possibly label-sorted) token order
@@ -89,8 +96,8 @@ bool gemm_rounds_inputs(int64_t tn, int64_t D, int64_t kn) {
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, const at::Tensor& cb_in,
                                                      const std::optional<at::Tensor>& labels,
-                                                     const std::optional<at::Tensor>& offsets, bool fast,
-                                                     bool fp32_only = false) {
+                                                     const std::optional<at::Tensor>& offsets,
+                                                     bool fp32_only) {
   const int64_t N = x_in.size(0), D = x_in.size(1), K = cb_in.size(0);
   auto index = at::empty({N}, x_in.options().dtype(at::kLong));
   auto sqdist = at::empty({N}, x_in.options().dtype(at::kFloat));
@@ -180,19 +187,22 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   });
   const float* np_ = enorm.data();
   const float max_norm2 = *std::max_element(enorm.begin(), enorm.begin() + K);
-  // fast_exact above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h).
-  // bfloat16 inputs take it in both modes: their products are exact, so only the float32
-  // accumulation enters the margin. Below kBf16MinTokens tokens, rounding and packing the
+  // Above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h) unless
+  // the mode is 'exact_fp32'. (For bfloat16 inputs the products are exact, so only the float32
+  // accumulation enters the margin.) Below kBf16MinTokens tokens, rounding and packing the
   // codebook costs more than bf16 saves.
   constexpr bool bf16_input = std::is_same_v<scalar_t, c10::BFloat16>;
-  const bool bf16 = !fp32_only && (fast || bf16_input) && !small && N >= kBf16MinTokens &&
-                    cpu::bf16_gemm_available();
+  // At D <= 16 the bf16 candidates come from a fused AVX512_BF16 scan (on AMX machines too: they
+  // all have AVX512_BF16), no GEMM tiles.
+  cpu::Bf16Path path = fp32_only || N < kBf16MinTokens ? cpu::Bf16Path::kOff : cpu::bf16_path();
+  if (small && !cpu::cpu_has_avx512_bf16()) path = cpu::Bf16Path::kOff;
+  const bool bf16 = path != cpu::Bf16Path::kOff;
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool mm_rounds = !small && !bf16 && gemm_rounds_inputs(std::min(N, kTileN), D, std::min(K, kTileK));
   const Certificate cert(D, max_norm2, mm_rounds);
   const double g = cert.g;
   cpu::Bf16Codebook cb16;
-  if (bf16) cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input);
+  if (bf16) cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path);
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
   // With one split the worker finishes each token straight from its own buffers; with several,
@@ -281,6 +291,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     dp[i] = bv;
   };
 
+  // The bf16 path's early give-up (kRedoGiveUp): tokens searched and lists that overflowed so far.
+  std::atomic<int64_t> seen{0}, overflowed{0};
+  std::atomic<bool> give_up{false};
   std::atomic<size_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     const int64_t pad = small ? cpu::kSmallTokens : 1;
@@ -293,6 +306,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     for (size_t w = next.fetch_add(1); w < items.size(); w = next.fetch_add(1)) {
       const WorkItem& it = items[w];
       const int64_t tn = it.t1 - it.t0, tpad = (tn + pad - 1) / pad * pad;
+      if (bf16 && give_up.load(std::memory_order_relaxed)) {
+        if (!stored)  // these tokens go to the float32 search below (stored: every token does)
+          for (int64_t t = 0; t < tn; ++t) redo[static_cast<size_t>(perm.empty() ? it.t0 + t : perm[it.t0 + t])] = 1;
+        continue;
+      }
       if (bf16) {
         const float* rows = xt.data();
         if (std::is_same_v<scalar_t, float> && perm.empty())
@@ -303,6 +321,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
         cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, g, found.data(), bounds.data());
+        int64_t over = 0;
+        for (int64_t t = 0; t < tn; ++t) over += found[t].n < 0;
+        const int64_t s_now = seen.fetch_add(tn) + tn, o_now = overflowed.fetch_add(over) + over;
+        if (s_now >= kRedoSample && static_cast<double>(o_now) > kRedoGiveUp * static_cast<double>(s_now))
+          give_up.store(true, std::memory_order_relaxed);
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
           if (!stored) {
@@ -339,10 +362,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
           finish_token(tok, xr.data(), &best[t], nullptr, nullptr, 0);
       }
     }
-    if (bf16) cpu::bf16_release();
+    if (bf16) cpu::bf16_release(cb16);
   });
 
-  if (stored) {
+  if (stored && give_up.load()) {
+    std::fill(redo.begin(), redo.end(), 1);  // some splits are missing: every token goes float32
+  } else if (stored) {
     at::parallel_for(0, N, 256, [&](int64_t i0, int64_t i1) {
       std::vector<float> xr(static_cast<size_t>(D));
       for (int64_t i = i0; i < i1; ++i) {
@@ -360,13 +385,13 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     std::vector<int64_t> rows;
     for (int64_t i = 0; i < N; ++i)
       if (redo[static_cast<size_t>(i)]) rows.push_back(i);
-    cpu::note_fast_exact_redo(static_cast<int64_t>(rows.size()));
+    cpu::note_fast_exact_redo(static_cast<int64_t>(rows.size()), seen.load());
     if (!rows.empty()) {
       const at::Tensor sel = at::tensor(rows, at::kLong);
       std::optional<at::Tensor> sub_labels;
       if (labels.has_value()) sub_labels = labels->index_select(0, sel);
       auto [sub_index, sub_dist] =
-          nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, false, /*fp32_only=*/true);
+          nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, /*fp32_only=*/true);
       index.index_copy_(0, sel, sub_index);
       sqdist.index_copy_(0, sel, sub_dist);
     }
@@ -380,11 +405,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
                                                     c10::string_view mode) {
   check_nearest_code_shapes(x, codebook, labels, offsets, mode);
   TORCH_CHECK(x.device().is_cpu(), "nearest_code (CPU kernel): x is on ", x.device());
-  // 'fast_exact' (and any bfloat16 input) takes bf16 GEMM tiles where D > 16 and brgemm runs
-  // here; both modes return the float32 argmin.
-  const bool fast = mode == "fast_exact";
+  // 'exact' and 'fast_exact' take the bf16 candidates where this CPU has bf16 dot products
+  // (cpu::bf16_path()), 'exact_fp32' the float32 ones; every mode returns the float32 argmin.
+  const bool fp32_only = mode == "exact_fp32";
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "nearest_code_cpu",
-                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, fast); });
+                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, fp32_only); });
 }
 
 }  // namespace

@@ -1,0 +1,256 @@
+// bfloat16 GEMM tiles on AVX512_BF16 (vdpbf16ps: AMD Zen 4/5, Intel Cooper Lake and later), for
+// CPUs without AMX (see bf16_tile_avx512.h).
+//
+// The register block is 6 tokens x 64 codes: 24 float32 accumulators, 4 code vectors and one
+// broadcast pair of the token fill the 32 vector registers. Per feature pair: 4 loads of the
+// packed codes (an L1-resident block of 64 codes), 6 broadcasts, 24 vdpbf16ps.
+// Compiled with function-level target attributes only, so the library still loads on CPUs
+// without AVX512_BF16 (bf16_path() never picks this code there).
+#include "bf16_tile_avx512.h"
+
+#include <immintrin.h>
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace sgcvq {
+namespace cpu {
+namespace {
+
+constexpr float kBf16Inf = std::numeric_limits<float>::infinity();
+
+#define SGCVQ_BF16_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16")))
+
+template <int MR>
+SGCVQ_BF16_TARGET inline void tile_6x64(const uint32_t* a, int64_t lda32, const uint32_t* b, int64_t pairs,
+                                        float* s, int64_t lds) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint32_t* bp = b + p * kBf16Block;
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
+    const __m512bh b2 = (__m512bh)_mm512_loadu_si512(bp + 32);
+    const __m512bh b3 = (__m512bh)_mm512_loadu_si512(bp + 48);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * lda32 + p]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * lds + 16 * c, acc[r][c]);
+}
+
+// Lanes of 16-code vector v (codes 16v .. 16v+15) inside [k0, k1).
+inline __mmask16 lanes_in(int64_t v, int64_t k0, int64_t k1) {
+  const int64_t lo = std::max<int64_t>(0, k0 - 16 * v), hi = std::min<int64_t>(16, k1 - 16 * v);
+  if (hi <= lo) return 0;
+  return static_cast<__mmask16>(((hi >= 16 ? 0x10000u : (1u << hi)) - 1u) & ~((1u << lo) - 1u));
+}
+
+// Pair p of the codes of vector v: blocks of 64 codes, [P][64] uint32 each.
+template <int P>
+inline const uint32_t* pair_row(const uint32_t* b, int64_t v, int p) {
+  return b + (v / 4) * (64 * P) + p * 64 + (v % 4) * 16;
+}
+
+constexpr int kSmallT = 8;        // tokens sharing each load of the codes
+constexpr int kSeedVectors = 16;  // codes / 16 that seed each token's best
+
+// NB vectors of 16 codes from v, already computed for one token (tmp: [NB][16]), through the
+// slow path: the lanes below the token's threshold join its list, b falls to their minimum.
+template <int NB>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void take_step_hits(const float* tmp, int64_t v, float margin,
+                                                                float& b, int32_t& n, int32_t* idx, float* val,
+                                                                int32_t cap) {
+  __m512 mn = _mm512_loadu_ps(tmp);
+  for (int j = 1; j < NB; ++j) mn = _mm512_min_ps(mn, _mm512_loadu_ps(tmp + 16 * j));
+  b = std::min(b, _mm512_reduce_min_ps(mn));  // NaN lanes: see small_step
+  if (n < 0) return;
+  const float thr = b + margin;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int j = 0; j < NB; ++j) {
+    const __m512 acc = _mm512_loadu_ps(tmp + 16 * j);
+    const __mmask16 hit = _mm512_cmp_ps_mask(acc, _mm512_set1_ps(thr), _CMP_LT_OQ);
+    if (hit == 0) continue;
+    const int32_t h = __builtin_popcount(hit);
+    if (n + h > cap) {  // full: drop the entries at or above the threshold
+      int32_t m = 0;
+      for (int32_t q = 0; q < n; ++q)
+        if (val[q] < thr) {
+          idx[m] = idx[q];
+          val[m] = val[q];
+          ++m;
+        }
+      n = m;
+      if (n + h > cap) {
+        n = -1;
+        return;
+      }
+    }
+    const __m512i k = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(16 * (v + j))), iota);
+    // NOTE: compress into a register, then a masked store: the memory form of vcompress is
+    // microcoded on AMD Zen 4/5 (over 100 cycles), the register form takes two.
+    const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
+    _mm512_mask_storeu_epi32(idx + n, first, _mm512_maskz_compress_epi32(hit, k));
+    _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(hit, acc));
+    n += h;
+  }
+}
+
+// One step of the small-D scan: NB vectors of 16 codes from v against 8 tokens. The codes' P
+// pairs and norms stay in registers; each token's values cost P vdpbf16ps per vector (x's pair
+// broadcast from memory), then one vector minimum over the NB vectors and one compare with the
+// token's threshold (thr, in memory): a handful of instructions besides the dot products.
+template <int P, int NB>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void small_step(const uint32_t* a, int64_t lda32, const uint32_t* b, const float* norms,
+                                         int64_t v, int64_t k0, int64_t k1, float* thr, const float* margin,
+                                         float* best, int32_t* count, int32_t* idx, float* val, int32_t cap) {
+  __m512i ev[NB][P];
+  __m512 nv[NB];
+#pragma GCC unroll 4
+  for (int n = 0; n < NB; ++n) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) ev[n][p] = _mm512_loadu_si512(pair_row<P>(b, v + n, p));
+    nv[n] = _mm512_loadu_ps(norms + 16 * (v + n));
+    if (16 * (v + n) < k0 || 16 * (v + n + 1) > k1)
+      nv[n] = _mm512_mask_blend_ps(lanes_in(v + n, k0, k1), _mm512_set1_ps(kBf16Inf), nv[n]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kSmallT; ++i) {
+    __m512 acc[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) acc[n] = nv[n];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[n] = _mm512_dpbf16_ps(acc[n], xb, (__m512bh)ev[n][p]);
+    }
+    __m512 mn = acc[0];
+#pragma GCC unroll 4
+    for (int n = 1; n < NB; ++n) mn = _mm512_min_ps(mn, acc[n]);  // a NaN lane may hide: see below
+    const __mmask16 hit = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(thr[i]), _CMP_LT_OQ);
+    // NOTE: min() returns its second operand when either is NaN, so a NaN lane can hide a lane
+    // below the threshold. NaN arises only from non-finite x or codes, or products that overflow
+    // float32; then ||x'||^2 or max ||e'||^2 is infinite, so is the token's margin, and the token
+    // goes to the float32 search whatever its list holds.
+    if (__builtin_expect(hit != 0, 0)) {
+      alignas(64) float tmp[NB * 16];
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) _mm512_store_ps(tmp + 16 * n, acc[n]);
+      take_step_hits<NB>(tmp, v, margin[i], best[i], count[i], idx + i * cap, val + i * cap, cap);
+      thr[i] = best[i] + margin[i];
+    }
+  }
+}
+
+template <int P>
+SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
+                                  const float* norms, int64_t k0, int64_t k1, const float* margin, float* best,
+                                  int32_t* count, int32_t* idx, float* val, int32_t cap) {
+  // NB * P code vectors, NB norms and NB accumulators fit the 32 registers.
+  constexpr int NB = P <= 4 ? 4 : P == 5 ? 3 : 2;
+  const int64_t v0 = k0 / 16, v1 = (k1 + 15) / 16;
+  // Codes per L1 chunk: (P + 1) vectors of 64 bytes each per 16 codes, about 24 KB.
+  const int64_t chunk = std::max<int64_t>(2, 24576 / (64 * (P + 1))) / NB * NB;
+  for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+    const uint32_t* at = a + t0 * lda32;
+    // The seed: each token's best over the first (up to) 256 codes, a plain vector minimum, so the
+    // scan's thresholds start low: every later code that lowers the best takes the slow path
+    // (about ln(K / 256) times per token), and the lists only take codes near the best.
+    const int64_t vs = std::min(v1, v0 + kSeedVectors);
+    for (int i = 0; i < kSmallT; ++i) {
+      __m512 mn = _mm512_set1_ps(kBf16Inf);
+      for (int64_t v = v0; v < vs; ++v) {
+        __m512 acc = _mm512_maskz_loadu_ps(lanes_in(v, k0, k1), norms + 16 * v);
+        for (int p = 0; p < P; ++p)
+          acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(at[i * lda32 + p])),
+                                 (__m512bh)_mm512_loadu_si512(pair_row<P>(b, v, p)));
+        mn = _mm512_mask_min_ps(mn, lanes_in(v, k0, k1), acc, mn);  // NaN lanes keep mn
+      }
+      best[t0 + i] = std::min(best[t0 + i], _mm512_reduce_min_ps(mn));
+    }
+  }
+  for (int64_t c0 = v0; c0 < v1; c0 += chunk) {
+    const int64_t c1 = std::min(v1, c0 + chunk);
+    for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+      float thr[kSmallT];
+      for (int i = 0; i < kSmallT; ++i) thr[i] = best[t0 + i] + margin[t0 + i];
+      const uint32_t* at = a + t0 * lda32;
+      int64_t v = c0;
+      for (; v + NB <= c1; v += NB)
+        small_step<P, NB>(at, lda32, b, norms, v, k0, k1, thr, margin + t0, best + t0, count + t0,
+                          idx + t0 * cap, val + t0 * cap, cap);
+      for (; v < c1; ++v)
+        small_step<P, 1>(at, lda32, b, norms, v, k0, k1, thr, margin + t0, best + t0, count + t0,
+                         idx + t0 * cap, val + t0 * cap, cap);
+    }
+  }
+}
+
+}  // namespace
+
+void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                            int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
+                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap) {
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
+  const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
+  const int64_t lda32 = lda / 2;
+  switch (Dp / 2) {
+    case 1: return small_scan<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 2: return small_scan<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 3: return small_scan<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 4: return small_scan<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 5: return small_scan<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 6: return small_scan<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 7: return small_scan<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 8: return small_scan<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    default: TORCH_CHECK(false, "bf16_small_scan_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
+  }
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
+void bf16_tile_avx512(const c10::BFloat16* a, int64_t lda, int64_t mm, const c10::BFloat16* b,
+                      int64_t Dp, int64_t blocks, float* s, int64_t lds) {
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
+  const int64_t lda32 = lda / 2, pairs = Dp / 2;
+  for (int64_t j = 0; j < blocks; ++j) {
+    const uint32_t* bj = reinterpret_cast<const uint32_t*>(b + j * kBf16Block * Dp);
+    float* sj = s + j * kBf16Block;
+    int64_t r = 0;
+    for (; r + 6 <= mm; r += 6) tile_6x64<6>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds);
+    switch (mm - r) {
+      case 5: tile_6x64<5>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      case 4: tile_6x64<4>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      case 3: tile_6x64<3>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      case 2: tile_6x64<2>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      case 1: tile_6x64<1>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace sgcvq

@@ -1,0 +1,38 @@
+// bfloat16 GEMM tiles with AVX512_BF16 dot products (vdpbf16ps), the bf16 search's GEMM where
+// the CPU has no AMX (AMD Zen 4/5, Intel Cooper Lake / Ice Lake-SP without AMX).
+//
+// Operands are the ones the AMX path (oneDNN brgemm) takes, so both paths share the packing:
+// A row-major bf16 [mm, lda], B blocks of 64 codes in VNNI-2 layout [Dp/2][64][2]. Products of
+// bfloat16 numbers are exact in float32; the accumulation rounds to float32 (DAZ/FTZ, like AMX),
+// which the bf16 bound (nearest_code_bf16.cpp) covers.
+#pragma once
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+namespace sgcvq {
+namespace cpu {
+
+constexpr int64_t kBf16Block = 64;  // codes per packed block
+
+// True when the CPU has AVX512-F/DQ/BW/VL and AVX512_BF16.
+bool cpu_has_avx512_bf16();
+
+// s[t, j] = sum_d a[t, d] b[j, d] for t < mm and j < 64 * blocks (row stride lds floats), from
+// a [mm, lda] (lda even, pairs past Dp unused) and `blocks` consecutive packed blocks of 64 codes,
+// each [Dp/2][64][2]. Needs cpu_has_avx512_bf16().
+void bf16_tile_avx512(const c10::BFloat16* a, int64_t lda, int64_t mm, const c10::BFloat16* b, int64_t Dp,
+                      int64_t blocks, float* s, int64_t lds);
+
+// The fused search for small D (Dp <= 16): no tile of products in memory. For tokens t < T (T a
+// multiple of 8; rows of a as above), every code k in [k0, k1) whose approximate distance
+// norms[k] + a[t].b[k] is below best[t] + margin[t] (best[t] the running minimum, updated here)
+// is appended to the token's list idx/val[t * cap ..], count[t] entries (-1 once it overflowed).
+// On return every code left out has a value >= best[t] + margin[t]. norms: [Kp], any values past K.
+constexpr int64_t kBf16SmallMaxPairs = 8;
+void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                            int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
+                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap);
+
+}  // namespace cpu
+}  // namespace sgcvq
