@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every csrc/cuda/*.cu with nvcc for sm_90a and sm_80 (no GPU needed), prints the ptxas
-# report (registers, spills, shared memory per kernel) and fails on a compile error. A spill in a
+# report (registers, spills, shared memory per kernel) and the SASS counts of HGMMA / HMMA /
+# LDGSTS / LDL, and fails on a compile error or a Hopper search without HGMMA. A spill in a
 # hot loop is a finding to fix. Then syntax-checks the torch glue csrc/cuda/ops_cuda.cpp against the
 # venv's torch headers (a CPU build of torch ships the c10/cuda headers; CUDA's own come from nvcc).
 set -euo pipefail
@@ -52,6 +53,14 @@ print(f"  spill summary: {len(spilled)} kernel(s) with spills")
 print("\n".join(spilled))
 PY
 
+# cuobjdump (CUDA's, or the copy Triton ships) reads the SASS: the Hopper search must hold HGMMA
+# (wgmma) and the cp.async ring LDGSTS; a matrix kernel with only HMMA / FFMA is on a slower path.
+CUOBJDUMP=${CUOBJDUMP:-$(command -v cuobjdump || true)}
+[ -n "$CUOBJDUMP" ] || CUOBJDUMP=$(dirname "$(readlink -f "$NVCC")")/cuobjdump
+if [ ! -x "$CUOBJDUMP" ]; then
+  CUOBJDUMP=$(${PYTHON:-.venv/bin/python} -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))' 2>/dev/null || true)
+fi
+
 status=0
 for src in csrc/cuda/*.cu; do
   name=$(basename "$src")
@@ -70,6 +79,16 @@ for src in csrc/cuda/*.cu; do
   # One line per kernel: arch, registers, spill stores/loads, shared memory, name (ours listed;
   # cub's radix-sort kernels summarised by their count), then every spill, cub's included.
   python3 "$OUT/report.py" "$log"
+  if [ -x "$CUOBJDUMP" ]; then
+    sass=$("$CUOBJDUMP" -sass "$OUT/$name.o" 2>/dev/null || true)
+    echo "  SASS: $(grep -c 'HGMMA' <<<"$sass") HGMMA, $(grep -c 'HMMA' <<<"$sass") HMMA, $(grep -c 'LDGSTS' <<<"$sass") LDGSTS, $(grep -cw 'LDL' <<<"$sass") LDL lines"
+    if [ "$name" = nearest_code_sm90.cu ] && ! grep -q 'HGMMA.64x128x16.F32.BF16' <<<"$sass"; then
+      echo "nvcc_check: nearest_code_sm90.cu has no HGMMA.64x128x16.F32.BF16 in its SASS"
+      status=1
+    fi
+  else
+    echo "  SASS: no cuobjdump found (set CUOBJDUMP): HGMMA not checked"
+  fi
 done
 
 echo

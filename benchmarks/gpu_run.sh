@@ -1,52 +1,62 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one device call: build the CUDA extension (if it builds), run the
-# GPU tests (tests/test_triton.py, tests/test_cuda.py), run the GPU benchmarks. Logs, JUnit XML,
-# the pytest-benchmark JSON and bench_gpu.json (device, ceilings, floors) go under $OUT
-# (default benchmarks/out/). A step that fails or runs out of time is recorded and the next runs.
+# Everything that needs a GPU, in one device call, each step under its own timeout:
+#   build   the CUDA extension for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16)
+#   test    tests/test_triton.py and tests/test_cuda.py (all modes, float64 oracle)
+#   sm90    tests/test_cuda.py's nearest_code tests again with the opt-in Hopper kernel
+#           (SGCVQ_CUDA_SM90=1: the default mode "exact" then runs nearest_code_sm90.cu)
+#   bench   benchmarks/test_bench_gpu.py: every provider side by side, the yardsticks, the floors
+# Outputs under $OUT (default benchmarks/out/), at most 7 files so that all of them come back:
+#   summary.txt (environment, each step's status and tail), build.log, test.log, bench.log,
+#   gpu-<device>.json (the benchmark record), gpu_dispatch.json (the dispatch table), tests.xml.
+# Copy gpu-<device>.json to benchmarks/results/ and gpu_dispatch.json to sgcvq/ in the checkout.
 #
-#   bash benchmarks/gpu_run.sh                  # build, test, bench (the default: all)
-#   bash benchmarks/gpu_run.sh test bench       # only some steps, in the order given
-#   SGCVQ_BENCH_QUICK=1 bash benchmarks/gpu_run.sh bench
+#   bash benchmarks/gpu_run.sh                  # build, test, sm90, bench (the default: all)
+#   bash benchmarks/gpu_run.sh build sm90       # only some steps, in the order given
+#   SGCVQ_BENCH_QUICK=1 bash benchmarks/gpu_run.sh build bench
 #
-# From a session with the device tool: run(command="bash benchmarks/gpu_run.sh", carry=[".whl"]).
-# .whl/ holds pure-Python wheels (pytest, pytest-benchmark, nvidia-ml-py, ...) installed into a
-# private folder only where the machine lacks them (it has no network).
-# The whole script keeps to SGCVQ_GPU_BUDGET_S seconds (default 570: device calls stop at 600).
+# From a session with the device tool (one call, about 9.5 minutes):
+#   run(command="bash benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=600)
+# .whl/ holds pure-Python wheels (pytest, pytest-benchmark, hypothesis, nvidia-ml-py, ...) installed
+# into a private folder only where the machine lacks them (it has no network).
+# The whole script keeps to SGCVQ_GPU_BUDGET_S seconds (default 575: device calls stop at 600).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT="${OUT:-$ROOT/benchmarks/out}"
-export OUT
+export OUT PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 START=$(date +%s)
-BUDGET="${SGCVQ_GPU_BUDGET_S:-570}"
+BUDGET="${SGCVQ_GPU_BUDGET_S:-575}"
 SUMMARY="$OUT/summary.txt"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 bench)
 : >"$SUMMARY"
 
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
-# run_step NAME MAX_SECONDS CMD...: runs CMD under a timeout (the smaller of MAX_SECONDS and the
-# time left), output to $OUT/NAME.log, and records the exit status and duration.
+# run_step NAME LOG MAX_SECONDS CMD...: runs CMD under a timeout (the smaller of MAX_SECONDS and
+# the time left), output appended to $OUT/LOG, and records the exit status and duration.
 run_step() {
-  local name=$1 max=$2
-  shift 2
-  local t=$(left)
+  local name=$1 log=$2 max=$3
+  shift 3
+  local t
+  t=$(left)
   [ "$t" -gt "$max" ] && t=$max
   if [ "$t" -le 5 ]; then
     note "$name: SKIPPED (no time left)"
     return 0
   fi
-  local t0=$(date +%s)
-  timeout --kill-after=5 "$t" "$@" >"$OUT/$name.log" 2>&1
+  local t0
+  t0=$(date +%s)
+  echo "==== $name: $*" >>"$OUT/$log"
+  timeout --kill-after=5 "$t" "$@" >>"$OUT/$log" 2>&1
   local rc=$?
   local status="rc=$rc"
-  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMEOUT after ${t}s (rc=$rc)"
-  note "$name: $status in $(($(date +%s) - t0))s  (log: $name.log)"
-  tail -n 5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+  { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && status="TIMEOUT after ${t}s (rc=$rc)"
+  note "$name: $status in $(($(date +%s) - t0))s  (log: $log)"
+  tail -n 6 "$OUT/$log" | sed 's/^/    /' | tee -a "$SUMMARY"
   return 0
 }
 
@@ -58,19 +68,20 @@ run_step() {
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
   "$PY" -c "import triton; print('triton', triton.__version__)" 2>&1
   command -v nvcc && nvcc --version | tail -n 2
-} >"$OUT/env.txt" 2>&1
-note "env: $(tr '\n' ' ' <"$OUT/env.txt" | cut -c1-400)"
+  git -C "$ROOT" log --oneline -1 2>/dev/null || true
+} >>"$SUMMARY" 2>&1
 
 # ---- test/benchmark dependencies missing on the machine: from .whl/ into a private folder ----
 DEPS="${TMPDIR:-/tmp}/sgcvq_pydeps"  # outside the tree: nothing to commit or ship back
 need=()
 "$PY" -c "import pytest" 2>/dev/null || need+=(pytest pluggy iniconfig packaging pygments)
-"$PY" -c "import pytest_benchmark" 2>/dev/null || need+=(pytest-benchmark py-cpuinfo2)
+"$PY" -c "import pytest_benchmark" 2>/dev/null || need+=(pytest-benchmark py-cpuinfo)
+"$PY" -c "import hypothesis" 2>/dev/null || need+=(hypothesis attrs sortedcontainers)
 "$PY" -c "import pynvml" 2>/dev/null || need+=(nvidia-ml-py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ -d "$ROOT/.whl" ]; then
     "$PY" -m pip install -q --no-index --no-deps --find-links "$ROOT/.whl" --target "$DEPS" "${need[@]}" \
-      >"$OUT/deps.log" 2>&1 && note "deps: installed ${need[*]} into $DEPS" || note "deps: pip failed (see deps.log)"
+      >>"$SUMMARY" 2>&1 && note "deps: installed ${need[*]} into $DEPS" || note "deps: pip failed (above)"
   else
     note "deps: missing ${need[*]} and no .whl/ carried"
   fi
@@ -90,24 +101,33 @@ ensure_importable() {
 for step in "${STEPS[@]}"; do
   case $step in
     build)
-      run_step build 240 env MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace
+      run_step build build.log 150 env TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS="${MAX_JOBS:-16}" \
+        "$PY" setup.py build_ext --inplace
       ensure_importable
       ;;
     test)
       ensure_importable
       # SGCVQ_TRITON_AUTOTUNE=0: one tile config per kernel family, so the tests do not spend
       # their time autotuning every shape; the benchmarks autotune.
-      run_step test 180 env SGCVQ_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_triton.py tests/test_cuda.py \
-        -q -rs --durations=15 --junitxml="$OUT/tests.xml"
+      run_step test test.log 170 env SGCVQ_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_triton.py tests/test_cuda.py \
+        -q -x -rs --durations=10 -p no:cacheprovider --junitxml="$OUT/tests.xml" -k "not sanitizer"
+      ;;
+    sm90)
+      ensure_importable
+      # The opt-in Hopper kernel against the float64 oracle: every nearest_code test of the CUDA
+      # backend with SGCVQ_CUDA_SM90=1 (mode "exact" takes it; the other modes check it is off),
+      # then compute-sanitizer memcheck on it.
+      run_step sm90 test.log 90 env SGCVQ_CUDA_SM90=1 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider \
+        -k "nearest_code or sanitizer and memcheck"
       ;;
     bench)
       ensure_importable
-      run_step bench 560 "$PY" -m pytest benchmarks/test_bench_gpu.py -q -rs \
-        --benchmark-json="$OUT/pytest_benchmark.json" --benchmark-columns=min,median,max,rounds
+      run_step bench bench.log 420 "$PY" -m pytest benchmarks/test_bench_gpu.py -q -rs -p no:cacheprovider \
+        --benchmark-columns=min,median,max,rounds
       ;;
     *)
-      note "unknown step $step (build, test, bench)"
+      note "unknown step $step (build, test, sm90, bench)"
       ;;
   esac
 done
-note "total $(($(date +%s) - START))s; outputs in $OUT"
+note "total $(($(date +%s) - START))s; outputs in $OUT: $(ls "$OUT" | tr '\n' ' ')"

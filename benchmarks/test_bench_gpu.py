@@ -5,18 +5,23 @@
 
 Providers run side by side on the same data in one run:
 
-* nearest_code: triton (exact, fast_exact), cuda (sgcvq backend="cuda", when the CUDA extension
-  is built), torch.cdist + argmin, torch.addmm + argmin, in float32 and bfloat16; the grouped
-  search (C = 16 classes) against the full search.
+* nearest_code: triton and cuda in each mode ("exact" = the default, "fast_exact", "exact_fp32"),
+  cuda with the opt-in Hopper kernel (SGCVQ_CUDA_SM90=1, "cuda-exact_sm90"), and the yardsticks
+  torch.addmm + argmin (float32 and TF32) and torch.cdist + argmin; float32 and bfloat16, random
+  and post-ReLU data; the grouped search (19 classes). Every row records whether its indices are
+  the float64 argmin (`wrong_indices`, from a chunked float64 oracle on the GPU).
 * cluster_stats: triton (atomics, deterministic), cuda, torch (bincount + index_add_).
 * ema_update: triton against the reference's torch ops.
 
 Every figure is relative to a ceiling measured in the same run on the same device: the bf16,
 tf32 and fp32 matmul rates (torch.matmul 8192^3, random data) and the device-to-device copy rate.
-Extra memory is the torch.cuda.max_memory_allocated delta of one call. The device (name, clocks,
-memory, driver: nvidia-ml-py when installed, else torch) is recorded in every benchmark's
-extra_info and, with all figures and the floors of issue 3, in a JSON file:
-$OUT/bench_gpu.json when OUT is set, else benchmarks/out/bench_gpu.json.
+Extra memory is the torch.cuda.max_memory_allocated delta of one call (outputs included).
+
+Written at the end of the run (the device record, ceilings, every row, the floors of issue 10):
+* gpu-<device>.json under $OUT (when set) and under benchmarks/results/;
+* gpu_dispatch.json: for each (dtype, D, grouped) of the random-data rows, the faster exact
+  backend of the default mode, cuda or triton; under $OUT and, from a full (not quick) run, as
+  the package's table sgcvq/gpu_dispatch.json that `sgcvq.gpu_dispatch` reads.
 """
 from __future__ import annotations
 
@@ -44,12 +49,16 @@ STATS_SHAPE = (16384, 1024, 64) if QUICK else (262144, 16384, 256)  # N, K, D
 EMA_SHAPE = (1024, 64) if QUICK else (16384, 256)
 MATMUL_N = 2048 if QUICK else 8192
 COPY_BYTES = 2**26 if QUICK else 2**30
-# Floors from issue 3 (H100), reported, never asserted.
-FLOORS = {
-    "bf16_search_vs_bf16_matmul": 0.5,
-    "fp32_exact_speedup_vs_addmm_argmin": 5.0,
-    "cluster_stats_vs_copy_bandwidth": 0.5,
+# Floors of issue 10 (H100, default mode, exact answers), reported, never asserted: ms at most.
+FLOORS_MS = {
+    ("nearest_code", "torch.float32", 65536, 16384, 256): 2.0,
+    ("nearest_code", "torch.bfloat16", 65536, 16384, 256): 1.4,
+    ("nearest_code", "torch.float32", 262144, 16384, 8): 1.5,
+    ("nearest_code_grouped", "torch.float32", 65536, 16384, 256): 0.25,
 }
+FLOOR_COPY_FRACTION = 0.70  # cluster_stats, of the measured copy rate
+FLOOR_EXTRA_MEMORY = 64 << 20  # bytes, one search at these shapes
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RESULTS: dict = {"quick": QUICK, "records": []}
 
@@ -129,6 +138,10 @@ def _ceilings() -> dict:
     return out
 
 
+def _slug(name: str) -> str:
+    return "-".join("".join(c.lower() if c.isalnum() else " " for c in name).split())
+
+
 @pytest.fixture(scope="module")
 def ceilings():
     RESULTS["device"] = _device_info()
@@ -136,10 +149,39 @@ def ceilings():
     RESULTS["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     yield RESULTS["ceilings"]
     RESULTS["floors"] = _floor_report()
+    RESULTS["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    name = f"gpu-{_slug(RESULTS['device']['name'])}{'-quick' if QUICK else ''}.json"
+    table = _dispatch_table(name)
     out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "out")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
-        json.dump(RESULTS, f, indent=2, default=str)
+    targets = [(os.path.join(out_dir, name), RESULTS), (os.path.join(out_dir, "gpu_dispatch.json"), table),
+               (os.path.join(ROOT, "benchmarks", "results", name), RESULTS)]
+    if not QUICK and table["entries"]:
+        targets.append((os.path.join(ROOT, "sgcvq", "gpu_dispatch.json"), table))
+    for path, obj in targets:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.write("\n")
+
+
+def _dispatch_table(source: str) -> dict:
+    """The faster exact backend of the default mode per (dtype, D, grouped), from this run."""
+    entries = []
+    keys = {(r["dtype"], r["D"], r["grouped"]) for r in RESULTS["records"]
+            if r.get("op", "").startswith("nearest_code") and r.get("data") == "randn" and "ms" in r}
+    for dtype, D, grouped in sorted(keys):
+        ms = {}
+        for backend in ("cuda", "triton"):
+            rows = [r for r in RESULTS["records"] if r.get("provider") == f"{backend}-exact" and r.get("dtype") == dtype
+                    and r.get("D") == D and r.get("grouped") == grouped and r.get("data") == "randn"
+                    and r.get("wrong_indices") == 0 and "ms" in r]
+            if rows:
+                ms[backend] = min(r["ms"] for r in rows)
+        if ms:
+            entries.append({"dtype": dtype.split(".")[-1], "D": D, "grouped": grouped,
+                            "backend": min(ms, key=ms.get), "ms": ms})
+    return {"device": RESULTS["device"]["name"], "source": f"benchmarks/results/{source}",
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": "exact", "entries": entries}
 
 
 def _record(benchmark, **fields):
@@ -182,97 +224,190 @@ def _run(benchmark, fn):
 # --------------------------------------------------------------------------------------------
 # nearest_code
 # --------------------------------------------------------------------------------------------
-# provider -> (mode, exact_fp32_dot); "exact_tf32x3" is mode "exact" with 3xTF32 candidates
-# instead of the float32 FMA dot (it differs only for float32 inputs).
-_TRITON_MODES = {"triton-exact": ("exact", None), "triton-exact_tf32x3": ("exact", "tf32x3"),
-                 "triton-fast_exact": ("fast_exact", None)}
+# Every provider of a case runs on the same data; each row records whether its indices are the
+# float64 argmin (up to float32 near-ties), so a fast row that is not exact shows as such.
+TRITON_PROVIDERS = ["triton-exact", "triton-fast_exact", "triton-exact_fp32"]
+CUDA_PROVIDERS = ["cuda-exact", "cuda-fast_exact", "cuda-exact_fp32", "cuda-exact_sm90"]
+TORCH_PROVIDERS = ["torch-addmm_fp32", "torch-addmm_tf32", "torch-cdist"]
+SEARCH_PROVIDERS = TRITON_PROVIDERS + CUDA_PROVIDERS + TORCH_PROVIDERS
+# (N, K, D), dtype, data: the floors' shapes (issue 10), and post-ReLU data at the large D
+SEARCH_CASES = (
+    [((4096, 1024, 64), torch.float32, "randn"), ((4096, 1024, 64), torch.bfloat16, "randn"),
+     ((4096, 1024, 64), torch.float32, "relu"), ((16384, 1024, 8), torch.float32, "randn")]
+    if QUICK else
+    [((65536, 16384, 256), torch.float32, "randn"), ((65536, 16384, 256), torch.bfloat16, "randn"),
+     ((65536, 16384, 256), torch.float32, "relu"), ((262144, 16384, 8), torch.float32, "randn"),
+     ((262144, 16384, 8), torch.bfloat16, "randn")]
+)
+GROUPED_C = 19
+
+
+class _Env:
+    """Sets environment variables for the duration of a call (SGCVQ_CUDA_SM90 is read per call)."""
+
+    def __init__(self, **env):
+        self.env = env
+
+    def __enter__(self):
+        self.old = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _search_provider(provider: str, x, codebook, labels=None, offsets=None):
-    if provider in _TRITON_MODES:
-        mode, dot = _TRITON_MODES[provider]
-        return lambda: nearest_code_with_stats(x, codebook, labels, offsets, mode, exact_fp32_dot=dot)[:2]
-    if provider in ("cuda-exact", "cuda-fast_exact"):
+    kind, mode = provider.split("-", 1)
+    if kind == "triton":
+        return lambda: nearest_code_with_stats(x, codebook, labels, offsets, mode)[:2]
+    if kind == "cuda":
         if not HAS_CUDA_EXT:
             pytest.skip("the CUDA extension sgcvq._C_cuda is not built")
-        mode = provider.split("-", 1)[1]
+        if mode == "exact_sm90":
+            if torch.cuda.get_device_capability() < (9, 0):
+                pytest.skip("the sm_90a kernel needs a Hopper GPU")
+
+            def sm90():
+                with _Env(SGCVQ_CUDA_SM90="1"):
+                    return sgcvq.nearest_code(x, codebook, labels, offsets, backend="cuda", check=False)
+            return sm90
         return lambda: sgcvq.nearest_code(x, codebook, labels, offsets, mode=mode, backend="cuda", check=False)
     if labels is not None:
         raise ValueError(provider)
-    if provider == "torch-cdist":
+    if mode == "cdist":
         return lambda: torch.cdist(x, codebook).argmin(1)
-    if provider == "torch-addmm":
-        enorm2 = codebook.float().pow(2).sum(1).to(x.dtype)
-        return lambda: torch.addmm(enorm2[None, :], x, codebook.t(), alpha=-2.0).argmin(1)
-    raise ValueError(provider)
+    enorm2 = codebook.float().pow(2).sum(1).to(x.dtype)
+    tf32 = mode == "addmm_tf32"
+
+    def addmm():
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            return torch.addmm(enorm2[None, :], x, codebook.t(), alpha=-2.0).argmin(1)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return addmm
 
 
-SEARCH_PROVIDERS = ["triton-exact", "triton-exact_tf32x3", "triton-fast_exact", "cuda-exact", "cuda-fast_exact", "torch-cdist", "torch-addmm"]
+def _sample(N, K, D, dtype, data, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(N, D, device="cuda", generator=gen)
+    codebook = torch.randn(K, D, device="cuda", generator=gen)
+    if data == "relu":
+        x, codebook = x.relu(), codebook.relu()
+    return x.to(dtype), codebook.to(dtype)
 
 
-@pytest.mark.parametrize("provider", SEARCH_PROVIDERS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("shape", SEARCH_SHAPES, ids=lambda s: "N{}_K{}_D{}".format(*s))
-def test_bench_gpu_nearest_code(benchmark, ceilings, shape, dtype, provider):
-    N, K, D = shape
-    if provider == "triton-exact_tf32x3" and dtype != torch.float32:
-        pytest.skip("exact_tf32x3 differs from triton-exact only for float32 inputs")
-    benchmark.group = f"nearest_code N={N} K={K} D={D} {str(dtype).split('.')[-1]}"
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(N, D, device="cuda", generator=gen).to(dtype)
-    codebook = torch.randn(K, D, device="cuda", generator=gen).to(dtype)
-    fn = _search_provider(provider, x, codebook)
+_ORACLE: dict = {}
+
+
+def _oracle(key, x, codebook, labels=None, offsets=None):
+    """float64 distances of the float64 argmin per token (chunked on the GPU), cached per case."""
+    if key in _ORACLE:
+        return _ORACLE[key]
+    x64, e64 = x.double(), codebook.double()
+    en = (e64 * e64).sum(1)
+    K = codebook.shape[0]
+    lo = hi = None
+    if labels is not None:
+        lab = labels.long()
+        lo = torch.where(lab < 0, 0, offsets.long()[lab.clamp(min=0)])
+        hi = torch.where(lab < 0, K, offsets.long()[lab.clamp(min=0) + 1])
+    best = torch.empty(x.shape[0], dtype=torch.float64, device="cuda")
+    step = max(1, (1 << 28) // K)
+    cols = torch.arange(K, device="cuda")
+    for i in range(0, x.shape[0], step):
+        xs = x64[i:i + step]
+        d = torch.addmm(en[None, :], xs, e64.t(), alpha=-2.0) + (xs * xs).sum(1, keepdim=True)
+        if lo is not None:
+            ok = (cols[None, :] >= lo[i:i + step, None]) & (cols[None, :] < hi[i:i + step, None])
+            d = torch.where(ok, d, float("inf"))
+        best[i:i + step] = d.min(1).values
+    _ORACLE[key] = (x64, e64, best)
+    return _ORACLE[key]
+
+
+def _exactness(key, index, x, codebook, labels=None, offsets=None) -> int:
+    """Tokens whose chosen code is farther (float64) than the float64 best beyond a float32
+    near-tie of (D + 8) 2^-22 relative: 0 for an exact provider."""
+    x64, e64, best = _oracle(key, x, codebook, labels, offsets)
+    D = x.shape[1]
+    d = ((x64 - e64[index]) ** 2).sum(1)
+    return int((d > best * (1 + (D + 8) * 2.0**-22) + 1e-9).sum())
+
+
+def _search_row(benchmark, ceilings, provider, x, codebook, labels, offsets, key, **fields):
+    fn = _search_provider(provider, x, codebook, labels, offsets)
     try:
         extra = _extra_memory(fn)
         ms = _run(benchmark, fn)
+        out = fn()
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not provider.startswith("torch"):
             raise
         # The baselines materialise N x K; record why one could not run rather than fail the run.
-        RESULTS["records"].append(dict(op="nearest_code", provider=provider, dtype=str(dtype), N=N, K=K, D=D,
-                                       error=repr(exc)[:300]))
+        RESULTS["records"].append(dict(fields, provider=provider, error=repr(exc)[:300]))
         torch.cuda.empty_cache()
         pytest.skip(f"{provider}: {exc!r}"[:300])
-    flops = 2.0 * N * K * D
-    tflops = flops / (ms * 1e-3) / 1e12
-    ceiling_key = "bf16_matmul_tflops" if dtype == torch.bfloat16 else "tf32_matmul_tflops"
-    fields = dict(op="nearest_code", provider=provider, dtype=str(dtype), N=N, K=K, D=D, ms=ms,
-                  tflops=tflops, extra_memory_bytes=extra,
+    index = out[0] if isinstance(out, tuple) else out
+    N, D = x.shape
+    work = fields.pop("work")
+    tflops = work / (ms * 1e-3) / 1e12
+    fields.update(provider=provider, ms=ms, tflops=tflops, extra_memory_bytes=extra,
+                  wrong_indices=_exactness(key, index, x, codebook, labels, offsets),
                   fraction_of_bf16_matmul=tflops / ceilings["bf16_matmul_tflops"],
                   fraction_of_tf32_matmul=tflops / ceilings["tf32_matmul_tflops"],
-                  fraction_of_fp32_matmul=tflops / ceilings["fp32_matmul_tflops"],
-                  fraction_of_same_dtype_ceiling=tflops / ceilings[ceiling_key])
+                  fraction_of_fp32_matmul=tflops / ceilings["fp32_matmul_tflops"])
     if provider.startswith("triton"):
-        mode, dot = _TRITON_MODES[provider]
         stats = {}
-        _, _, n_todo = nearest_code_with_stats(x, codebook, None, None, mode, stats=stats, exact_fp32_dot=dot)
-        # Tokens each tensor-core pass left uncertified, and those the direct fallback searched.
+        _, _, n_todo = nearest_code_with_stats(x, codebook, labels, offsets, provider.split("-", 1)[1], stats=stats)
+        # Tokens each pass left uncertified, and those the direct fallback searched.
+        fields["candidates"] = stats["candidates"]
         fields["uncertified_fraction_per_pass"] = [int(n) / N for n in stats["uncertified_per_pass"]]
         fields["fallback_fraction"] = int(n_todo) / N
     _record(benchmark, **fields)
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["full", "grouped_C16"])
-@pytest.mark.parametrize("provider", ["triton-fast_exact", "cuda-fast_exact"])
-def test_bench_gpu_nearest_code_grouped(benchmark, ceilings, provider, grouped):
-    N, K, D = GROUPED_SHAPE
-    C = 16
-    benchmark.group = f"nearest_code grouped C={C} N={N} K={K} D={D} bf16"
+@pytest.mark.parametrize("provider", SEARCH_PROVIDERS)
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: "N{}_K{}_D{}_{}_{}".format(
+    *c[0], str(c[1]).split(".")[-1], c[2]))
+def test_bench_gpu_nearest_code(benchmark, ceilings, case, provider):
+    (N, K, D), dtype, data = case
+    if provider == "torch-addmm_tf32" and dtype != torch.float32:
+        pytest.skip("TF32 applies to float32 inputs only")
+    if data != "randn" and provider in ("torch-cdist", "torch-addmm_tf32"):
+        pytest.skip("the torch yardsticks run on random data only")
+    benchmark.group = f"nearest_code N={N} K={K} D={D} {str(dtype).split('.')[-1]} {data}"
+    x, codebook = _sample(N, K, D, dtype, data, seed=0)
+    _search_row(benchmark, ceilings, provider, x, codebook, None, None, key=case,
+                op="nearest_code", dtype=str(dtype), data=data, N=N, K=K, D=D, grouped=False,
+                work=2.0 * N * K * D)
+
+
+def _group_offsets(K, C):
+    offsets = torch.tensor([round(K * c / C) for c in range(C + 1)], device="cuda")
+    return offsets
+
+
+@pytest.mark.parametrize("provider", TRITON_PROVIDERS[:1] + CUDA_PROVIDERS[:1] + ["cuda-exact_sm90"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bench_gpu_nearest_code_grouped(benchmark, ceilings, dtype, provider):
+    (N, K, D) = (4096, 1024, 64) if QUICK else (65536, 16384, 256)
+    C = GROUPED_C
+    benchmark.group = f"nearest_code grouped C={C} N={N} K={K} D={D} {str(dtype).split('.')[-1]}"
+    x, codebook = _sample(N, K, D, dtype, "randn", seed=1)
     gen = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(N, D, device="cuda", generator=gen).bfloat16()
-    codebook = torch.randn(K, D, device="cuda", generator=gen).bfloat16()
-    labels = offsets = None
-    if grouped:
-        offsets = torch.arange(C + 1, device="cuda") * (K // C)
-        offsets[-1] = K
-        labels = torch.randint(0, C, (N,), device="cuda", generator=gen)
-    fn = _search_provider(provider, x, codebook, labels, offsets)
-    extra = _extra_memory(fn)
-    ms = _run(benchmark, fn)
-    work = 2.0 * N * (K // C if grouped else K) * D  # sum_c n_c K_c D for equal groups
-    _record(benchmark, op="nearest_code_grouped", provider=provider, grouped=grouped, C=C, N=N, K=K, D=D,
-            ms=ms, extra_memory_bytes=extra, effective_tflops=work / (ms * 1e-3) / 1e12,
-            fraction_of_bf16_matmul=work / (ms * 1e-3) / 1e12 / ceilings["bf16_matmul_tflops"])
+    offsets = _group_offsets(K, C)
+    labels = torch.randint(0, C, (N,), device="cuda", generator=gen)
+    sizes = (offsets[1:] - offsets[:-1]).double()
+    work = float(2.0 * D * sizes[labels].sum())  # each token against its own group
+    _search_row(benchmark, ceilings, provider, x, codebook, labels, offsets, key=("grouped", str(dtype)),
+                op="nearest_code_grouped", dtype=str(dtype), data="randn", N=N, K=K, D=D, grouped=True, C=C,
+                work=work)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,28 +482,21 @@ def _find(op, provider, **match):
 
 def _floor_report() -> dict:
     report = {}
-    for shape in SEARCH_SHAPES:
-        N, K, D = shape
-        tag = f"N{N}_K{K}_D{D}"
-        best_bf16 = [r for p in _TRITON_MODES
-                     if (r := _find("nearest_code", p, dtype=str(torch.bfloat16), N=N, K=K, D=D))]
-        if best_bf16:
-            frac = max(r["fraction_of_bf16_matmul"] for r in best_bf16)
-            report[f"bf16_search_vs_bf16_matmul/{tag}"] = {
-                "value": frac, "floor": FLOORS["bf16_search_vs_bf16_matmul"],
-                "met": frac >= FLOORS["bf16_search_vs_bf16_matmul"]}
-        addmm = _find("nearest_code", "torch-addmm", dtype=str(torch.float32), N=N, K=K, D=D)
-        for p in _TRITON_MODES:
-            ours = _find("nearest_code", p, dtype=str(torch.float32), N=N, K=K, D=D)
-            if ours and addmm:
-                speedup = addmm["ms"] / ours["ms"]
-                report[f"fp32_speedup_vs_addmm_argmin/{p}/{tag}"] = {
-                    "value": speedup, "floor": FLOORS["fp32_exact_speedup_vs_addmm_argmin"],
-                    "met": speedup >= FLOORS["fp32_exact_speedup_vs_addmm_argmin"]}
+    for (op, dtype, N, K, D), floor in FLOORS_MS.items():
+        for backend in ("cuda", "triton"):
+            for provider in (f"{backend}-exact", f"{backend}-exact_sm90"):
+                r = _find(op, provider, dtype=dtype, N=N, K=K, D=D, data="randn")
+                if r:
+                    report[f"{op}/{dtype.split('.')[-1]}/N{N}_K{K}_D{D}/{provider}"] = {
+                        "ms": r["ms"], "floor_ms": floor, "exact": r["wrong_indices"] == 0,
+                        "met": r["ms"] <= floor and r["wrong_indices"] == 0,
+                        "extra_memory_bytes": r["extra_memory_bytes"],
+                        "memory_met": r["extra_memory_bytes"] <= FLOOR_EXTRA_MEMORY}
     for dtype in (torch.float32, torch.bfloat16):
-        r = _find("cluster_stats", "triton-atomic", dtype=str(dtype))
-        if r:
-            report[f"cluster_stats_vs_copy_bandwidth/{str(dtype).split('.')[-1]}"] = {
-                "value": r["fraction_of_copy_bandwidth"], "floor": FLOORS["cluster_stats_vs_copy_bandwidth"],
-                "met": r["fraction_of_copy_bandwidth"] >= FLOORS["cluster_stats_vs_copy_bandwidth"]}
+        for provider in ("cuda-atomic", "triton-atomic"):
+            r = _find("cluster_stats", provider, dtype=str(dtype))
+            if r:
+                report[f"cluster_stats/{str(dtype).split('.')[-1]}/{provider}"] = {
+                    "fraction_of_copy": r["fraction_of_copy_bandwidth"], "floor": FLOOR_COPY_FRACTION,
+                    "met": r["fraction_of_copy_bandwidth"] >= FLOOR_COPY_FRACTION}
     return report

@@ -118,6 +118,33 @@ def _triton_available() -> bool:
 _register_python_fallbacks()
 
 
+# --------------------------------------------------------------------------------------------
+# CUDA tensors with both GPU backends: the faster one per (dtype, D, grouped), as measured
+# (sgcvq/gpu_dispatch.json, written by benchmarks/test_bench_gpu.py; no entry: the CUDA extension)
+# --------------------------------------------------------------------------------------------
+_HAS_TRITON_OP = False
+if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
+    _triton_lib = torch.library.Library("sgcvq", "FRAGMENT")
+    _library_refs.append(_triton_lib)
+    _triton_lib.define("nearest_code_triton" + SCHEMAS["nearest_code"])
+
+    def _nearest_code_triton_impl(x, codebook, labels=None, offsets=None, mode="exact"):
+        from . import kernels as _kernels
+
+        return _kernels.nearest_code(x, codebook, labels, offsets, mode)
+
+    _triton_lib.impl("nearest_code_triton", _nearest_code_triton_impl, "CUDA")
+    _HAS_TRITON_OP = True
+
+
+def _measured_triton(x: torch.Tensor, labels) -> bool:
+    if not _HAS_TRITON_OP or not x.is_cuda:
+        return False
+    from .gpu_dispatch import backend_for
+
+    return backend_for(x.dtype, x.shape[1], labels is not None) == "triton"
+
+
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on `device` here ("reference" always can)."""
     device = torch.device(device)
@@ -338,6 +365,8 @@ def nearest_code(
     validate_nearest_code(x, codebook, labels, offsets, mode, _checking(check))
     b = _resolve_backend(backend)
     if b == "auto":
+        if _measured_triton(x, labels):
+            return torch.ops.sgcvq.nearest_code_triton(x, codebook, labels, offsets, mode)
         return torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, mode)
     return _forced("nearest_code", b, x.device)(x, codebook, labels, offsets, mode)
 
@@ -434,3 +463,8 @@ def _nearest_code_backward(ctx, grad_index, grad_sqdist):
 torch.library.register_autograd(
     "sgcvq::nearest_code", _nearest_code_backward, setup_context=_nearest_code_setup_context
 )
+if _HAS_TRITON_OP:
+    torch.library.register_fake("sgcvq::nearest_code_triton")(_nearest_code_fake)
+    torch.library.register_autograd(
+        "sgcvq::nearest_code_triton", _nearest_code_backward, setup_context=_nearest_code_setup_context
+    )

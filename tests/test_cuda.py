@@ -373,3 +373,44 @@ def test_compute_sanitizer(cuda_backend, tool):
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+
+
+# --------------------------------------------------------------------------------------------
+# the measured dispatch: a table that names Triton routes the auto backend there, with autograd
+# --------------------------------------------------------------------------------------------
+def test_measured_dispatch_routes_to_triton_with_autograd(cuda_backend, monkeypatch):
+    from sgcvq import gpu_dispatch
+
+    if not ops._HAS_TRITON_OP:
+        pytest.skip("triton is not installed")
+    table = {"entries": [{"dtype": "float32", "D": 24, "grouped": False, "backend": "triton",
+                          "ms": {"cuda": 2.0, "triton": 1.0}}]}
+    monkeypatch.setattr(gpu_dispatch, "_TABLE", table)
+    calls = []
+    real = ops._measured_triton
+    monkeypatch.setattr(ops, "_measured_triton", lambda x, labels: calls.append(real(x, labels)) or calls[-1])
+    x = torch.randn(300, 24, device="cuda", requires_grad=True)
+    codebook = torch.randn(50, 24, device="cuda", requires_grad=True)
+    index, sqdist = ops.nearest_code(x, codebook)
+    assert calls == [True]
+    check_nearest(x.detach(), codebook.detach(), None, None, index, sqdist.detach())
+    sqdist.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * (x - codebook[index]).detach())
+    # bfloat16 has no entry: the CUDA extension answers
+    ops.nearest_code(x.detach().bfloat16(), codebook.detach().bfloat16())
+    assert calls == [True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sm90_switch_is_off_unless_asked(cuda_backend, dtype, monkeypatch):
+    # With SGCVQ_CUDA_SM90 unset every mode is the verified path; gpu_run.sh's `sm90` step runs
+    # this file again with it set (on an sm_90 device the default mode then takes the new kernel).
+    x, codebook = sample_inputs(4099, 700, 64, dtype)
+    for mode in MODES:
+        check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, mode=mode, backend="cuda"))
+    monkeypatch.setenv("SGCVQ_CUDA_SM90", "1")
+    x, codebook = sample_inputs(4099, 700, 64, dtype, shift=3.0)
+    labels = torch.randint(-1, 5, (4099,), device="cuda")
+    offsets = torch.tensor([0, 100, 101, 350, 600, 700], device="cuda")
+    check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, backend="cuda"))
+    check_nearest(x, codebook, labels, offsets, *ops.nearest_code(x, codebook, labels, offsets, backend="cuda"))

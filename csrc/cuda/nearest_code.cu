@@ -43,6 +43,7 @@
 
 #include "cuda_try.h"
 #include "float_load.cuh"
+#include "nearest_code_sm90.h"
 
 namespace sgcvq::gpu {
 namespace {
@@ -619,11 +620,17 @@ cudaError_t launch_search(const SearchArgs& args, dim3 grid, cudaStream_t stream
 
 }  // namespace
 
-size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C) { return layout(N, K, C).total; }
+bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode) {
+  return mode == SearchMode::kFastest && sm90_search_applies(dtype, D);
+}
+
+size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C, int64_t D, bool sm90) {
+  return layout(N, K, C).total + (sm90 ? sm90_workspace_bytes(N, K, D) : 0);
+}
 
 cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind dtype,
                                 const int32_t* labels, const int32_t* offsets, int64_t N, int64_t D,
-                                int64_t K, int64_t C, SearchMode mode, void* workspace, int64_t* index,
+                                int64_t K, int64_t C, SearchMode mode, bool sm90, void* workspace, int64_t* index,
                                 float* sqdist, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   // 32-bit token and code indices inside the kernels (and in the packed atomic's low word).
@@ -681,6 +688,28 @@ cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind 
     args.bucket_start = bucket_start;
     args.tile_start = tile_start;
     tiles = cdiv(N, kBlockM) + C + 1;  // upper bound of sum_b cdiv(n_b, kBlockM): no host sync
+  }
+
+  if (sm90) {
+    // The opt-in Hopper kernel (nearest_code_sm90.cu): its own prologue, search and fallback,
+    // after the label sort above (its tiles are kBlockM = kSm90TileM tokens too).
+    static_assert(kSm90TileM == kBlockM, "the sm90 search reads the label scan's tiles");
+    Sm90Search s{};
+    s.x = x;
+    s.codebook = codebook;
+    s.dtype = dtype;
+    s.labels = labels;
+    s.offsets = offsets;
+    s.perm = args.perm;
+    s.bucket_start = args.bucket_start;
+    s.tile_start = args.tile_start;
+    s.N = N;
+    s.D = D;
+    s.K = K;
+    s.C = C;
+    s.index = index;
+    s.sqdist = sqdist;
+    return nearest_code_sm90_launch(s, static_cast<int>(tiles), ws + l.total, stream);
   }
 
   // Few token tiles: split the codes too, so that about two blocks per SM have work.

@@ -10,9 +10,6 @@
 
 namespace sgcvq::gpu {
 
-// Bytes of device scratch nearest_code_launch needs: code norms, the packed (distance, index)
-// results, and with labels (C > 0) the counting sort of tokens by class.
-size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C);
 
 // Which candidate path a search takes (the op's `mode`; DESIGN.md, the mode decision):
 //   kFloat32:      float32 inputs take the FFMA (all-fp32) tile path   ("exact_fp32");
@@ -26,6 +23,15 @@ size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C);
 // of the same fp32 distances.
 enum class SearchMode { kFloat32, kLowPrecision, kFastest };
 
+// Whether a search takes the opt-in Hopper kernel (nearest_code_sm90.h): mode kFastest, and
+// sm90_search_applies (SGCVQ_CUDA_SM90=1, an sm_90 device, float32 / bfloat16, 16 <= D <= 256).
+// Decide once per call and pass the answer to both functions below.
+bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode);
+
+// Bytes of device scratch nearest_code_launch needs: code norms, the packed (distance, index)
+// results, with labels (C > 0) the counting sort of tokens by class, and the sm90 path's own.
+size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C, int64_t D, bool sm90);
+
 // index[i] = argmin_k ||x_i - e_k||^2 over token i's code group (all K codes without labels or
 // for label -1), ties to the lowest index; sqdist[i] = that fp32 distance. Inputs contiguous,
 // labels and offsets already validated (labels in [-1, C), offsets non-decreasing from 0 to K,
@@ -35,7 +41,7 @@ cudaError_t nearest_code_launch(const void* x,            // [N, D] dtype
                                 ScalarKind dtype,
                                 const int32_t* labels,    // [N] in [-1, C), or nullptr (C == 0)
                                 const int32_t* offsets,   // [C + 1], or nullptr (C == 0)
-                                int64_t N, int64_t D, int64_t K, int64_t C, SearchMode mode,
+                                int64_t N, int64_t D, int64_t K, int64_t C, SearchMode mode, bool sm90,
                                 void* workspace,          // nearest_code_workspace_bytes(N, K, C)
                                 int64_t* index,           // [N] out
                                 float* sqdist,            // [N] out

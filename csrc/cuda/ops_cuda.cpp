@@ -79,13 +79,15 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const 
     off = offsets->to(at::kInt).contiguous();
     C = off.size(0) - 1;
   }
-  auto workspace = at::empty({static_cast<int64_t>(gpu::nearest_code_workspace_bytes(N, K, C))},
+  const gpu::SearchMode smode = search_mode(mode);
+  const bool sm90 = gpu::nearest_code_uses_sm90(scalar_kind(x.scalar_type()), D, smode);
+  auto workspace = at::empty({static_cast<int64_t>(gpu::nearest_code_workspace_bytes(N, K, C, D, sm90))},
                              x.options().dtype(at::kByte));
   SGCVQ_CHECK_LAUNCH(
       "nearest_code",
       gpu::nearest_code_launch(xc.data_ptr(), ec.data_ptr(), scalar_kind(x.scalar_type()),
                                C > 0 ? lab.data_ptr<int32_t>() : nullptr,
-                               C > 0 ? off.data_ptr<int32_t>() : nullptr, N, D, K, C, search_mode(mode),
+                               C > 0 ? off.data_ptr<int32_t>() : nullptr, N, D, K, C, smode, sm90,
                                workspace.data_ptr(), index.data_ptr<int64_t>(), sqdist.data_ptr<float>(),
                                c10::cuda::getCurrentCUDAStream().stream()));
   return {index, sqdist};
