@@ -37,6 +37,7 @@ VARIANTS = {
                          "group loss λ=1, coarse level weight 2"),
     "group_l3": (["model.group_loss_weight=3.0"], "group loss λ=3, τ=1"),
     "group_l0.03": (["model.group_loss_weight=0.03"], "group loss λ=0.03, τ=1"),
+    "group_l0.05": (["model.group_loss_weight=0.05"], "group loss λ=0.05, τ=1"),
     "group_l0.1_coarse": (["model.group_loss_weight=0.1", "model.group_loss_levels=coarse"],
                           "group loss λ=0.1, gradient into the coarse level only"),
     "group_l1_coarse": (["model.group_loss_weight=1.0", "model.group_loss_levels=coarse"],
@@ -59,7 +60,8 @@ def run_variant(args: tuple) -> dict:
     from sgcvq.training.evaluate import evaluate
     from sgcvq.training.loop import Trainer
 
-    overrides = VARIANTS[name][0] + list(extra)
+    # a pool worker is a daemon process: it may not start DataLoader workers of its own
+    overrides = VARIANTS[name][0] + list(extra) + ["data.num_workers=0"]
     cfg = apply_overrides(demo_config(len(CLASS_NAMES), steps), overrides)
     cfg.log.progress = False
     cfg.log.tensorboard = False

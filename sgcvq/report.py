@@ -35,6 +35,7 @@ METRIC_ROWS = [
     ("group_miou", "group mIoU (label-free)", "{:.3f}"),
     ("temporal_stability", "temporal stability", "{:.3f}"),
     ("psnr_label_free", "PSNR label-free tokens (dB)", "{:.2f}"),
+    ("active_code_fraction_label_free", "active codes (eval, label-free)", "{:.1%}"),
     ("train_steps", "training steps", "{:d}"),
     ("train_wall_s", "training time (s)", "{:.0f}"),
     ("skipped_files", "unreadable files skipped", "{:d}"),

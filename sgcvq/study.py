@@ -13,7 +13,8 @@ same held-out scenes. Per run it records:
 * label-free token purity (every model searches all K codes, no labels).
 
 Runs go `jobs` at a time in separate processes with one thread each. Results: results.json,
-table.md and usage_vs_k.png in the output folder.
+table.md and usage_vs_k.png in the output folder; rows of an earlier call into the same folder with
+the same steps, eval images and overrides are kept (so quantizers can be run one call each).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def _run_one(job: tuple) -> dict:
     from .training.evaluate import evaluate
     from .training.loop import Trainer, quantizer_scalars
 
-    cfg = study_config(kind, K, steps, overrides)
+    # a pool worker is a daemon process: it may not start DataLoader workers of its own
+    cfg = study_config(kind, K, steps, [*overrides, "data.num_workers=0"])
     start = time.perf_counter()
     trainer = Trainer(cfg, Path(out) / f"{kind}_K{K}", overwrite=True)
     result = trainer.run()
@@ -91,6 +93,15 @@ def run_usage_vs_k(out_dir: str | Path, ks=(128, 1024, 8192), kinds=STUDY_QUANTI
             rows = pool.map(_run_one, work, chunksize=1)
     else:
         rows = [_run_one(job) for job in work]
+    # runs of an earlier call with the same settings stay in the table unless run again
+    previous = out / "results.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        same = {k: old["meta"].get(k) for k in ("steps", "eval_images", "overrides")} == {
+            "steps": steps, "eval_images": eval_images, "overrides": list(overrides or [])}
+        ran = {(r["quantizer"], r["K"]) for r in rows}
+        if same:
+            rows += [r for r in old["rows"] if (r["quantizer"], r["K"]) not in ran]
     rows.sort(key=lambda r: (r["K"], list(STUDY_QUANTIZERS).index(r["quantizer"])))
     meta = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "load_at_start": load, "jobs": jobs, "steps": steps, "eval_images": eval_images,
