@@ -58,9 +58,36 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# The lscpu flags that decide which CPU search path runs (README, "CPU kernels").
+PATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """Which of PATH_FLAGS lscpu lists on this machine."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    m = re.search(r"Flags:\s*(.+)", out)
+    have = set(m.group(1).split()) if m else set()
+    return [f for f in PATH_FLAGS if f in have]
+
+
+def cpu_search_path() -> str | None:
+    """The CPU kernels' bf16 path now ('amx', 'avx512bf16' or 'off'), None without the extension."""
+    try:
+        import sgcvq
+
+        return sgcvq._C.cpu_capabilities()["bf16_path"] if sgcvq.ops.HAS_CPU_EXTENSION else None
+    except (ImportError, RuntimeError, AttributeError):
+        return None
+
+
 def describe_machine() -> dict:
     info = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_bf16_path": cpu_search_path(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -229,7 +256,8 @@ def _with_ratios(rows: list[dict]) -> list[dict]:
 
 def _markdown(rows: list[dict], info: dict) -> str:
     lines = [
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date_utc']}, "
+        f"Machine: {info['cpu']} (lscpu flags: {' '.join(info['cpu_flags']) or 'none of ' + ' '.join(PATH_FLAGS)}; "
+        f"CPU bf16 path: {info['cpu_bf16_path']}), {info['cores']} cores, torch {info['torch']}, {info['date_utc']}, "
         f"load average at start {info['load_avg_1m_at_start']}; quick={info['quick']}",
         f"Command: `{info['command']}`",
         f"float32 matmul ceiling (torch.mm {_MATMUL.get('shape')}): {_MATMUL.get('gflops')} GFLOP/s on all "

@@ -1,8 +1,11 @@
 """CPU op benchmarks: sgcvq's kernels next to the usual ways of doing the same thing.
 
 Groups (one pytest-benchmark group each, providers side by side in one run):
-* nearest-code N,K,D   : ours (auto backend; exact and fast_exact modes) vs torch.cdist+argmin, torch.addmm+argmin,
-                         faiss IndexFlatL2.search(k=1) (skipped if faiss is missing);
+* nearest-code N,K,D   : ours (auto backend, default mode: the fastest certified path this CPU has), ours on
+                         each forced CPU path (SGCVQ_CPU_BF16=amx / avx512bf16: bf16 candidates; mode
+                         exact_fp32: float32 candidates; a path this CPU lacks is skipped) vs
+                         torch.cdist+argmin, torch.addmm+argmin, faiss IndexFlatL2.search(k=1) (skipped if
+                         faiss is missing); the machine record names the CPU model and its bf16 flags;
 * nearest-code ... 1 thread, CPU time: ours vs FAISS vs addmm, each on one thread, timed in the
                          calling thread's CPU time (robust to other load on a shared machine);
 * semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes vs a
@@ -36,7 +39,9 @@ NEAREST_SHAPES = [(4096, 1024, 256), (4096, 2048, 64), (8192, 4096, 8)] if QUICK
 SEMANTIC_SHAPES = [(8192, 4096, 8)] if QUICK else [(65536, 16384, 8), (65536, 8192, 64)]
 STATS_SHAPES = [(8192, 1024, 64)] if QUICK else [(65536, 8192, 256)]
 
-NEAREST_PROVIDERS = ["ours", "ours fast_exact", "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
+# "ours bf16=<path>": the default mode with SGCVQ_CPU_BF16 forcing that path (csrc/cpu/nearest_code_bf16.h).
+OUR_PATHS = ["ours bf16=amx", "ours bf16=avx512bf16", "ours exact_fp32"]
+NEAREST_PROVIDERS = ["ours", *OUR_PATHS, "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
 SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "masked full matrix"]
 STATS_PROVIDERS = ["ours", "one-hot matmul", "index_add_"]
 
@@ -63,13 +68,43 @@ def addmm_distances(x, codebook):
     return torch.addmm(codebook.pow(2).sum(1)[None], x, codebook.t(), alpha=-2)
 
 
+def cpu_bf16_paths() -> tuple:
+    """The CPU bf16 paths this machine runs, fastest first ('off' last; () without the extension)."""
+    return tuple(sgcvq._C.cpu_capabilities()["bf16_paths"]) if sgcvq.ops.HAS_CPU_EXTENSION else ()
+
+
+@contextlib.contextmanager
+def forced_bf16_path(path: str | None):
+    """SGCVQ_CPU_BF16=path for the duration (the CPU kernels read it on every call)."""
+    old = os.environ.get("SGCVQ_CPU_BF16")
+    if path is not None:
+        os.environ["SGCVQ_CPU_BF16"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SGCVQ_CPU_BF16", None)
+        else:
+            os.environ["SGCVQ_CPU_BF16"] = old
+
+
 def nearest_provider(name: str, inp: dict):
     """A no-argument callable returning index [N] int64; setup that is not search (index build) done here."""
     x, e = inp["x"], inp["codebook"]
     if name == "ours":
         return lambda: sgcvq.nearest_code(x, e, check=False)[0]
-    if name == "ours fast_exact":  # the same answer; bf16 GEMM tiles on AMX where D > 16
-        return lambda: sgcvq.nearest_code(x, e, mode="fast_exact", check=False)[0]
+    if name.startswith("ours bf16="):  # the same answer from one forced bf16 path
+        path = name[len("ours bf16="):]
+        if path not in cpu_bf16_paths():
+            pytest.skip(f"this CPU runs the bf16 paths {cpu_bf16_paths()}, not {path}")
+
+        def forced():
+            with forced_bf16_path(path):
+                return sgcvq.nearest_code(x, e, check=False)[0]
+
+        return forced
+    if name == "ours exact_fp32":  # the same answer from float32 candidates
+        return lambda: sgcvq.nearest_code(x, e, mode="exact_fp32", check=False)[0]
     if name == "torch.cdist+argmin":
         return lambda: torch.cdist(x, e).argmin(1)
     if name == "torch.addmm+argmin":
@@ -177,7 +212,7 @@ def test_nearest_code(benchmark, matmul_gflops, bench_record, peak_memory_mb, sh
 
 
 @pytest.mark.benchmark(timer=time.thread_time)
-@pytest.mark.parametrize("provider", ["ours", "ours fast_exact", "faiss.IndexFlatL2", "torch.addmm+argmin"])
+@pytest.mark.parametrize("provider", ["ours", "ours exact_fp32", "faiss.IndexFlatL2", "torch.addmm+argmin"])
 @pytest.mark.parametrize("shape", NEAREST_SHAPES, ids=_ids(NEAREST_SHAPES))
 def test_nearest_code_one_thread(benchmark, bench_record, shape, provider):
     """ours vs FAISS and addmm on one thread, timed in CPU time of the calling thread: all run

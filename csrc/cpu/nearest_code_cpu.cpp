@@ -36,6 +36,16 @@ using cpu::Top2;
 constexpr int64_t kTileN = 512;  // tokens per work item (the GEMM packs each code tile once per 512)
 constexpr int64_t kTileK = 512;  // codes per GEMM tile (scratch: kTileN * kTileK floats = 1 MB, in L2)
 constexpr int64_t kBf16MinTokens = 256;  // the bf16 path from this many tokens on
+// ...and in mode 'exact' from this many codes per token on (the class groups' sizes, averaged over
+// the tokens): below it the float32 candidates are faster (benchmarks/group_sweep.py, AMD EPYC
+// Zen 5: at D = 8 the fused bf16 scan wins from groups of about 4096 codes, at D = 64 the bf16
+// tiles from 64). 'fast_exact' ignores these.
+constexpr int64_t kBf16MinCodesSmallD = 4096;
+constexpr int64_t kBf16MinCodes = 64;
+
+// Which candidates a call asks for: the fastest certified (the default 'exact'), bf16 ones
+// ('fast_exact'), or float32 ones ('exact_fp32', and the re-search of uncertified tokens).
+enum class Candidates { kFastest, kBf16, kFp32 };
 // The bf16 path gives up early when its lists overflow for more than this share of the first
 // kRedoSample tokens (near-duplicate codebooks): the rest of the tokens then take the float32
 // candidates once, instead of paying for bf16 tiles and then the float32 search again.
@@ -97,7 +107,7 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, const at::Tensor& cb_in,
                                                      const std::optional<at::Tensor>& labels,
                                                      const std::optional<at::Tensor>& offsets,
-                                                     bool fp32_only) {
+                                                     Candidates cands) {
   const int64_t N = x_in.size(0), D = x_in.size(1), K = cb_in.size(0);
   auto index = at::empty({N}, x_in.options().dtype(at::kLong));
   auto sqdist = at::empty({N}, x_in.options().dtype(at::kFloat));
@@ -194,7 +204,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   constexpr bool bf16_input = std::is_same_v<scalar_t, c10::BFloat16>;
   // At D <= 16 the bf16 candidates come from a fused AVX512_BF16 scan (on AMX machines too: they
   // all have AVX512_BF16), no GEMM tiles.
-  cpu::Bf16Path path = fp32_only || N < kBf16MinTokens ? cpu::Bf16Path::kOff : cpu::bf16_path();
+  int64_t work = 0;  // token x code pairs searched
+  for (const WorkItem& it : items) work += (it.t1 - it.t0) * (it.k1 - it.k0);
+  const int64_t min_codes = cands == Candidates::kBf16 ? 0 : small ? kBf16MinCodesSmallD : kBf16MinCodes;
+  cpu::Bf16Path path = cands == Candidates::kFp32 || N < kBf16MinTokens || work < min_codes * N
+                           ? cpu::Bf16Path::kOff
+                           : cpu::bf16_path();
   if (small && !cpu::cpu_has_avx512_bf16()) path = cpu::Bf16Path::kOff;
   const bool bf16 = path != cpu::Bf16Path::kOff;
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
@@ -391,7 +406,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       std::optional<at::Tensor> sub_labels;
       if (labels.has_value()) sub_labels = labels->index_select(0, sel);
       auto [sub_index, sub_dist] =
-          nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, /*fp32_only=*/true);
+          nearest_code_impl<scalar_t>(x.index_select(0, sel), cb_in, sub_labels, offsets, Candidates::kFp32);
       index.index_copy_(0, sel, sub_index);
       sqdist.index_copy_(0, sel, sub_dist);
     }
@@ -407,9 +422,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
   TORCH_CHECK(x.device().is_cpu(), "nearest_code (CPU kernel): x is on ", x.device());
   // 'exact' and 'fast_exact' take the bf16 candidates where this CPU has bf16 dot products
   // (cpu::bf16_path()), 'exact_fp32' the float32 ones; every mode returns the float32 argmin.
-  const bool fp32_only = mode == "exact_fp32";
+  const Candidates want = mode == "exact_fp32"   ? Candidates::kFp32
+                          : mode == "fast_exact" ? Candidates::kBf16
+                                                 : Candidates::kFastest;
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "nearest_code_cpu",
-                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, fp32_only); });
+                                         [&] { return nearest_code_impl<scalar_t>(x, codebook, labels, offsets, want); });
 }
 
 }  // namespace
