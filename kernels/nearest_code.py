@@ -189,8 +189,10 @@ def _prepare_rows_kernel(
 # 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA), while BLOCK_D = 64
 # with 128 x 128 spills 280 bytes. The float32 FMA dot ("ieee") holds its operands in registers,
 # so it gets smaller tiles.
+# The last, 32 tokens a program, is for the re-search of a few compacted tokens: it spreads them
+# over more SMs (each program streams its whole code range); autotuning times it on that launch.
 _TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
-                       (128, 256, 32, 8, 3), (64, 64, 32, 4, 4)]
+                       (128, 256, 32, 8, 3), (64, 64, 32, 4, 4), (32, 128, 32, 4, 3)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
