@@ -186,13 +186,13 @@ def _prepare_rows_kernel(
 # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32/3xTF32)
 # are H100-oriented: 64-128 tokens x 64-256 codes, D in 32-64 chunks, 3-4 stages. The first is
 # the one used without autotuning: compiled offline for sm_90 (.ci/triton_sm90_check.py, Triton
-# 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA), while BLOCK_D = 64
-# with 128 x 128 spills 280 bytes. The float32 FMA dot ("ieee") holds its operands in registers,
+# 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA). The float32 FMA dot ("ieee") holds its operands in registers,
 # so it gets smaller tiles.
 # The last, 32 tokens a program, is for the re-search of a few compacted tokens: it spreads them
 # over more SMs (each program streams its whole code range); autotuning times it on that launch.
-_TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
-                       (128, 256, 32, 8, 3), (64, 64, 32, 4, 4), (32, 128, 32, 4, 3)]
+# Four shapes only: each autotuning key (D, grouping, dot, centring) compiles every one of them,
+# and the device runs are short. 128 x 128 x 64 (280 B spilled) and 128 x 256 (416 B) are out.
+_TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 32, 4, 4), (32, 128, 32, 4, 3)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
