@@ -109,8 +109,9 @@ for step in "${STEPS[@]}"; do
       ensure_importable
       # SGCVQ_TRITON_AUTOTUNE=0: one tile config per kernel family, so the tests do not spend
       # their time autotuning every shape; the benchmarks autotune.
-      run_step test test.log 170 env SGCVQ_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_triton.py tests/test_cuda.py \
-        -q -x -rs --durations=10 -p no:cacheprovider --junitxml="$OUT/tests.xml" -k "not sanitizer"
+      run_step test test.log 200 env SGCVQ_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_triton.py tests/test_cuda.py \
+        tests/test_gpu_dispatch.py -q -rs --durations=10 -p no:cacheprovider --junitxml="$OUT/tests.xml" \
+        -k "not sanitizer"
       ;;
     sm90)
       ensure_importable
