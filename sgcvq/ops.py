@@ -122,6 +122,8 @@ _register_python_fallbacks()
 # CUDA tensors with both GPU backends: the faster one per (dtype, D, grouped), as measured
 # (sgcvq/gpu_dispatch.json, written by benchmarks/test_bench_gpu.py; no entry: the CUDA extension)
 # --------------------------------------------------------------------------------------------
+from . import gpu_dispatch as _gpu_dispatch  # noqa: E402  (plain Python, reads its table once)
+
 _HAS_TRITON_OP = False
 if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
     _triton_lib = torch.library.Library("sgcvq", "FRAGMENT")
@@ -140,9 +142,7 @@ if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
 def _measured_triton(x: torch.Tensor, labels) -> bool:
     if not _HAS_TRITON_OP or not x.is_cuda:
         return False
-    from .gpu_dispatch import backend_for
-
-    return backend_for(x.dtype, x.shape[1], labels is not None) == "triton"
+    return _gpu_dispatch.backend_for(x.dtype, x.shape[1], labels is not None) == "triton"
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:

@@ -379,13 +379,11 @@ def test_compute_sanitizer(cuda_backend, tool):
 # the measured dispatch: a table that names Triton routes the auto backend there, with autograd
 # --------------------------------------------------------------------------------------------
 def test_measured_dispatch_routes_to_triton_with_autograd(cuda_backend, monkeypatch):
-    from sgcvq import gpu_dispatch
-
     if not ops._HAS_TRITON_OP:
         pytest.skip("triton is not installed")
     table = {"entries": [{"dtype": "float32", "D": 24, "grouped": False, "backend": "triton",
                           "ms": {"cuda": 2.0, "triton": 1.0}}]}
-    monkeypatch.setattr(gpu_dispatch, "_TABLE", table)
+    monkeypatch.setattr(ops._gpu_dispatch, "_TABLE", table)
     calls = []
     real = ops._measured_triton
     monkeypatch.setattr(ops, "_measured_triton", lambda x, labels: calls.append(real(x, labels)) or calls[-1])
