@@ -67,6 +67,10 @@ CASES = {
     "lens_learnable": (dict(dim=16, codebook_size=32, learnable_codebook=True, ema_update=False), (2, 37, 16),
                        {"lens": L}),
     "forward_freeze": (dict(dim=16, codebook_size=32), (2, 37, 16), {"freeze_codebook": True}),
+    "directional_reparam": (dict(dim=16, codebook_size=32, directional_reparam=True, threshold_ema_dead_code=1),
+                            (2, 37, 16), {}),
+    "directional_reparam_heads": (dict(dim=16, codebook_size=32, directional_reparam=True, threshold_ema_dead_code=2,
+                                       heads=2, separate_codebook_per_head=True, codebook_dim=4), (2, 37, 16), {}),
 }
 
 
@@ -232,7 +236,6 @@ BAD_VALUES = {
     "codebook_diversity_loss_weight": 0.1,
     "stochastic_sample_codes": True,
     "straight_through": True,
-    "directional_reparam": True,
     "vq_bridge": torch.nn.Identity(),
     "manual_ema_update": True,
     "in_place_codebook_optimizer": torch.optim.SGD,
@@ -267,6 +270,8 @@ def test_peer_assertions_are_clear_errors():
         VectorQuantize(16, 32, learnable_codebook=True)  # needs ema_update=False
     with pytest.raises(ValueError, match="use_cosine_sim"):
         VectorQuantize(16, 32, learnable_codebook=True, ema_update=False, use_cosine_sim=True)
+    with pytest.raises(ValueError, match="threshold_ema_dead_code"):
+        VectorQuantize(16, 32, directional_reparam=True)
     with pytest.raises(ValueError, match="dim = 16"):
         VectorQuantize(16, 32)(torch.randn(2, 5, 8))
     with pytest.raises(ValueError, match="mask"):

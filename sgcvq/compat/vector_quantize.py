@@ -49,7 +49,6 @@ _UNSUPPORTED = {
     "codebook_diversity_loss_weight": (0.0, "the diversity loss needs the N x K distance matrix"),
     "stochastic_sample_codes": (False, "stochastic (Gumbel) code sampling needs the N x K distances"),
     "straight_through": (False, "Gumbel straight-through needs the N x K distances"),
-    "directional_reparam": (False, "DiVeQ's directional reparameterisation is not implemented"),
     "vq_bridge": (None, "a vq_bridge codebook transform is not implemented"),
     "manual_ema_update": (False, "manual EMA updates are not implemented"),
     "in_place_codebook_optimizer": (None, "the in-place codebook optimizer is not implemented"),
@@ -145,7 +144,7 @@ class VectorQuantize(nn.Module):
             commitment_use_cross_entropy_loss=commitment_use_cross_entropy_loss,
             codebook_diversity_loss_weight=codebook_diversity_loss_weight,
             stochastic_sample_codes=stochastic_sample_codes, straight_through=straight_through,
-            directional_reparam=directional_reparam, vq_bridge=vq_bridge, manual_ema_update=manual_ema_update,
+            vq_bridge=vq_bridge, manual_ema_update=manual_ema_update,
             in_place_codebook_optimizer=in_place_codebook_optimizer, affine_param=affine_param,
             sync_affine_param=sync_affine_param, sync_update_v=sync_update_v,
         )
@@ -161,9 +160,14 @@ class VectorQuantize(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{_NAME}: {arg} must be an int >= {minimum}, got {value!r}")
 
-        ema_update = True if ema_update is None else bool(ema_update)
-        learnable_codebook = False if learnable_codebook is None else bool(learnable_codebook)
-        rotation_trick = dim > 1 if rotation_trick is None else bool(rotation_trick)
+        directional_reparam = bool(directional_reparam)
+        ema_update = (not directional_reparam) if ema_update is None else bool(ema_update)
+        learnable_codebook = directional_reparam if learnable_codebook is None else bool(learnable_codebook)
+        rotation_trick = (not directional_reparam and dim > 1) if rotation_trick is None else bool(rotation_trick)
+        if directional_reparam and rotation_trick:
+            raise ValueError(f"{_NAME}: directional_reparam and rotation_trick are exclusive (as in the peer)")
+        if directional_reparam and threshold_ema_dead_code == 0:
+            raise ValueError(f"{_NAME}: directional_reparam needs threshold_ema_dead_code > 0 (as in the peer)")
         if use_cosine_sim and learnable_codebook:
             raise ValueError(f"{_NAME}: use_cosine_sim is not compatible with learnable_codebook (as in the peer)")
         if ema_update and learnable_codebook:
@@ -192,7 +196,7 @@ class VectorQuantize(nn.Module):
 
         self.eps = eps
         self.decay = decay
-        self.has_commitment_loss = commitment_weight > 0.0
+        self.has_commitment_loss = commitment_weight > 0.0 and not directional_reparam
         self.commitment_weight = commitment_weight
         self.learnable_codebook = learnable_codebook
         self.has_codebook_orthogonal_loss = orthogonal_reg_weight > 0.0
@@ -200,6 +204,8 @@ class VectorQuantize(nn.Module):
         self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
         self.orthogonal_reg_max_codes = orthogonal_reg_max_codes
         self.rotation_trick = rotation_trick
+        self.directional_reparam = directional_reparam
+        self.directional_reparam_variance = directional_reparam_variance
         self.route_gradients_to_input = route_gradients_to_input
         self.use_cosine_sim = use_cosine_sim
         self.threshold_ema_dead_code = threshold_ema_dead_code
@@ -359,7 +365,12 @@ class VectorQuantize(nn.Module):
                 else:
                     commit_loss = self._commitment(xh, index, sqdists, snapshot, learnable)
             if input_requires_grad and self.route_gradients_to_input:
-                quantize = _rotate_to(xh, quantize) if self.rotation_trick else _straight_through(xh, quantize)
+                if self.rotation_trick:
+                    quantize = _rotate_to(xh, quantize)
+                elif self.directional_reparam:
+                    quantize = _directional_reparam(xh, quantize, self.directional_reparam_variance)
+                else:
+                    quantize = _straight_through(xh, quantize)
             loss = torch.zeros((), device=x.device, requires_grad=True)
             if self.has_commitment_loss:
                 loss = loss + commit_loss * self.commitment_weight
@@ -632,6 +643,15 @@ def _straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         delta = q.detach() - x.detach()
     return x + delta
+
+
+def _directional_reparam(x: torch.Tensor, q: torch.Tensor, variance: float) -> torch.Tensor:
+    """DiVeQ (openreview KRVnpTbx7R): x + ||q − x|| · direction of (q − x + noise), the direction
+    constant for autograd, so the codebook (through ||q − x||) and x both get gradients. The noise
+    is one randn_like draw of x's shape, as the peer's."""
+    error = q - x
+    noisy = error + math.sqrt(variance) * torch.randn_like(error)
+    return x + _l2norm(noisy).detach() * error.norm(dim=-1, keepdim=True)
 
 
 def _rotate_to(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
