@@ -85,7 +85,9 @@ class VectorQuantize(nn.Module):
 
     Extra, keyword only: num_classes (semantic codebook: class c owns codes
     [class_offsets[c], class_offsets[c+1])), group_sizes ("equal" or C sizes), search_mode
-    ("exact" or "fast_exact", see sgcvq.nearest_code).
+    ("exact" or "fast_exact", see sgcvq.nearest_code). With labels only the search is grouped;
+    k-means and dead-code replacement stay the peer's (class-blind): for in-class re-seeding and
+    class centres use sgcvq.FastSemanticQuantizer.
     """
 
     def __init__(
