@@ -25,7 +25,7 @@ from pathlib import Path
 VARIANTS = {
     "ema": (["model.num_classes=null", "model.group_sizes=equal", "model.class_frequencies=null"],
             "EMA-VQ baseline (no groups)"),
-    "sgc_base": ([], "SGC as before this study: groups, no semantic loss"),
+    "sgc_base": (["model.group_loss_weight=0.0"], "SGC as before this study: groups, no semantic loss"),
     "centre_pull": (["model.semantic_loss_weight=0.1"], "class-centre pull λ=0.1 (DESIGN §1.9)"),
     "group_l0.1": (["model.group_loss_weight=0.1"], "group loss λ=0.1, τ=1"),
     "group_l1": (["model.group_loss_weight=1.0"], "group loss λ=1, τ=1"),
@@ -38,6 +38,8 @@ VARIANTS = {
     "group_l3": (["model.group_loss_weight=3.0"], "group loss λ=3, τ=1"),
     "group_l0.03": (["model.group_loss_weight=0.03"], "group loss λ=0.03, τ=1"),
     "group_l0.05": (["model.group_loss_weight=0.05"], "group loss λ=0.05, τ=1"),
+    "group_l0.05_pull": (["model.group_loss_weight=0.05", "model.semantic_loss_weight=0.1"],
+                         "group loss λ=0.05 plus class-centre pull 0.1"),
     "group_l0.1_coarse": (["model.group_loss_weight=0.1", "model.group_loss_levels=coarse"],
                           "group loss λ=0.1, gradient into the coarse level only"),
     "group_l1_coarse": (["model.group_loss_weight=1.0", "model.group_loss_levels=coarse"],
