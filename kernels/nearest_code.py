@@ -125,8 +125,8 @@ def _prepare_rows_kernel(
     mu_ptr,  # [D] float32 centre
     cand_ptr,  # [R, D] out: the centred rows in the candidate dtype (CAND != "none")
     norm2_ptr,  # [R] float32 out: fl||row - mu||^2
-    resid2_ptr,  # [R] float32 out: fl||(row - mu) - c(row - mu)||^2 (WRITE_MARGINS == False)
-    bound_ptr,  # [2] float32 (WRITE_MARGINS): max_k ||e'_k||^2 and max_k ||e'_k - c(e'_k)||, upper bounds
+    bound_ptr,  # [2] int32, float bits: max_k fl||e'_k||^2 and max_k fl||e'_k - c(e'_k)||^2 (atomic max
+    #             by the code launch, read by the token launch; non-negative floats order as ints)
     margin1_ptr,  # [R] float32 out (WRITE_MARGINS): E of the candidate pass
     margin2_ptr,  # [R] float32 out (WRITE_MARGINS): E of the float32-grade pass
     rows_total,
@@ -170,14 +170,17 @@ def _prepare_rows_kernel(
             res += tl.sum(t * t, 1)
     tl.store(norm2_ptr + rows, sq, mask=rmask)
     if WRITE_MARGINS:
-        me2 = tl.load(bound_ptr)
-        merr = tl.load(bound_ptr + 1)
+        # Upper bounds: fl||e'||^2 and the residual sums are within (1 + g) of the true values.
+        me2 = tl.load(bound_ptr).to(tl.float32, bitcast=True) * (1.0 + g) * 1.0001
+        merr = tl.sqrt(tl.load(bound_ptr + 1).to(tl.float32, bitcast=True) * (1.0 + g)) * 1.0001
         e1 = _margin(sq, res, me2, merr, D, g, dp1, passes1)
         e2 = _margin(sq, res * 0.0, me2, 0.0, D, g, dp2, passes2)
         tl.store(margin1_ptr + rows, e1, mask=rmask)
         tl.store(margin2_ptr + rows, e2, mask=rmask)
     else:
-        tl.store(resid2_ptr + rows, res, mask=rmask)
+        tl.atomic_max(bound_ptr + tl.zeros([BLOCK_R], dtype=tl.int32), sq.to(tl.int32, bitcast=True), mask=rmask)
+        tl.atomic_max(bound_ptr + 1 + tl.zeros([BLOCK_R], dtype=tl.int32), res.to(tl.int32, bitcast=True),
+                      mask=rmask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,8 +560,9 @@ def nearest_code_with_stats(
 
     force_fallback sends every token through the direct fallback (tests use it to check it).
     stats, when given, receives "uncertified_per_pass" (a list of [] int64 device tensors: the
-    tokens each search pass left uncertified; read them after the call, that syncs) and
-    "candidates" (the first pass's operand kind).
+    tokens each search pass left uncertified; read them after the call, that syncs),
+    "candidates" (the first pass's operand kind), "margin" ([N] float32, the first pass's E),
+    "centre" ([D] float32 mu) and "candidate_operands" (the rounded copies of x and the codes).
     exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None reads
     SGCVQ_TRITON_EXACT_FP32_DOT. candidates: force the first pass's kind (see `candidate_kind`).
     """
@@ -594,22 +598,20 @@ def nearest_code_with_stats(
     cand = None if kind == "fp32" else kind
     prep_kind = cand or "none"
     enorm2 = torch.empty(K, dtype=torch.float32, device=device)
-    eresid2 = torch.empty(K, dtype=torch.float32, device=device)
+    bound = torch.zeros(2, dtype=torch.int32, device=device)  # float bits of two maxima, >= 0
     e_cand = torch.empty((K, D) if cand else (1,), dtype=_CAND_DTYPE.get(cand, torch.float32), device=device)
     pb = _PREP_BLOCKS
     dp1, passes1 = _PRODUCT_ERROR["exact_products" if cand else exact_fp32_dot]
     dp2, passes2 = _PRODUCT_ERROR[exact_fp32_dot]
     _prepare_rows_kernel[(triton.cdiv(K, pb["BLOCK_R"]),)](
-        e, mu_pad, e_cand, enorm2, eresid2, enorm2, enorm2, enorm2, K, D, g, dp1, passes1, dp2, passes2,
+        e, mu_pad, e_cand, enorm2, bound, enorm2, enorm2, K, D, g, dp1, passes1, dp2, passes2,
         CAND=prep_kind, WRITE_MARGINS=False, **pb)
-    bound = torch.stack([enorm2.max() * (1.0 + g) * 1.0001,
-                         torch.sqrt(eresid2.max() * (1.0 + g)) * 1.0001]).contiguous()
     xx = torch.empty(N, dtype=torch.float32, device=device)
     margin1 = torch.empty(N, dtype=torch.float32, device=device)
     margin2 = torch.empty(N, dtype=torch.float32, device=device)
     x_cand = torch.empty((N, D) if cand else (1,), dtype=_CAND_DTYPE.get(cand, torch.float32), device=device)
     _prepare_rows_kernel[(triton.cdiv(N, pb["BLOCK_R"]),)](
-        x, mu_pad, x_cand, xx, xx, bound, margin1, margin2, N, D, g, dp1, passes1, dp2, passes2,
+        x, mu_pad, x_cand, xx, bound, margin1, margin2, N, D, g, dp1, passes1, dp2, passes2,
         CAND=prep_kind, WRITE_MARGINS=True, **pb)
 
     ones = torch.ones(N, dtype=torch.int32, device=device)
@@ -655,7 +657,7 @@ def nearest_code_with_stats(
     # Pass 1: every token. `need` is indexed by position in `order`.
     need = torch.empty(N, dtype=torch.int32, device=device)
     launch(order, counts, need, True, grouped)
-    uncertified = [need.sum()]
+    uncertified = [need.sum()] if stats is not None else []
     if cand:
         # Pass 2: the uncertified tokens only, still grouped by bucket (compaction keeps the sorted
         # order), through the grouped launch with the device-side bucket counts.
@@ -667,10 +669,14 @@ def nearest_code_with_stats(
         order = todo[:N]
         need = torch.zeros(N, dtype=torch.int32, device=device)  # positions past the count stay 0
         launch(order, counts, need, False, True)
-        uncertified.append(need.sum())
+        if stats is not None:
+            uncertified.append(need.sum())
     if stats is not None:
         stats["uncertified_per_pass"] = uncertified
         stats["candidates"] = kind
+        stats["margin"] = margin1 if cand else margin2  # [N] E of the first pass
+        stats["centre"] = mu
+        stats["candidate_operands"] = (x_cand, e_cand) if cand else None
 
     if force_fallback:
         need = torch.ones(N, dtype=torch.int32, device=device)

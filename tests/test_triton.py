@@ -369,6 +369,31 @@ def test_triton_token_margin_bounds_the_score_error(candidates, data):
     assert ratio > 1e-3, "the margin is far looser than it needs to be"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_kernel_margin_matches_token_margin(dtype):
+    # The prologue kernel computes E in float32 with the formula of token_margin (float64): the two
+    # agree to float32 rounding, and the kernel's is never smaller beyond it.
+    D = 40
+    x, e = (torch.randn(90, D, device=DEVICE) + 2).to(dtype), (torch.randn(60, D, device=DEVICE) + 2).to(dtype)
+    stats = {}
+    nearest_code_with_stats(x, e, None, None, "exact", stats=stats)
+    mu = stats["centre"].cpu()
+    xc, ec = x.float().cpu() - mu, e.float().cpu() - mu
+    # The rounded copies the kernel made (the interpreter's bf16 cast does not round like torch's).
+    xr, er = (t.float().cpu() for t in stats["candidate_operands"])
+    assert float((xr - xc).abs().max()) <= 2.0**-7 * float(xc.abs().max())  # a bf16 rounding of x'
+    g = (2 * D + 16) * 2.0**-24
+    xx, r2 = (xc * xc).sum(1), ((xc - xr) ** 2).sum(1)
+    max_e2 = float((ec * ec).sum(1).max()) * (1 + g) * 1.0001
+    max_err = float(((ec - er) ** 2).sum(1).max() * (1 + g)) ** 0.5 * 1.0001
+    want = torch.tensor([token_margin(float(a), float(b), max_e2, max_err, D, "exact_products")
+                         for a, b in zip(xx, r2)], dtype=torch.float64)
+    got = stats["margin"].cpu().double()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+    if dtype == torch.bfloat16:
+        assert float(mu.abs().max()) == 0.0  # bf16 data at this offset stays uncentred (exact)
+
+
 def test_triton_token_margin_orders_precisions():
     args = (100.0, 0.0, 120.0, 0.0)
     for D in (1, 8, 256):
