@@ -68,6 +68,15 @@ inline void load_row(const scalar_t* x, int64_t row, int64_t D, float scale, flo
   for (int64_t d = 0; d < D; ++d) out[d] = scale * static_cast<float>(src[d]);
 }
 
+// The label-sorted gather reads x's rows in random order, each a cache miss: prefetching the row
+// kGatherAhead tokens ahead hides them (13% of the grouped search at D = 64 went to this copy).
+constexpr int64_t kGatherAhead = 8;
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* x, int64_t row, int64_t D) {
+  const char* p = reinterpret_cast<const char*>(x + row * D);
+  for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(scalar_t)); b += 64) __builtin_prefetch(p + b);
+}
+
 using cpu::direct_sqdist;
 
 // Rounding-error model of the certificate (unit roundoff u = 2^-24, rounded up generously).
@@ -382,6 +391,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         else
           for (int64_t t = 0; t < tn; ++t) {
             const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+            if (!perm.empty() && t + kGatherAhead < tn) prefetch_row(xp, perm[it.t0 + t + kGatherAhead], D);
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
         cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, g, found.data(), bounds.data());
@@ -403,6 +413,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       }
       for (int64_t t = 0; t < tn; ++t) {
         const int64_t row = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+        if (!perm.empty() && t + kGatherAhead < tn) prefetch_row(xp, perm[it.t0 + t + kGatherAhead], D);
         load_row(xp, row, D, -2.f, xt.data() + t * D);
       }
       std::fill(xt.begin() + tn * D, xt.begin() + tpad * D, 0.f);
