@@ -73,7 +73,9 @@ def test_train_then_eval_report_compare(trained, capsys):
                  "--max-images", "4"]) == 0
     header = (trained / "cmp" / "metrics.csv").read_text().splitlines()[0]
     assert header == "metric,SGC-VQGAN,plain VQ (baseline)"
-    assert len(list((trained / "cmp").glob("*.png"))) == 8
+    # Each model's figures (other figures, added by the report module, may come with them).
+    for kind in ("recon", "usage", "pca", "per_class"):
+        assert len(list((trained / "cmp").glob(f"{kind}_*.png"))) == 2, kind
 
 
 def test_encode_decode_round_trip(trained, capsys):

@@ -257,11 +257,14 @@ def test_compile_trains_and_keeps_the_checkpoint_format(tmp_path):
     a = load_checkpoint(eager.checkpoint).group("model")
     b = load_checkpoint(compiled.checkpoint).group("model")
     assert a.keys() == b.keys()  # compiled in place: no "_orig_mod." prefixes
-    # The network weights agree; the quantizer's state may not (one token's code choice flipped by a
-    # rounding difference re-seeds a different code), so it is left out.
+    # The network weights agree up to Adam's step size: an early Adam step moves a weight by about lr
+    # whatever its gradient's size, so a near-zero gradient whose sign differs by rounding gives up to
+    # 2 * lr per step. The quantizer's state is left out (one token's code choice flipped by rounding
+    # re-seeds a different code).
+    bound = 2 * cfg.optim.lr * cfg.train.max_steps * 1.01
     for k in a:
         if a[k].is_floating_point() and not k.startswith("quantizer."):
-            torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=1e-3, msg=k)
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=bound, msg=k)
 
 
 def test_gpu_demo_config_is_the_same_model_at_64(tmp_path):
