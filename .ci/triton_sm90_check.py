@@ -63,7 +63,7 @@ def main() -> int:
             bn, bk, bd = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], min(c.kwargs["BLOCK_D"], max(16, triton.next_power_of_2(D)))
             consts = {"GROUPED": grouped, "NB_P2": 32 if grouped else 1, "DOT_PRECISION": prec, "DOT_IN_FP32": False,
                       "CENTER_IN_KERNEL": centre, "LIST_R": nc.LIST_R, "BLOCK_N": bn, "BLOCK_K": bk,
-                      "BLOCK_D": bd, "X_RESIDENT": D <= bd, "RESCORE_D": 8}
+                      "BLOCK_D": bd, "X_RESIDENT": D <= bd, "RESCORE_D": 4}
             sig = {"xa_ptr": f"*{odt}", "ea_ptr": f"*{odt}", "mu_ptr": "*fp32", "x_ptr": f"*{xdt}",
                    "e_ptr": f"*{xdt}", "enorm2_ptr": "*fp32", "xx_ptr": "*fp32", "margin_ptr": "*fp32",
                    "perm_ptr": "*i64", "bucket_count_ptr": "*i32", "offsets_ptr": "*i64", "index_ptr": "*i64",

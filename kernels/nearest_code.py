@@ -293,7 +293,7 @@ def _nearest_code_search_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     X_RESIDENT: tl.constexpr,
-    RESCORE_D: tl.constexpr = 8,
+    RESCORE_D: tl.constexpr = 4,  # the re-score gathers [BLOCK_N, LIST_R, 4]: no spills with Triton 3.6
 ):
     pid = tl.program_id(0)
     if GROUPED:
