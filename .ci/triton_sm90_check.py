@@ -105,6 +105,35 @@ def main() -> int:
                 else:
                     flag += f"  ({hm} HMMA: mma.sync below 64 rows)"
             print(f"  {name:<34} {shape:<22} {smem:>7} {regs:>5} {stack:>6} {hg:>6} {ldl:>4}{flag}")
+    # The prologue and the direct fallback: they must compile too (no report needed).
+    prep = nc._prepare_rows_kernel
+    for cand, cdt, margins in (("bf16", "bf16", False), ("bf16", "bf16", True), ("tf32", "fp32", True),
+                               ("fp16", "fp16", True), ("none", "fp32", True)):
+        sig = {"src_ptr": "*fp32", "mu_ptr": "*fp32", "cand_ptr": f"*{cdt}", "norm2_ptr": "*fp32",
+               "bound_ptr": "*i32", "margin1_ptr": "*fp32", "margin2_ptr": "*fp32", "rows_total": "i32",
+               "D": "i32", "g": "fp32", "dp1": "fp32", "passes1": "i32", "dp2": "fp32", "passes2": "i32"}
+        consts = {"CAND": cand, "WRITE_MARGINS": margins, **nc._PREP_BLOCKS}
+        sig.update({k: "constexpr" for k in consts})
+        try:
+            triton.compile(ASTSource(fn=prep, signature=sig,
+                                     constexprs={(prep.arg_names.index(k),): v for k, v in consts.items()}),
+                           target=target, options={"num_warps": 4})
+            print(f"  _prepare_rows_kernel CAND={cand} WRITE_MARGINS={margins}: compiled")
+        except Exception as ex:  # noqa: BLE001
+            print(f"  _prepare_rows_kernel CAND={cand} WRITE_MARGINS={margins}: FAILED {type(ex).__name__}: {str(ex)[:200]}")
+            failures += 1
+    fb = nc._nearest_code_fallback_kernel
+    sig = {"x_ptr": "*fp32", "e_ptr": "*fp32", "labels_ptr": "*i64", "offsets_ptr": "*i64", "todo_ptr": "*i64",
+           "n_todo_ptr": "*i64", "index_ptr": "*i64", "sqdist_ptr": "*fp32", "K": "i32", "D": "i32"}
+    consts = {"GROUPED": True, **nc._FALLBACK_BLOCKS}
+    sig.update({k: "constexpr" for k in consts})
+    try:
+        triton.compile(ASTSource(fn=fb, signature=sig, constexprs={(fb.arg_names.index(k),): v for k, v in consts.items()}),
+                       target=target, options={"num_warps": 4})
+        print("  _nearest_code_fallback_kernel: compiled")
+    except Exception as ex:  # noqa: BLE001
+        print(f"  _nearest_code_fallback_kernel: FAILED {type(ex).__name__}: {str(ex)[:200]}")
+        failures += 1
     print(f"triton_sm90_check: {failures} problem(s)")
     return 1 if failures else 0
 
