@@ -163,8 +163,8 @@ __attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, i
 
 namespace {
 
-// oneDNN's brgemm ukernel with AMX tiles: this torch build has it and it packs bf16 here (oneDNN
-// answers could_pack only where AMX runs; on AVX512_BF16 alone it refuses the VNNI ukernel).
+// oneDNN's brgemm ukernel with AMX tiles: this torch build has it and it packs bf16 here
+// (could_pack(bf16) is false on an AMD EPYC with AVX512_BF16 but no AMX, where our own tiles run).
 bool amx_brgemm_here() {
   static const bool yes = [] {
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)  // older torch: no AMX path

@@ -1,6 +1,8 @@
-// The CPU fast_exact search for D > 16: bfloat16 GEMM tiles on AMX (oneDNN's brgemm ukernel
-// through ATen's cpublas), candidates chosen with a per-token rigorous error margin, then the
-// same float32 re-score and certificate as the exact path (nearest_code_cpu.cpp).
+// The CPU bf16 search (the default mode where the CPU has bf16 dot products, and fast_exact):
+// bfloat16 GEMM tiles on AMX (oneDNN's brgemm ukernel through ATen's cpublas) or on AVX512_BF16
+// (our own vdpbf16ps tiles, bf16_tile_avx512.h; at D <= 16 a fused scan there), candidates
+// chosen with a per-token rigorous error margin, then the same float32 re-score and certificate
+// as the float32 path (nearest_code_cpu.cpp).
 //
 // Why a margin and not a top-2: rounding x and the codes to bfloat16 moves a dot product by up to
 // ||x - bf16(x)|| ||e|| + ||x|| ||e - bf16(e)||, about 2^-9 of ||x|| ||e||, which on spread-out
