@@ -593,8 +593,7 @@ def nearest_code_with_stats(
     # ---- prologue -------------------------------------------------------------------------
     g = _sum_error(D)
     mu = _centre(e, kind, D)
-    mu_pad = torch.zeros(D + 256, dtype=torch.float32, device=device)
-    mu_pad[:D] = mu  # the kernels load whole BLOCK_D chunks of it (BLOCK_D <= 256)
+    mu_pad = torch.nn.functional.pad(mu, (0, 256))  # the kernels load whole BLOCK_D chunks (<= 256)
     cand = None if kind == "fp32" else kind
     prep_kind = cand or "none"
     enorm2 = torch.empty(K, dtype=torch.float32, device=device)
@@ -614,7 +613,7 @@ def nearest_code_with_stats(
         x, mu_pad, x_cand, xx, bound, margin1, margin2, N, D, g, dp1, passes1, dp2, passes2,
         CAND=prep_kind, WRITE_MARGINS=True, **pb)
 
-    ones = torch.ones(N, dtype=torch.int32, device=device)
+    ones = torch.ones(1, dtype=torch.int32, device=device).expand(N)  # a view: no [N] fill
     grouped = labels is not None
     if grouped:
         NB = offsets.shape[0]  # C + 1 buckets
