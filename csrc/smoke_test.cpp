@@ -15,9 +15,17 @@ int main() {
                                                           const std::optional<at::Tensor>&,
                                                           const std::optional<at::Tensor>&,
                                                           c10::string_view)>();
-  auto [index, sqdist] = op.call(x, codebook, std::nullopt, std::nullopt, "exact");
   const auto expected = torch::cdist(x.to(torch::kDouble), codebook.to(torch::kDouble)).argmin(1);
-  const int64_t wrong = (index != expected).sum().item<int64_t>();
+  // Every mode gives the same answer: "exact" takes the CPU's bf16 path where it has one (300
+  // tokens, 70 codes), "exact_fp32" the float32 tiles.
+  int64_t wrong = 0;
+  at::Tensor index;
+  for (const char* mode : {"exact", "fast_exact", "exact_fp32"}) {
+    index = std::get<0>(op.call(x, codebook, std::nullopt, std::nullopt, mode));
+    const int64_t w = (index != expected).sum().item<int64_t>();
+    if (w != 0) std::cout << "nearest_code mode " << mode << ": " << w << " mismatches" << std::endl;
+    wrong += w;
+  }
   auto stats = c10::Dispatcher::singleton()
                    .findSchemaOrThrow("sgcvq::cluster_stats", "")
                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, bool)>();
