@@ -10,6 +10,10 @@ Groups (one pytest-benchmark group each, providers side by side in one run):
                          calling thread's CPU time (robust to other load on a shared machine);
 * semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes vs a
                          full distance matrix masked outside each token's group (1 thread, CPU time);
+* nearest-code taming-init N,K,D, 1 thread, CPU time: taming-transformers' codebook init
+                         uniform(-1/K, 1/K), where nearly every token is a near-tie the certificate cannot
+                         settle: ours (default mode, exact_fp32) vs the former one-token-at-a-time exact
+                         re-search (SGCVQ_CPU_RESEARCH=loop) vs torch.addmm+argmin (taming's own search);
 * cluster-stats N,K,D  : ours vs the one-hot matmul (vector-quantize-pytorch's way) vs index_add_.
 
 Every provider's answer is checked against ours before it is timed, so a wrong provider fails
@@ -38,6 +42,8 @@ NEAREST_SHAPES = [(4096, 1024, 256), (4096, 2048, 64), (8192, 4096, 8)] if QUICK
     (65536, 1024, 256), (16384, 8192, 64), (65536, 16384, 8)]
 SEMANTIC_SHAPES = [(8192, 4096, 8)] if QUICK else [(65536, 16384, 8), (65536, 8192, 64)]
 STATS_SHAPES = [(8192, 1024, 64)] if QUICK else [(65536, 8192, 256)]
+TAMING_SHAPES = [(4096, 4096, 8), (1024, 2048, 256)] if QUICK else [(16384, 16384, 8), (4096, 8192, 256)]
+TAMING_PROVIDERS = ["ours", "ours exact_fp32", "ours re-search=loop", "torch.addmm+argmin"]
 
 # "ours bf16=<path>": the default mode with SGCVQ_CPU_BF16 forcing that path (csrc/cpu/nearest_code_bf16.h).
 OUR_PATHS = ["ours bf16=amx", "ours bf16=avx512bf16", "ours exact_fp32"]
@@ -56,6 +62,13 @@ def search_inputs(N: int, K: int, D: int) -> dict:
     labels = torch.randint(0, C, (N,), generator=g)
     offsets = torch.arange(C + 1) * K // C
     return {"x": x, "codebook": codebook, "labels": labels, "offsets": offsets}
+
+
+def taming_inputs(N: int, K: int, D: int) -> dict:
+    """randn tokens against taming-transformers' codebook init, uniform(-1/K, 1/K)."""
+    g = torch.Generator().manual_seed(N * 5 + K + D)
+    return {"x": torch.randn(N, D, generator=g),
+            "codebook": torch.empty(K, D).uniform_(-1.0 / K, 1.0 / K, generator=g)}
 
 
 def stats_inputs(N: int, K: int, D: int) -> dict:
@@ -103,6 +116,20 @@ def nearest_provider(name: str, inp: dict):
                 return sgcvq.nearest_code(x, e, check=False)[0]
 
         return forced
+    if name == "ours re-search=loop":  # the former exact re-search, one token at a time
+
+        def loop():
+            old = os.environ.get("SGCVQ_CPU_RESEARCH")
+            os.environ["SGCVQ_CPU_RESEARCH"] = "loop"
+            try:
+                return sgcvq.nearest_code(x, e, check=False)[0]
+            finally:
+                if old is None:
+                    os.environ.pop("SGCVQ_CPU_RESEARCH", None)
+                else:
+                    os.environ["SGCVQ_CPU_RESEARCH"] = old
+
+        return loop
     if name == "ours exact_fp32":  # the same answer from float32 candidates
         return lambda: sgcvq.nearest_code(x, e, mode="exact_fp32", check=False)[0]
     if name == "torch.cdist+argmin":
@@ -158,6 +185,7 @@ KINDS = {
     "nearest": (search_inputs, nearest_provider),
     "semantic": (search_inputs, semantic_provider),
     "stats": (stats_inputs, stats_provider),
+    "taming": (taming_inputs, nearest_provider),
 }
 
 
@@ -226,6 +254,27 @@ def test_nearest_code_one_thread(benchmark, bench_record, shape, provider):
     slow = provider == "torch.addmm+argmin" and N * K >= 2**28
     with one_thread():
         benchmark.pedantic(fn, rounds=1 if slow else (2 if QUICK else 5), iterations=1, warmup_rounds=1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours",
+                 flops=2.0 * N * K * D, one_thread=True)
+
+
+@pytest.mark.benchmark(timer=time.thread_time)
+@pytest.mark.parametrize("provider", TAMING_PROVIDERS)
+@pytest.mark.parametrize("shape", TAMING_SHAPES, ids=_ids(TAMING_SHAPES))
+def test_nearest_code_taming_init(benchmark, bench_record, shape, provider):
+    """The exact search of tokens the certificate cannot settle (1 thread, CPU time). Our modes
+    must give the bits of the former loop; addmm's expansion cannot resolve these near-ties, so
+    only its time is compared."""
+    N, K, D = shape
+    inp = _cached_inputs("taming", N, K, D)
+    fn = nearest_provider(provider, inp)
+    benchmark.group = f"nearest-code taming-init {N}x{K}x{D} fp32, 1 thread, CPU time"
+    with one_thread():
+        if provider.startswith("ours"):
+            loop = nearest_provider("ours re-search=loop", inp)
+            assert torch.equal(fn(), loop()), f"{provider} disagrees with the one-token exact re-search"
+        slow = provider == "ours re-search=loop" and not QUICK
+        benchmark.pedantic(fn, rounds=1 if slow else (2 if QUICK else 3), iterations=1, warmup_rounds=0 if slow else 1)
     bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours",
                  flops=2.0 * N * K * D, one_thread=True)
 

@@ -693,3 +693,122 @@ def test_torch_compile_backward():
         fn(x, codebook, inputs["labels"], inputs["offsets"]).backward()
         grads.append((x.grad, codebook.grad))
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The exact search of uncertified tokens (taming-transformers' uniform(-1/K, 1/K) codebook)
+# --------------------------------------------------------------------------------------------
+def _cpu_has_avx512f() -> bool:
+    """The CPU's own flag: direct_sqdist follows it even under SGCVQ_CPU_PORTABLE=1."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f " in f.read().replace("\n", " ")
+    except OSError:
+        return bool(CPU_CAPS.get("avx512"))
+
+
+CPU_HAS_AVX512F = _cpu_has_avx512f()
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fma(a, b, c), rounded once: the product is exact in float64, TwoSum gives the
+    float64 sum's error, and its sign settles the one case a second rounding can get wrong (the
+    float64 sum exactly halfway between two floats)."""
+    s, cc = a.double() * b.double(), c.double()
+    r = s + cc
+    bb = r - s
+    err = (s - (r - bb)) + (cc - bb)
+    f = r.float()
+    up = torch.nextafter(f, torch.full_like(f, float("inf")))
+    dn = torch.nextafter(f, torch.full_like(f, -float("inf")))
+    f = torch.where((r == (f.double() + up.double()) / 2) & (err > 0), up, f)
+    return torch.where((r == (f.double() + dn.double()) / 2) & (err < 0), dn, f)
+
+
+def direct_sqdist_ref(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """[N, K] float32 distances with the bits of csrc's direct_sqdist (nearest_code_scan.h): lane
+    d % 16 accumulates (x_d - e_d)^2 chunk by chunk (fma on AVX-512 CPUs, else multiply then add),
+    then the lanes are added by the tree 8, 4, 2, 1."""
+    x, codebook = x.float(), codebook.float()
+    D = x.shape[1]
+    pad = (-D) % 16
+    x = torch.nn.functional.pad(x, (0, pad))
+    codebook = torch.nn.functional.pad(codebook, (0, pad))
+    out = []
+    for rows in x.split(16):
+        t = rows[:, None, :] - codebook[None, :, :]
+        acc = torch.zeros(t.shape[0], t.shape[1], 16)
+        for c in range(t.shape[2] // 16):
+            tc = t[..., 16 * c : 16 * (c + 1)]
+            acc = fma32(tc, tc, acc) if CPU_HAS_AVX512F else acc + tc * tc
+        for w in (8, 4, 2, 1):
+            acc = acc[..., :w] + acc[..., w : 2 * w]
+        out.append(acc[..., 0])
+    return torch.cat(out)
+
+
+def direct_argmin_ref(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contract: the argmin of the direct float32 distance over the token's group, ties to the
+    lowest index, and that distance."""
+    d = direct_sqdist_ref(inputs["x"], inputs["codebook"])
+    labels, offsets, K = inputs["labels"], inputs["offsets"], d.shape[1]
+    if labels is not None:
+        k = torch.arange(K)
+        lo = torch.where(labels < 0, 0, offsets[labels.clamp(min=0)])
+        hi = torch.where(labels < 0, K, offsets[labels.clamp(min=0) + 1])
+        d = d.masked_fill((k[None] < lo[:, None]) | (k[None] >= hi[:, None]), float("inf"))
+    index = d.argmin(1)  # the first of equal minima
+    return index, d.gather(1, index[:, None])[:, 0]
+
+
+def taming_inputs(N: int, K: int, D: int, dtype: torch.dtype, labelled: bool, seed: int) -> dict:
+    """taming-transformers' codebook init uniform(-1/K, 1/K) against randn tokens: nearly every
+    token is a near-tie the certificate cannot settle. A few exact ties (duplicated codes, tokens
+    equal to a code) across the 16-code lane blocks and the 4-code micro-tiles."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = sample_inputs(N, K, D, dtype, labelled=labelled, generator=g)
+    codebook = torch.empty(K, D).uniform_(-1.0 / K, 1.0 / K, generator=g)
+    for src, dst in ((5, 37), (2, 3), (17, 16)):
+        if max(src, dst) < K:
+            codebook[dst] = codebook[src]
+    codebook = codebook.to(dtype)
+    x = inputs["x"].clone()
+    for i, k in ((0, 37 % K), (1, 3 % K), (2, 16 % K)):
+        if i < N:
+            x[i] = codebook[k]
+    inputs.update(x=x, codebook=codebook)
+    return inputs
+
+
+def assert_bits_equal(got: tuple, want: tuple) -> None:
+    assert torch.equal(got[0], want[0]), (got[0] != want[0]).nonzero()[:5].tolist()
+    bits = got[1].view(torch.int32), want[1].float().view(torch.int32)
+    assert torch.equal(*bits), (bits[0] != bits[1]).nonzero()[:5].tolist()
+
+
+@pytest.mark.skipif(not ops.HAS_CPU_EXTENSION, reason="the CPU extension is not built")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("labelled", [False, True], ids=["all-codes", "labels"])
+@pytest.mark.parametrize("D", [1, 5, 8, 16, 17, 33, 256])
+def test_taming_init_gives_the_direct_fp32_bits(D, labelled, dtype, mode, monkeypatch):
+    # 301 tokens: the bf16 paths run (>= 256 tokens), tiles of 64 and micro-tiles of 4 end ragged.
+    N, K = 301, (300 if D > 64 else 700)
+    inputs = taming_inputs(N, K, D, dtype, labelled, seed=D)
+    want = direct_argmin_ref(inputs)
+    assert_bits_equal(run(inputs, "cpu", mode=mode), want)
+    monkeypatch.setenv("SGCVQ_CPU_RESEARCH", "loop")  # the former one-token-at-a-time re-search
+    assert_bits_equal(run(inputs, "cpu", mode=mode), want)
+
+
+@pytest.mark.skipif(not ops.HAS_CPU_EXTENSION, reason="the CPU extension is not built")
+@pytest.mark.parametrize("N,K,D", [(1, 1, 1), (3, 17, 5), (65, 16, 16), (130, 33, 17), (7, 2, 300), (513, 50, 48)])
+def test_exact_search_odd_shapes_match_the_one_token_loop(N, K, D, monkeypatch):
+    # Tokens scaled to the codes' size: real differences between codes, not only near-ties.
+    inputs = taming_inputs(N, K, D, torch.float32, labelled=K > 3, seed=N + K + D)
+    inputs["x"] = inputs["x"] / K
+    want = direct_argmin_ref(inputs)
+    got = run(inputs, "cpu", mode="exact_fp32")
+    monkeypatch.setenv("SGCVQ_CPU_RESEARCH", "loop")
+    assert_bits_equal(got, want)
+    assert_bits_equal(run(inputs, "cpu", mode="exact_fp32"), want)

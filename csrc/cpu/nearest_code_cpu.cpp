@@ -38,6 +38,7 @@ using cpu::Top2;
 
 constexpr int64_t kTileN = 512;  // tokens per work item (the GEMM packs each code tile once per 512)
 constexpr int64_t kTileK = 512;  // codes per GEMM tile (scratch: kTileN * kTileK floats = 1 MB, in L2)
+constexpr int64_t kExactTile = 64;  // tokens per tile of the exact search of uncertified tokens
 constexpr int64_t kBf16MinTokens = 256;  // the bf16 path from this many tokens on
 // ...and in mode 'exact' from this many codes per token on (the class groups' sizes, averaged over
 // the tokens): below it the float32 candidates are faster (benchmarks/group_sweep.py, AMD EPYC
@@ -298,6 +299,10 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     lp = lab.data_ptr<int64_t>();
   }
   std::vector<uint8_t> redo(bf16 ? static_cast<size_t>(N) : 0, 0);  // bf16 tokens left uncertified
+  std::vector<uint8_t> exact(bf16 ? 0 : static_cast<size_t>(N), 0);  // float32 ones: exact search
+  // SGCVQ_CPU_RESEARCH=loop: the former exact re-search, one token at a time (benchmarks, tests).
+  const char* research_env = std::getenv("SGCVQ_CPU_RESEARCH");
+  const bool loop_research = research_env != nullptr && std::strcmp(research_env, "loop") == 0;
   // Row i of x as float32: in place for float32 input, else converted into buf.
   auto row_f32 = [&](int64_t i, float* buf) -> const float* {
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -350,7 +355,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       certified = found >= hi - lo || cert.holds(cpu::sum_squares(xr, D), thr, bv);
     }
     if (!certified) {
-      bv = kInf; bi = -1;  // exact re-search of the token's codes in index order
+      if (!loop_research) {  // searched below with the other uncertified tokens, in tiles
+        exact[static_cast<size_t>(i)] = 1;
+        return;
+      }
+      bv = kInf; bi = -1;  // SGCVQ_CPU_RESEARCH=loop: the token alone, its codes in index order
       for (int64_t k = lo; k < hi; ++k) {
         const float v = direct_sqdist(xr, ep + k * D, D);
         if (v < bv) { bv = v; bi = k; }
@@ -460,6 +469,49 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
           finish_token(i, xr.data(), nullptr, &lists[at], &token_bound[at], N);
         else
           finish_token(i, xr.data(), &cand[at], nullptr, nullptr, N);
+      }
+    });
+  }
+  if (!bf16) {
+    // Tokens the certificate could not settle (taming's uniform(-1/K, 1/K) codebook: nearly all of
+    // them) are searched exactly in tiles of up to kExactTile tokens of one code group, each code
+    // row read once per tile (cpu::exact_search: the same bits as direct_sqdist per pair).
+    std::vector<int64_t> todo;  // in label-sorted order, so a group's tokens are adjacent
+    for (int64_t p = 0; p < N; ++p) {
+      const int64_t i = perm.empty() ? p : perm[p];
+      if (exact[static_cast<size_t>(i)]) todo.push_back(i);
+    }
+    auto range_of = [&](int64_t i) {
+      const bool all = lp == nullptr || lp[i] < 0;
+      return std::make_pair(all ? int64_t{0} : off[lp[i]], all ? K : off[lp[i] + 1]);
+    };
+    std::vector<int64_t> tile_start;
+    for (size_t j = 0; j < todo.size(); ++j)
+      if (j == 0 || range_of(todo[j]) != range_of(todo[j - 1]) ||
+          static_cast<int64_t>(j) - tile_start.back() >= kExactTile)
+        tile_start.push_back(static_cast<int64_t>(j));
+    tile_start.push_back(static_cast<int64_t>(todo.size()));
+    const int64_t tiles = static_cast<int64_t>(tile_start.size()) - 1;
+    at::parallel_for(0, tiles, 1, [&](int64_t a, int64_t b) {
+      std::vector<float> rows(static_cast<size_t>(kExactTile * D)), val(kExactTile);
+      std::vector<int64_t> arg(kExactTile);
+      for (int64_t tile = a; tile < b; ++tile) {
+        const int64_t j0 = tile_start[tile], tn = tile_start[tile + 1] - j0;
+        for (int64_t t = 0; t < tn; ++t) load_row(xp, todo[j0 + t], D, 1.f, rows.data() + t * D);
+        std::fill(val.begin(), val.end(), kInf);
+        std::fill(arg.begin(), arg.end(), int64_t{-1});
+        const auto [lo, hi] = range_of(todo[j0]);
+        cpu::exact_search(rows.data(), tn, D, ep, small ? &small_cb : nullptr, lo, hi, val.data(), arg.data());
+        for (int64_t t = 0; t < tn; ++t) {
+          const int64_t i = todo[j0 + t];
+          if (arg[t] < 0) {  // only non-finite inputs get here: the first code and its (NaN) distance
+            ip[i] = lo;
+            dp[i] = direct_sqdist(rows.data() + t * D, ep + lo * D, D);
+          } else {
+            ip[i] = arg[t];
+            dp[i] = val[t];
+          }
+        }
       }
     });
   }

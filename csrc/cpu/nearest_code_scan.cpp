@@ -414,6 +414,139 @@ __attribute__((target_clones("avx2", "default"))) float sum_squares_portable(con
   return reduce_lanes(acc);
 }
 
+// ---- exact search: the same bits as direct_sqdist, many (token, code) pairs at a time ------------
+// D <= 16, codes across the lanes of the small-D layout: direct_sqdist_avx512 has a single chunk
+// there, lane d holding t_d^2 = fma(t_d, t_d, +0) (zero past D), then the tree 8, 4, 2, 1. Here
+// vector register d holds t_d^2 of 16 codes and the same tree adds registers: the same
+// operations on the same operands for every code. Terms past D are +0 and are not added
+// (x + (+0) == x for every x >= +0 and NaN; no term is ever -0), which D being a compile-time
+// constant makes free. fma, not mul + add: -ffp-contract would fuse a mul into the add above it.
+template <int D>
+__attribute__((target("avx512f"))) void exact_lanes_avx512(const float* xs, int64_t T, const SmallDCodebook& cb,
+                                                          int64_t k0, int64_t k1, float* val, int64_t* arg) {
+  const __m512 zero = _mm512_setzero_ps(), inf = _mm512_set1_ps(kInf);
+  const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
+  for (int64_t t = 0; t < T; ++t) {
+    __m512 x[D];
+    for (int d = 0; d < D; ++d) x[d] = _mm512_set1_ps(xs[t * D + d]);
+    __m512 best = inf;
+    __m512i bblk = _mm512_setzero_si512(), blk = _mm512_set1_epi32(0);
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int64_t b = b0; b < b1; ++b, blk = _mm512_add_epi32(blk, one)) {
+      const float* e = cb.blocks + b * D * kLanes;
+      __m512 a[kLanes];
+      for (int d = 0; d < D; ++d) {
+        const __m512 td = _mm512_sub_ps(x[d], _mm512_loadu_ps(e + d * kLanes));
+        a[d] = _mm512_fmadd_ps(td, td, zero);
+      }
+      for (int l = 0; l < 8 && l < D; ++l)
+        if (l + 8 < D) a[l] = _mm512_add_ps(a[l], a[l + 8]);
+      for (int l = 0; l < 4 && l < D; ++l)
+        if (l + 4 < D) a[l] = _mm512_add_ps(a[l], a[l + 4]);
+      for (int l = 0; l < 2 && l < D; ++l)
+        if (l + 2 < D) a[l] = _mm512_add_ps(a[l], a[l + 2]);
+      __m512 v = D > 1 ? _mm512_add_ps(a[0], a[1]) : a[0];
+      if (b == b0 || b == b1 - 1) v = _mm512_mask_blend_ps(static_cast<__mmask16>(lane_mask(b, k0, k1)), inf, v);
+      const __mmask16 lt = _mm512_cmp_ps_mask(v, best, _CMP_LT_OQ);  // NaN never wins, as in the loop
+      best = _mm512_mask_blend_ps(lt, best, v);
+      bblk = _mm512_mask_blend_epi32(lt, bblk, blk);
+    }
+    // Lane j holds the first (lowest-index) minimum among codes b*16 + j: the answer is the
+    // lowest index among the lanes holding the overall minimum, if that is below infinity.
+    alignas(64) float bv[kLanes];
+    alignas(64) int32_t bb[kLanes];
+    _mm512_store_ps(bv, best);
+    _mm512_store_si512(reinterpret_cast<__m512i*>(bb), bblk);
+    float m = val[t];
+    int64_t mi = arg[t];
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t k = (b0 + bb[j]) * kLanes + j;
+      if (bv[j] < m || (bv[j] == m && mi >= 0 && k < mi)) {
+        m = bv[j];
+        mi = k;
+      }
+    }
+    val[t] = m;
+    arg[t] = mi;
+  }
+}
+
+using ExactLanesFn = void (*)(const float*, int64_t, const SmallDCodebook&, int64_t, int64_t, float*, int64_t*);
+template <int... Ds>
+ExactLanesFn pick_exact_lanes(int64_t D, std::integer_sequence<int, Ds...>) {
+  ExactLanesFn fn = nullptr;
+  ((D == Ds + 1 ? (fn = &exact_lanes_avx512<Ds + 1>, 0) : 0), ...);
+  return fn;
+}
+
+// Any D: micro-tiles of 4 tokens x 4 codes (16 accumulators in registers, 8 loads per 16 fma),
+// the codes from a block that stays in L2; each pair summed exactly as direct_sqdist_avx512 does
+// (its chunks in order, the masked tail, tree16).
+constexpr int64_t kExactRows = 4, kExactCols = 4;
+constexpr int64_t kExactBlockBytes = 192 << 10;
+__attribute__((target("avx512f"))) void exact_rows_avx512(const float* xs, int64_t T, int64_t D, const float* e,
+                                                         int64_t k0, int64_t k1, float* val, int64_t* arg) {
+  const int64_t full = D / kLanes * kLanes;
+  const __mmask16 tail = static_cast<__mmask16>(lane_mask(0, 0, D - full));
+  const int64_t kb_len = std::max<int64_t>(16, kExactBlockBytes / (D * static_cast<int64_t>(sizeof(float))));
+  for (int64_t kb = k0; kb < k1; kb += kb_len) {
+    const int64_t ke = std::min(k1, kb + kb_len);
+    for (int64_t t0 = 0; t0 < T; t0 += kExactRows) {
+      const float* x[kExactRows];
+      float bv[kExactRows];
+      int64_t bi[kExactRows];
+      for (int64_t j = 0; j < kExactRows; ++j) {  // rows past T repeat the last one, results dropped
+        const int64_t t = std::min(t0 + j, T - 1);
+        x[j] = xs + t * D;
+        bv[j] = val[t];
+        bi[j] = arg[t];
+      }
+      for (int64_t k = kb; k < ke; k += kExactCols) {
+        const float* ek[kExactCols];  // codes past ke repeat the last one, results dropped
+        for (int64_t c = 0; c < kExactCols; ++c) ek[c] = e + std::min(k + c, ke - 1) * D;
+        __m512 a[kExactRows][kExactCols];
+        for (int64_t j = 0; j < kExactRows; ++j)
+          for (int64_t c = 0; c < kExactCols; ++c) a[j][c] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < full; d += kLanes) {
+          __m512 ev[kExactCols];
+          for (int64_t c = 0; c < kExactCols; ++c) ev[c] = _mm512_loadu_ps(ek[c] + d);
+          for (int64_t j = 0; j < kExactRows; ++j) {
+            const __m512 xv = _mm512_loadu_ps(x[j] + d);
+            for (int64_t c = 0; c < kExactCols; ++c) {
+              const __m512 t = _mm512_sub_ps(xv, ev[c]);
+              a[j][c] = _mm512_fmadd_ps(t, t, a[j][c]);
+            }
+          }
+        }
+        if (full < D) {
+          __m512 ev[kExactCols];
+          for (int64_t c = 0; c < kExactCols; ++c) ev[c] = _mm512_maskz_loadu_ps(tail, ek[c] + full);
+          for (int64_t j = 0; j < kExactRows; ++j) {
+            const __m512 xv = _mm512_maskz_loadu_ps(tail, x[j] + full);
+            for (int64_t c = 0; c < kExactCols; ++c) {
+              const __m512 t = _mm512_sub_ps(xv, ev[c]);
+              a[j][c] = _mm512_fmadd_ps(t, t, a[j][c]);
+            }
+          }
+        }
+        const int64_t nc = std::min(kExactCols, ke - k);
+        for (int64_t j = 0; j < kExactRows; ++j)
+          for (int64_t c = 0; c < nc; ++c) {  // codes in index order: strict '<' keeps the lowest
+            const float v = tree16(a[j][c]);
+            if (v < bv[j]) {
+              bv[j] = v;
+              bi[j] = k + c;
+            }
+          }
+      }
+      for (int64_t j = 0; j < kExactRows && t0 + j < T; ++j) {
+        val[t0 + j] = bv[j];
+        arg[t0 + j] = bi[j];
+      }
+    }
+  }
+}
+
 // The CPU's features alone pick the version (not SGCVQ_CPU_PORTABLE): every caller in a process
 // must get the same bits, and the re-score, the exact fallback and sqdist all come through here.
 bool sums_use_avx512() {
@@ -425,6 +558,32 @@ bool sums_use_avx512() {
 
 float direct_sqdist(const float* a, const float* b, int64_t D) {
   return sums_use_avx512() ? direct_sqdist_avx512(a, b, D) : direct_sqdist_portable(a, b, D);
+}
+
+void exact_search(const float* xs, int64_t T, int64_t D, const float* e, const SmallDCodebook* lanes, int64_t k0,
+                  int64_t k1, float* val, int64_t* arg) {
+  if (T <= 0 || k1 <= k0) return;
+  // The AVX-512 kernels reproduce direct_sqdist_avx512, so they run only where that is the one.
+  if (sums_use_avx512() && scan_uses_avx512()) {
+    if (lanes != nullptr && D <= kSmallMaxD) {
+      const ExactLanesFn fn = pick_exact_lanes(D, std::make_integer_sequence<int, kSmallMaxD>{});
+      if (fn != nullptr) return fn(xs, T, *lanes, k0, k1, val, arg);
+    }
+    return exact_rows_avx512(xs, T, D, e, k0, k1, val, arg);
+  }
+  // Portable: direct_sqdist itself per pair, in the same cache-sized tiles.
+  const int64_t kb_len = std::max<int64_t>(16, kExactBlockBytes / (D * static_cast<int64_t>(sizeof(float))));
+  for (int64_t kb = k0; kb < k1; kb += kb_len) {
+    const int64_t ke = std::min(k1, kb + kb_len);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = kb; k < ke; ++k) {
+        const float v = direct_sqdist(xs + t * D, e + k * D, D);
+        if (v < val[t]) {
+          val[t] = v;
+          arg[t] = k;
+        }
+      }
+  }
 }
 
 float sum_squares(const float* a, int64_t D) {

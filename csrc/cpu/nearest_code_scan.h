@@ -53,6 +53,15 @@ float direct_sqdist(const float* a, const float* b, int64_t D);
 // The same summation for sum_d a[d]^2.
 float sum_squares(const float* a, int64_t D);
 
+// The exact search of tokens the certificate could not settle: for t < T, (val[t], arg[t]) <- the
+// first k in [k0, k1) whose direct_sqdist(xs + t * D, e + k * D, D) is below val[t] and smallest
+// (codes visited in index order, strict '<': ties to the lowest index, NaN never wins). The caller
+// sets val = inf, arg = -1 (or carries them over from an earlier code range). The values are
+// direct_sqdist's bits: the AVX-512 kernels repeat its operations per pair, many pairs at a time
+// (cache-sized code blocks; for D <= 16 codes across the lanes of `lanes`, which may be null).
+void exact_search(const float* xs, int64_t T, int64_t D, const float* e, const SmallDCodebook* lanes, int64_t k0,
+                  int64_t k1, float* val, int64_t* arg);
+
 // True when the AVX-512 versions run: the CPU has AVX-512F/DQ and SGCVQ_CPU_PORTABLE is unset.
 bool scan_uses_avx512();
 
