@@ -1,7 +1,7 @@
 """Training step rate with the real data pipeline against the same loop fed one fixed batch.
 
-    .venv/bin/python -m pytest benchmarks/test_bench_train.py -s                      # full, ~3 min on 2 cores
-    SGCVQ_BENCH_QUICK=1 .venv/bin/python -m pytest benchmarks/test_bench_train.py -s  # CI, < 1 min
+    .venv/bin/python -m pytest benchmarks/test_bench_train.py -s                      # full: 123 steps a config
+    SGCVQ_BENCH_QUICK=1 .venv/bin/python -m pytest benchmarks/test_bench_train.py -s  # CI: 9 steps a config, a smoke run
 
 For configs/sgc_synthetic_64.yaml (all torch threads) and the demo's SGC model (`sgcvq train --demo`:
 32x32 on a CPU, one intra-op thread; on a GPU the demo's GPU size), one Trainer runs, in this order
@@ -33,7 +33,7 @@ QUICK = os.environ.get("SGCVQ_BENCH_QUICK", "0") not in ("", "0")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out" / "train_rates.json"
 BLOCK_STEPS = 2 if QUICK else 10
-ROUNDS = 2 if QUICK else 3
+ROUNDS = 1 if QUICK else 3
 WARMUP_STEPS = 1 if QUICK else 3
 FLOOR = 0.90
 
