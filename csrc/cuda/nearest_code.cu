@@ -28,6 +28,7 @@
 // Not done yet (performance, unmeasured): no cp.async double buffering of the staged tiles, X is
 // re-staged for every code tile, S makes a round trip through shared memory, no wgmma on sm_90a.
 #include "nearest_code.h"
+#include "label_tiles.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -315,26 +316,11 @@ __global__ void __launch_bounds__(kThreads) nearest_code_tile_kernel(const Searc
   const int D = args.D;
 
   // ---- this block's tokens (sorted positions [p0, p0 + rows)) and code range ------------------
-  int p0, p_end, lo, hi;
-  if (args.C == 0) {
-    p0 = blockIdx.x * kBlockM;
-    p_end = min(args.N, p0 + kBlockM);
-    lo = 0;
-    hi = args.K;
-  } else {
-    const int tile = blockIdx.x;
-    if (tile >= args.tile_start[args.C + 1]) return;  // the grid is an upper bound
-    // The last bucket b with tile_start[b] <= tile owns it (tile_start[b + 1] > tile then holds).
-    int b = 0, top = args.C + 1;
-    while (top - b > 1) {
-      const int mid = (b + top) / 2;
-      if (args.tile_start[mid] <= tile) b = mid; else top = mid;
-    }
-    p0 = args.bucket_start[b] + (tile - args.tile_start[b]) * kBlockM;
-    p_end = min(args.bucket_start[b + 1], p0 + kBlockM);
-    lo = b == 0 ? 0 : args.offsets[b - 1];  // bucket 0 = label -1: every code
-    hi = b == 0 ? args.K : args.offsets[b];
-  }
+  TileWork w;
+  if (!label_tile_work(blockIdx.x, kBlockM, args.N, args.K, args.C, args.offsets, args.bucket_start,
+                       args.tile_start, w))
+    return;  // the grid is an upper bound
+  const int p0 = w.p0, p_end = w.p_end, lo = w.lo, hi = w.hi;
   const long long span = hi - lo;
   const int k_begin = lo + static_cast<int>(span * blockIdx.y / gridDim.y);
   const int k_end = lo + static_cast<int>(span * (blockIdx.y + 1) / gridDim.y);

@@ -29,6 +29,7 @@
 // holds rows 16 (t/32) + (t%32)/4 and +8, columns 8i + 2 (t%4) + {0, 1}: d[4i + {0,1}] and
 // d[4i + {2,3}].
 #include "nearest_code_sm90.h"
+#include "label_tiles.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -259,25 +260,10 @@ __global__ void __launch_bounds__(kThreads, 1) search_kernel(const SearchParams 
   const int tid = threadIdx.x;
 
   // ---- this CTA's tokens (sorted positions [p0, p0 + rows)) and code range [lo, hi) ----
-  int p0, p_end, lo, hi;
-  if (p.C == 0) {
-    p0 = blockIdx.x * kSm90TileM;
-    p_end = min(p.N, p0 + kSm90TileM);
-    lo = 0;
-    hi = p.K;
-  } else {
-    const int tile = blockIdx.x;
-    if (tile >= p.tile_start[p.C + 1]) return;  // the grid is an upper bound
-    int b = 0, top = p.C + 1;
-    while (top - b > 1) {
-      const int mid = (b + top) / 2;
-      if (p.tile_start[mid] <= tile) b = mid; else top = mid;
-    }
-    p0 = p.bucket_start[b] + (tile - p.tile_start[b]) * kSm90TileM;
-    p_end = min(p.bucket_start[b + 1], p0 + kSm90TileM);
-    lo = b == 0 ? 0 : p.offsets[b - 1];
-    hi = b == 0 ? p.K : p.offsets[b];
-  }
+  TileWork w;
+  if (!label_tile_work(blockIdx.x, kSm90TileM, p.N, p.K, p.C, p.offsets, p.bucket_start, p.tile_start, w))
+    return;  // the grid is an upper bound
+  const int p0 = w.p0, p_end = w.p_end, lo = w.lo, hi = w.hi;
   const int rows = p_end - p0;
   if (rows <= 0 || hi <= lo) return;  // uniform over the CTA
 
