@@ -4,18 +4,23 @@
 #   test    tests/test_triton.py and tests/test_cuda.py (all modes, float64 oracle)
 #   sm90    tests/test_cuda.py's nearest_code tests again with the opt-in Hopper kernel
 #           (SGCVQ_CUDA_SM90=1: the default mode "exact" then runs nearest_code_sm90.cu)
+#   train   benchmarks/test_bench_train.py on the GPU (real pipeline vs one fixed batch on the device,
+#           with a profile of the fixed-batch step)
+#   demo    `sgcvq train --demo` on the GPU, each model cut at SGCVQ_GPU_DEMO_LIMIT_S (default 18)
 #   bench   benchmarks/test_bench_gpu.py: every provider side by side, the yardsticks, the floors
-# Outputs under $OUT (default benchmarks/out/), at most 7 files so that all of them come back:
+#           (written after every row, so a step cut short still returns what it measured)
+# Outputs under $OUT (default benchmarks/out/), at most 8 files so that all of them come back:
 #   summary.txt (environment, each step's status and tail), build.log, test.log, bench.log,
-#   gpu-<device>.json (the benchmark record), gpu_dispatch.json (the dispatch table), tests.xml.
+#   gpu-<device>.json (the benchmark record), gpu_dispatch.json (the dispatch table),
+#   train.log (train and demo), train_rates.json.
 # Copy gpu-<device>.json to benchmarks/results/ and gpu_dispatch.json to sgcvq/ in the checkout.
 #
-#   bash benchmarks/gpu_run.sh                  # build, test, sm90, bench (the default: all)
+#   bash benchmarks/gpu_run.sh                  # build test sm90 train demo bench (the default: all)
 #   bash benchmarks/gpu_run.sh build sm90       # only some steps, in the order given
 #   SGCVQ_BENCH_QUICK=1 bash benchmarks/gpu_run.sh build bench
 #
-# From a session with the device tool (one call, about 9.5 minutes):
-#   run(command="bash benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=600)
+# From a session with the device tool (one call, at most SGCVQ_GPU_BUDGET_S):
+#   run(command="bash benchmarks/gpu_run.sh", timeout_s=600)
 # .whl/ holds pure-Python wheels (pytest, pytest-benchmark, hypothesis, nvidia-ml-py, ...) installed
 # into a private folder only where the machine lacks them (it has no network).
 # The whole script keeps to SGCVQ_GPU_BUDGET_S seconds (default 575: device calls stop at 600).
@@ -30,9 +35,10 @@ START=$(date +%s)
 BUDGET="${SGCVQ_GPU_BUDGET_S:-575}"
 SUMMARY="$OUT/summary.txt"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 bench)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test sm90 train demo bench)
 : >"$SUMMARY"
 
+LAST_RC=0
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
@@ -45,6 +51,7 @@ run_step() {
   t=$(left)
   [ "$t" -gt "$max" ] && t=$max
   if [ "$t" -le 5 ]; then
+    LAST_RC=125
     note "$name: SKIPPED (no time left)"
     return 0
   fi
@@ -53,6 +60,7 @@ run_step() {
   echo "==== $name: $*" >>"$OUT/$log"
   timeout --kill-after=5 "$t" "$@" >>"$OUT/$log" 2>&1
   local rc=$?
+  LAST_RC=$rc
   local status="rc=$rc"
   { [ $rc -eq 124 ] || [ $rc -eq 137 ]; } && status="TIMEOUT after ${t}s (rc=$rc)"
   note "$name: $status in $(($(date +%s) - t0))s  (log: $log)"
@@ -110,8 +118,7 @@ for step in "${STEPS[@]}"; do
       # SGCVQ_TRITON_AUTOTUNE=0: one tile config per kernel family, so the tests do not spend
       # their time autotuning every shape; the benchmarks autotune.
       run_step test test.log 200 env SGCVQ_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_triton.py tests/test_cuda.py \
-        tests/test_gpu_dispatch.py -q -rs --durations=10 -p no:cacheprovider --junitxml="$OUT/tests.xml" \
-        -k "not sanitizer"
+        tests/test_gpu_dispatch.py -q -rs --durations=10 -p no:cacheprovider -k "not sanitizer"
       ;;
     sm90)
       ensure_importable
@@ -120,6 +127,23 @@ for step in "${STEPS[@]}"; do
       # then compute-sanitizer memcheck on it.
       run_step sm90 test.log 90 env SGCVQ_CUDA_SM90=1 "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider \
         -k "nearest_code or sanitizer and memcheck"
+      # The bench times the sm90 kernel only if it passed here (a faulting kernel would poison the
+      # bench's CUDA context and lose every row after it).
+      [ "$LAST_RC" -eq 0 ] || export SGCVQ_BENCH_SM90=0
+      ;;
+    train)
+      ensure_importable
+      run_step train train.log 100 env SGCVQ_BENCH_PROFILE=1 "$PY" -m pytest benchmarks/test_bench_train.py -q -s \
+        -p no:cacheprovider
+      cp benchmarks/out/train_rates.json "$OUT/" 2>/dev/null || note "train: no train_rates.json"
+      ;;
+    demo)
+      ensure_importable
+      run_step demo train.log 150 "$PY" -m sgcvq train --demo --out "${TMPDIR:-/tmp}/sgcvq_demo" --no-progress \
+        --set "train.time_limit_s=${SGCVQ_GPU_DEMO_LIMIT_S:-18}"
+      for f in "${TMPDIR:-/tmp}"/sgcvq_demo/report/*.json; do
+        [ -f "$f" ] && { echo "==== $f"; cat "$f"; } >>"$OUT/train.log"
+      done
       ;;
     bench)
       ensure_importable
@@ -127,7 +151,7 @@ for step in "${STEPS[@]}"; do
         --benchmark-columns=min,median,max,rounds
       ;;
     *)
-      note "unknown step $step (build, test, sm90, bench)"
+      note "unknown step $step (build, test, sm90, train, demo, bench)"
       ;;
   esac
 done

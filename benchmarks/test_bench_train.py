@@ -33,6 +33,11 @@ QUICK = os.environ.get("SGCVQ_BENCH_QUICK", "0") not in ("", "0")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out" / "train_rates.json"
 BLOCK_STEPS = 2 if QUICK else 10
+# A GPU step takes milliseconds: longer blocks there, so one block is not a handful of launches.
+GPU_BLOCK_STEPS = 2 if QUICK else int(os.environ.get("SGCVQ_BENCH_TRAIN_GPU_STEPS", "30"))
+# SGCVQ_BENCH_PROFILE=1: after the rates, a torch.profiler table of fixed-batch steps (where the
+# model's own time goes: the rate the model allows).
+PROFILE = os.environ.get("SGCVQ_BENCH_PROFILE", "0") == "1"
 ROUNDS = 1 if QUICK else 3
 WARMUP_STEPS = 1 if QUICK else 3
 FLOOR = 0.90
@@ -74,6 +79,27 @@ def _block(trainer, steps: int, sync) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def _profile(trainer, fixed, device, sync, steps: int = 8):
+    """Prints the top operators of `steps` fixed-batch steps by device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.stream = fixed
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        sync()
+    keys = ["self_device_time_total", "self_cuda_time_total"] if device.type == "cuda" else ["self_cpu_time_total"]
+    for key in keys:  # torch renamed cuda -> device in the profiler's columns; try both
+        try:
+            table = prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60)
+        except (AttributeError, KeyError, ValueError):
+            continue
+        print(f"\nprofile of {steps} fixed-batch steps, by {key}:\n{table}")
+        break
+
+
 @pytest.mark.parametrize("name", ["sgc_synthetic_64", "demo"])
 def test_real_pipeline_vs_fixed_batch(name, tmp_path):
     from sgcvq.training import Trainer
@@ -86,6 +112,7 @@ def test_real_pipeline_vs_fixed_batch(name, tmp_path):
         cfg = _config(name, tmp_path / "cache", device)
         trainer = Trainer(cfg, tmp_path / "run")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        steps = GPU_BLOCK_STEPS if device.type == "cuda" else BLOCK_STEPS
         stream = trainer.stream
         fixed = _FixedBatch(next(stream))  # already on the device
         _block(trainer, WARMUP_STEPS, sync)
@@ -96,17 +123,19 @@ def test_real_pipeline_vs_fixed_batch(name, tmp_path):
         rates = {"real, cold cache": [], "fixed batch": [], "real, warm cache": []}
         for _ in range(ROUNDS):
             trainer.stream = stream
-            rates["real, cold cache"].append(_block(trainer, BLOCK_STEPS, sync))
+            rates["real, cold cache"].append(_block(trainer, steps, sync))
             trainer.stream = fixed
-            rates["fixed batch"].append(_block(trainer, BLOCK_STEPS, sync))
+            rates["fixed batch"].append(_block(trainer, steps, sync))
         # Rewind: the same items again, now from the cache.
         stream.epoch, stream.batch_in_epoch = start_pos
         stream._it = None
         for _ in range(ROUNDS):
             trainer.stream = stream
-            rates["real, warm cache"].append(_block(trainer, BLOCK_STEPS, sync))
+            rates["real, warm cache"].append(_block(trainer, steps, sync))
             trainer.stream = fixed
-            rates["fixed batch"].append(_block(trainer, BLOCK_STEPS, sync))
+            rates["fixed batch"].append(_block(trainer, steps, sync))
+        if PROFILE:
+            _profile(trainer, fixed, device, sync)
         trainer.stream = stream
         stream.close()
 
@@ -120,7 +149,7 @@ def test_real_pipeline_vs_fixed_batch(name, tmp_path):
             rate = statistics.median(values)
             row = {"config": name, "provider": provider, "device": where, "it_per_s": round(rate, 3),
                    "images_per_s": round(rate * bs, 1), "of_fixed": round(rate / fixed_rate, 3),
-                   "blocks": [round(v, 3) for v in values], "block_steps": BLOCK_STEPS,
+                   "blocks": [round(v, 3) for v in values], "block_steps": steps,
                    "loader": trainer.loader.describe(), "resolution": cfg.data.resolution, "batch": bs,
                    "gpu_peak_mb": mem, "load_avg_1m": round(os.getloadavg()[0], 2), "quick": QUICK}
             _ROWS.append(row)
