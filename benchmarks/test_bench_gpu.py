@@ -150,7 +150,10 @@ def _write_results(final: bool = False):
     out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "out")
     targets = [(os.path.join(out_dir, name), RESULTS), (os.path.join(out_dir, "gpu_dispatch.json"), table),
                (os.path.join(ROOT, "benchmarks", "results", name), RESULTS)]
-    if final and not QUICK and table["entries"]:
+    # gpu_run.sh sets SGCVQ_BENCH_WRITE_DISPATCH=0 when the GPU tests did not pass in the same run:
+    # the default dispatch must not route searches to a backend that failed there.
+    write_default = os.environ.get("SGCVQ_BENCH_WRITE_DISPATCH", "1") != "0"
+    if final and write_default and not QUICK and table["entries"]:
         targets.append((os.path.join(ROOT, "sgcvq", "gpu_dispatch.json"), table))
     for path, obj in targets:
         os.makedirs(os.path.dirname(path), exist_ok=True)
