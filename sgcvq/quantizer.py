@@ -148,6 +148,12 @@ class FastSemanticQuantizer(nn.Module):
         self.channel_last = bool(channel_last)
         self.check_finite = bool(check_finite)
         self.check_labels = bool(check_labels)
+        # defer_checks (set by the trainer on a GPU): the two checks above run on the device and
+        # are read by `raise_deferred_checks()` at log time, so a training step never waits for
+        # the device. Bad values meanwhile cannot index out of range (labels outside the range
+        # search all codes, indices are clamped) and the next read raises the same ValueError.
+        self.defer_checks = False
+        self._deferred_bad: torch.Tensor | None = None  # [2] bool: non-finite x, labels out of range
         self.metrics_window = metrics_window
         self.ignore_label = int(ignore_label)
         self.search_mode = search_mode
@@ -248,6 +254,10 @@ class FastSemanticQuantizer(nn.Module):
                 mode=self.search_mode,
                 check=False,
             )
+            if self.defer_checks:
+                # NaN/Inf tokens (found at the next raise_deferred_checks) may leave a kernel's
+                # initial -1: keep every index a valid row for the gathers and statistics below.
+                index = index.clamp(0, self.codebook.shape[0] - 1)
             codes = self.codebook[index]  # [M, D] float32, before this step's EMA update
 
         quantized = codes / self.channel_scale if self._scaled else codes
@@ -418,6 +428,11 @@ class FastSemanticQuantizer(nn.Module):
             flags.append(~ok.all())
         if not flags:
             return
+        if self.defer_checks:
+            false = torch.zeros((), dtype=torch.bool, device=tokens.device)
+            now = torch.stack([flags[0] if self.check_finite else false, flags[-1] if check_labels else false])
+            self._deferred_bad = now if self._deferred_bad is None else self._deferred_bad | now
+            return
         bad = torch.stack(flags).tolist()
         if self.check_finite and bad[0]:
             raise ValueError(f"{_NAME}: x contains NaN or Inf (check_finite=False skips this check)")
@@ -427,6 +442,21 @@ class FastSemanticQuantizer(nn.Module):
                        if pixel_map else f"[-1, {self.num_classes}) or ignore_label {self.ignore_label} "
                        "(token labels; -1 = no class)")
             raise ValueError(f"{_NAME}: labels must be in {allowed}; found values in [{lo}, {hi}]")
+
+    def raise_deferred_checks(self) -> None:
+        """With defer_checks: raise the ValueError the checks found since the last call (one
+        host read), and start over. A no-op when nothing was checked."""
+        pending, self._deferred_bad = self._deferred_bad, None
+        if pending is None:
+            return
+        nonfinite, bad_labels = pending.tolist()
+        if nonfinite:
+            raise ValueError(f"{_NAME}: x contained NaN or Inf in a call since the last check "
+                             "(check_finite=False skips this check)")
+        if bad_labels:
+            raise ValueError(f"{_NAME}: labels outside [-1, {self.num_classes}) (token labels) or "
+                             f"[0, {self.num_classes}) (pixel maps), other than ignore_label "
+                             f"{self.ignore_label}, in a call since the last check")
 
     # ----------------------------------------------------------------------------------------
     # Losses
@@ -517,7 +547,8 @@ class FastSemanticQuantizer(nn.Module):
         labels = token_labels if self.semantic else None
         if self.semantic and labels is None:  # unlabelled tokens belong to no group: centres only
             labels = torch.full((xs.shape[0],), -1, dtype=torch.int64, device=xs.device)
-        seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets)
+        # distinct tokens for the dead codes of a group; dead codes beyond the class's tokens take μ_c + noise
+        seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets, select=dead)
         center_known = (self.class_counts > 0)[self.code_class]
         noise = torch.randn_like(self.codebook) * (self.reseed_noise * rms_error)
         fallback = self.class_centers[self.code_class] + noise

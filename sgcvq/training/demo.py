@@ -32,11 +32,12 @@ DEMO_EVAL_IMAGES = 128
 # (report column, run folder, model.quantizer): the same encoder/decoder, data, steps and seed for each.
 DEMO_MODELS = (("SGC-VQGAN", "sgc", "sgc"), ("plain VQ (baseline)", "baseline", "ema"),
                ("VQGAN", "vqgan", "vqgan"), ("CVQ-VAE", "cvq", "cvq"))
-# On a GPU: the same four models at 64x64 (16x16 tokens), batch 32, this many steps each.
-DEMO_GPU_STEPS = 3000
-# Each GPU model stops at this wall time even short of DEMO_GPU_STEPS, so the four trained one after
-# another stay within a few minutes (unmeasured: no GPU has run the demo yet; the report lists the
-# steps each model got, and a model cut short says so).
+# On a GPU: the same four models at 64x64 (16x16 tokens), batch 32, this many steps each. On an
+# H100 (2026-11-28, benchmarks/RESULTS.md) SGC ran ~15 it/s and the others ~22 it/s, so 800 steps
+# each take ~50 s and ~35 s: the four, evaluation included, in about 3.5 minutes.
+DEMO_GPU_STEPS = 800
+# A guard, not the plan: each GPU model stops at this wall time even short of DEMO_GPU_STEPS (a
+# slow or shared GPU); the report lists the steps each model got, and a model cut short says so.
 DEMO_GPU_TIME_LIMIT_S = 75.0
 DEMO_GPU_RESOLUTION = 64
 

@@ -155,6 +155,12 @@ class Trainer:
         self.scaler_g = make_grad_scaler(self.device, self.amp_dtype)
         self.scaler_d = make_grad_scaler(self.device, self.amp_dtype)
         self.ema = WeightEMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        # On a GPU the input checks inside the model (finite features, labels in range) run on the
+        # device and are read with the losses at log time (check_finite): no host read in a step.
+        self._deferred = [m for m in self.model.modules() if hasattr(m, "raise_deferred_checks")]
+        if self.device.type == "cuda":
+            for m in self._deferred:
+                m.defer_checks = True
 
         gen_step = GeneratorStep(self.model, self.loss)
         disc_step = DiscriminatorStep(self.disc, self.loss)
@@ -248,7 +254,10 @@ class Trainer:
 
     def check_finite(self) -> None:
         """Raise FloatingPointError naming the first step since the last check whose generator loss
-        was NaN or Inf (one device read for all of them)."""
+        was NaN or Inf (one device read for all of them). Before that, the model's deferred input
+        checks (GPU) raise their ValueError."""
+        for m in self._deferred:
+            m.raise_deferred_checks()
         if not self._unchecked:
             return
         steps = [s for s, _ in self._unchecked]
