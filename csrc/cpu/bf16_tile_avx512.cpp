@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -27,9 +28,19 @@ constexpr float kBf16Inf = std::numeric_limits<float>::infinity();
 
 #define SGCVQ_BF16_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16")))
 
+// Lanes of 16-code vector v (codes 16v .. 16v+15) inside [k0, k1).
+inline __mmask16 lanes_in(int64_t v, int64_t k0, int64_t k1) {
+  const int64_t lo = std::max<int64_t>(0, k0 - 16 * v), hi = std::min<int64_t>(16, k1 - 16 * v);
+  if (hi <= lo) return 0;
+  return static_cast<__mmask16>(((hi >= 16 ? 0x10000u : (1u << hi)) - 1u) & ~((1u << lo) - 1u));
+}
+
+// norms != nullptr: s = products + norms (codes v0 * 16 ..), and rowmin[r] (16 lanes) takes the
+// lane-wise minimum of the row's values inside [k0, k1) (NaN values leave it alone).
 template <int MR>
 SGCVQ_BF16_TARGET inline void tile_6x64(const uint32_t* a, int64_t lda32, const uint32_t* b, int64_t pairs,
-                                        float* s, int64_t lds) {
+                                        float* s, int64_t lds, const float* norms, int64_t v0, int64_t k0,
+                                        int64_t k1, float* rowmin) {
   __m512 acc[MR][4];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r)
@@ -50,17 +61,31 @@ SGCVQ_BF16_TARGET inline void tile_6x64(const uint32_t* a, int64_t lda32, const 
       acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
     }
   }
+  if (norms == nullptr) {
 #pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r)
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * lds + 16 * c, acc[r][c]);
-}
-
-// Lanes of 16-code vector v (codes 16v .. 16v+15) inside [k0, k1).
-inline __mmask16 lanes_in(int64_t v, int64_t k0, int64_t k1) {
-  const int64_t lo = std::max<int64_t>(0, k0 - 16 * v), hi = std::min<int64_t>(16, k1 - 16 * v);
-  if (hi <= lo) return 0;
-  return static_cast<__mmask16>(((hi >= 16 ? 0x10000u : (1u << hi)) - 1u) & ~((1u << lo) - 1u));
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + r * lds + 16 * c, acc[r][c]);
+    return;
+  }
+  __m512 nv[4];
+  __mmask16 in[4];
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    nv[c] = _mm512_loadu_ps(norms + 16 * (v0 + c));
+    in[c] = 16 * (v0 + c) >= k0 && 16 * (v0 + c + 1) <= k1 ? static_cast<__mmask16>(0xFFFF) : lanes_in(v0 + c, k0, k1);
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    __m512 mn = _mm512_loadu_ps(rowmin + 16 * r);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m512 v = _mm512_add_ps(acc[r][c], nv[c]);
+      _mm512_storeu_ps(s + r * lds + 16 * c, v);
+      mn = _mm512_mask_min_ps(mn, in[c], v, mn);  // min(v, mn) keeps mn where v is NaN
+    }
+    _mm512_storeu_ps(rowmin + 16 * r, mn);
+  }
 }
 
 // Pair p of the codes of vector v: blocks of 64 codes, [P][64] uint32 each.
@@ -204,7 +229,156 @@ SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, c
   }
 }
 
+// The branch-free form of the small-D scan (bf16_small_window_avx512): per token and lane the
+// smallest value m1 and the second smallest m2, the values carrying their vector number in the
+// low mantissa bits (one vpternlogd), so three vector ops per 16 codes keep both (min, max, min)
+// next to the P vdpbf16ps, and not one data-dependent branch. kW tokens share each load of the
+// codes; NB code vectors share each broadcast of x.
+template <int P, int NB, int kW>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_step(const uint32_t* a, int64_t lda32,
+                                                                          const uint32_t* b, const float* norms,
+                                                                          int64_t v, int64_t v0, int64_t k0, int64_t k1,
+                                                                          __m512i keep, __m512* m1, __m512* m2) {
+  __m512i ev[NB][P];
+  __m512 nv[NB];
+  __m512i tag[NB];
+  __mmask16 in[NB];
+  // Only the range's first and last vectors can hold codes outside [k0, k1).
+  const bool edge = 16 * v < k0 || 16 * (v + NB) > k1;
+  // pair_row with unsigned arithmetic (v >= 0): no sign fix-ups in the loop.
+  const uint64_t uv = static_cast<uint64_t>(v);
+#pragma GCC unroll 4
+  for (int n = 0; n < NB; ++n) {
+    const uint32_t* bp = b + ((uv + n) >> 2) * (64 * P) + ((uv + n) & 3u) * 16;
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) ev[n][p] = _mm512_loadu_si512(bp + p * 64);
+    nv[n] = _mm512_loadu_ps(norms + 16 * (v + n));
+    tag[n] = _mm512_set1_epi32(static_cast<int32_t>(v + n - v0));
+    in[n] = edge ? lanes_in(v + n, k0, k1) : static_cast<__mmask16>(0xFFFF);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kW; ++i) {
+    __m512 acc[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) acc[n] = nv[n];
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[n] = _mm512_dpbf16_ps(acc[n], xb, (__m512bh)ev[n][p]);
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) {
+      // (acc & keep) | tag: the value with its vector number in the low bits. +-inf becomes NaN.
+      __m512 w = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(acc[n]), keep, tag[n], 0xEA));
+      if (__builtin_expect(edge, 0)) w = _mm512_mask_blend_ps(in[n], _mm512_set1_ps(kBf16Inf), w);
+      // min(w, m) and max(w, m) give m for a NaN w: a NaN lane never enters m1, and can only lower
+      // m2 to m1 (m2 stays a lower bound of the lane's other codes). Values carrying distinct
+      // tags never tie, so m1 is one code's.
+      m2[i] = _mm512_min_ps(_mm512_max_ps(w, m1[i]), m2[i]);
+      m1[i] = _mm512_min_ps(w, m1[i]);
+    }
+  }
+}
+
+template <int P>
+SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
+                                    const float* norms, int64_t k0, int64_t k1, const float* margin, float* best,
+                                    int32_t* count, int32_t* idx, float* val, int32_t cap) {
+  // Registers: kW tokens x 2 state vectors, NB x P code vectors, NB norms and tags, NB accumulators.
+  constexpr int NB = P <= 4 ? 2 : 1;
+  constexpr int kW = 4;
+  const int64_t v0 = k0 / 16, v1 = (k1 + 15) / 16;
+  const int bits = bf16_window_bits(k1 - k0);
+  const uint32_t low = (1u << bits) - 1u;
+  const __m512i keep = _mm512_set1_epi32(static_cast<int32_t>(~low));
+  // Codes per L1 chunk, about 16 KB ((P + 1) vectors of 64 bytes per 16 codes); each token's state
+  // goes to memory between chunks (2 vectors).
+  const int64_t chunk = std::max<int64_t>(NB, 16384 / (64 * (P + 1)) / NB * NB);
+  thread_local std::vector<float> state;  // [T][2][16]: m1, m2
+  if (static_cast<int64_t>(state.size()) < 32 * T) state.resize(static_cast<size_t>(32 * T));
+  float* st = state.data();
+  for (int64_t c0 = v0; c0 < v1; c0 += chunk) {
+    const int64_t c1 = std::min(v1, c0 + chunk);
+    for (int64_t t0 = 0; t0 < T; t0 += kW) {
+      __m512 m1[kW], m2[kW];
+#pragma GCC unroll 4
+      for (int i = 0; i < kW; ++i) {
+        m1[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i));
+        m2[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i) + 16);
+      }
+      const uint32_t* at = a + t0 * lda32;
+      int64_t v = c0;
+      for (; v + NB <= c1; v += NB) window_step<P, NB, kW>(at, lda32, b, norms, v, v0, k0, k1, keep, m1, m2);
+      for (; v < c1; ++v) window_step<P, 1, kW>(at, lda32, b, norms, v, v0, k0, k1, keep, m1, m2);
+#pragma GCC unroll 4
+      for (int i = 0; i < kW; ++i) {
+        _mm512_storeu_ps(st + 32 * (t0 + i), m1[i]);
+        _mm512_storeu_ps(st + 32 * (t0 + i) + 16, m2[i]);
+      }
+    }
+  }
+  // Each token's list: the lane winners below b + margin. Every other code of a lane is >= that
+  // lane's m2, so the list is complete when no m2 is below b + margin; else the token goes to the
+  // float32 search (count -1), as an overflowing list does.
+  alignas(64) uint32_t bits_of[16];
+  alignas(64) float vals[16];
+  for (int64_t t = 0; t < T; ++t) {
+    const __m512 m1 = _mm512_loadu_ps(st + 32 * t), m2 = _mm512_loadu_ps(st + 32 * t + 16);
+    const float bt = std::min(best[t], _mm512_reduce_min_ps(m1));
+    best[t] = bt;
+    if (count[t] < 0) continue;
+    const __m512 tv = _mm512_set1_ps(bt + margin[t]);
+    if (_mm512_cmp_ps_mask(m2, tv, _CMP_LT_OQ) != 0) {
+      count[t] = -1;
+      continue;
+    }
+    __mmask16 hit = _mm512_cmp_ps_mask(m1, tv, _CMP_LT_OQ);
+    if (count[t] + __builtin_popcount(hit) > cap) {
+      count[t] = -1;
+      continue;
+    }
+    _mm512_store_ps(vals, m1);
+    std::memcpy(bits_of, vals, sizeof(bits_of));
+    int32_t n = count[t];
+    while (hit) {
+      const int l = __builtin_ctz(hit);
+      hit = static_cast<__mmask16>(hit & (hit - 1));
+      idx[t * cap + n] = static_cast<int32_t>(16 * (v0 + (bits_of[l] & low)) + l);
+      val[t * cap + n] = vals[l];
+      ++n;
+    }
+    count[t] = n;
+  }
+}
+
 }  // namespace
+
+int bf16_window_bits(int64_t codes) {
+  const int64_t vectors = (codes + 15) / 16 + 1;  // k0 need not be a multiple of 16
+  int bits = 1;
+  while ((int64_t{1} << bits) < vectors) ++bits;
+  return bits;
+}
+
+void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                              int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
+                              float* best, int32_t* count, int32_t* idx, float* val, int32_t cap) {
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
+  const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
+  const int64_t lda32 = lda / 2;
+  switch (Dp / 2) {
+    case 1: return small_window<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 2: return small_window<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 3: return small_window<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 4: return small_window<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 5: return small_window<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 6: return small_window<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 7: return small_window<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 8: return small_window<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    default: TORCH_CHECK(false, "bf16_small_window_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
+  }
+}
 
 void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                             int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
@@ -233,22 +407,27 @@ bool cpu_has_avx512_bf16() {
 }
 
 void bf16_tile_avx512(const c10::BFloat16* a, int64_t lda, int64_t mm, const c10::BFloat16* b,
-                      int64_t Dp, int64_t blocks, float* s, int64_t lds) {
+                      int64_t Dp, int64_t blocks, float* s, int64_t lds, const float* norms, int64_t kb,
+                      int64_t k0, int64_t k1, float* rowmin) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const int64_t lda32 = lda / 2, pairs = Dp / 2;
   for (int64_t j = 0; j < blocks; ++j) {
     const uint32_t* bj = reinterpret_cast<const uint32_t*>(b + j * kBf16Block * Dp);
     float* sj = s + j * kBf16Block;
+    const int64_t v0 = (kb + j * kBf16Block) / 16;
     int64_t r = 0;
-    for (; r + 6 <= mm; r += 6) tile_6x64<6>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds);
+#define SGCVQ_TILE(MR) \
+  tile_6x64<MR>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds, norms, v0, k0, k1, rowmin + 16 * r)
+    for (; r + 6 <= mm; r += 6) SGCVQ_TILE(6);
     switch (mm - r) {
-      case 5: tile_6x64<5>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
-      case 4: tile_6x64<4>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
-      case 3: tile_6x64<3>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
-      case 2: tile_6x64<2>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
-      case 1: tile_6x64<1>(a32 + r * lda32, lda32, bj, pairs, sj + r * lds, lds); break;
+      case 5: SGCVQ_TILE(5); break;
+      case 4: SGCVQ_TILE(4); break;
+      case 3: SGCVQ_TILE(3); break;
+      case 2: SGCVQ_TILE(2); break;
+      case 1: SGCVQ_TILE(1); break;
       default: break;
     }
+#undef SGCVQ_TILE
   }
 }
 

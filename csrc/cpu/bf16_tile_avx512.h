@@ -21,8 +21,12 @@ bool cpu_has_avx512_bf16();
 // s[t, j] = sum_d a[t, d] b[j, d] for t < mm and j < 64 * blocks (row stride lds floats), from
 // a [mm, lda] (lda even, pairs past Dp unused) and `blocks` consecutive packed blocks of 64 codes,
 // each [Dp/2][64][2]. Needs cpu_has_avx512_bf16().
+// With norms (indexed by code; the tile's first code is kb), s[t, j] also adds norms[kb + j], and
+// rowmin[t * 16 ..] (16 lanes, the caller initialises it) takes the lane-wise minimum of those
+// values over codes inside [k0, k1), so the scan of the row knows its minimum without a pass.
 void bf16_tile_avx512(const c10::BFloat16* a, int64_t lda, int64_t mm, const c10::BFloat16* b, int64_t Dp,
-                      int64_t blocks, float* s, int64_t lds);
+                      int64_t blocks, float* s, int64_t lds, const float* norms = nullptr, int64_t kb = 0,
+                      int64_t k0 = 0, int64_t k1 = 0, float* rowmin = nullptr);
 
 // The fused search for small D (Dp <= 16): no tile of products in memory. For tokens t < T (T a
 // multiple of 8; rows of a as above), every code k in [k0, k1) whose approximate distance
@@ -33,6 +37,22 @@ constexpr int64_t kBf16SmallMaxPairs = 8;
 void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                             int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
                             float* best, int32_t* count, int32_t* idx, float* val, int32_t cap);
+
+// The same contract without a data-dependent branch in the scan (T a multiple of 4): each token
+// keeps, per lane of 16 codes, the smallest value and the second smallest (three vector ops per
+// 16 codes next to the dot products, see bf16_window_bits); at the end the lane
+// winners below best[t] + margin[t] join the list, which is complete unless some lane's second
+// smallest value is below that too (then count[t] = -1, as for a list that overflowed). Tokens
+// pay four vector ops per 16 codes more than the branchy scan, but no mispredicted list entries
+// (about 45 ns each on an AMD Zen 5, several a token), which is what small code groups need.
+// The window's values carry the code's 16-code vector number, relative to k0 / 16, in their low
+// bf16_window_bits(k1 - k0) mantissa bits: the lane minimum then brings its code along (no
+// compare and blends), at the price of moving each value by less than 2^(bits - 23) of its size,
+// which the caller's margin must cover (bf16_bound's value_rel).
+int bf16_window_bits(int64_t codes);
+void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                              int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
+                              float* best, int32_t* count, int32_t* idx, float* val, int32_t cap);
 
 }  // namespace cpu
 }  // namespace sgcvq

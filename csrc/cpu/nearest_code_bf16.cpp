@@ -30,6 +30,7 @@ constexpr int64_t kBlockN = 64;    // codes per brgemm call (the packed block wi
 constexpr int64_t kTileM = 128;    // tokens per GEMM tile
 constexpr int64_t kTileK = 512;    // codes per GEMM tile: S is kTileM x kTileK floats = 256 KB (L2)
 constexpr int64_t kListCap = 32;   // candidates a token may hold while an item runs
+constexpr int64_t kTileRows = 6;   // rows of bf16_tile_avx512's register block
 
 // The GEMM operands live in at::empty storage, which is 64-byte aligned (c10's CPU allocator):
 // with std::vector's 16-byte alignment the bf16 search's time varied by 20% from process to process.
@@ -41,7 +42,12 @@ struct ItemScratch {
   std::vector<int32_t> idx;      // [tokens, kListCap]
   std::vector<float> val;        // [tokens, kListCap]
   std::vector<float> margin;     // [tokens] bound.margin as a float, rounded up
+  std::vector<float> rowmin = std::vector<float>(kTileM * kLanes);  // [kTileM][16] the tile rows' minima
 };
+
+__attribute__((target("avx512f,avx512dq"))) inline float row_min16(const float* v) {
+  return _mm512_reduce_min_ps(_mm512_loadu_ps(v));
+}
 
 ItemScratch& scratch() {
   thread_local ItemScratch s;
@@ -91,11 +97,12 @@ __attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hi
 }
 
 // Approximate distances S + norms of codes kb + j .. kb + j + 15 of a row, lanes at or past j1
-// masked off (m).
+// masked off (m); norms == nullptr: the row holds them already (bf16_tile_avx512 added the norms).
 __attribute__((target("avx512f,avx512dq"))) inline __m512 row_values(const float* row, const float* norms,
                                                                      int64_t kb, int64_t j, int64_t j1,
                                                                      __mmask16& m) {
   m = static_cast<__mmask16>(j1 - j >= kLanes ? 0xFFFF : (1u << (j1 - j)) - 1u);
+  if (norms == nullptr) return _mm512_maskz_loadu_ps(m, row + j);
   return _mm512_add_ps(_mm512_maskz_loadu_ps(m, row + j), _mm512_maskz_loadu_ps(m, norms + kb + j));
 }
 
@@ -128,6 +135,37 @@ __attribute__((target("avx512f,avx512dq"))) void scan_row(const float* row, cons
     if (__builtin_expect(hit != 0, 0) && !append_hits(hit, v, kb + j, t, n, idx, val)) break;
   }
   b = std::min(b, _mm512_reduce_min_ps(mn));
+}
+
+// scan_row for a row whose minimum b the tile already gave (its values include the norms): the
+// codes below b + margin are usually a few, but each took a mispredicted branch above; here every
+// vector's hits are compressed and stored whether there are any or not (the list has room for 16
+// more before each store), so the only branch left is the rare full list.
+__attribute__((target("avx512f,avx512dq"))) void scan_row_known_min(const float* row, int64_t kb, int64_t j0,
+                                                                    int64_t j1, float margin, float b, int32_t& count,
+                                                                    int32_t* idx, float* val) {
+  int32_t n = count;  // a local: through the reference, each store waited on the last one's
+  if (n < 0) return;
+  const float t = b + margin;
+  const __m512 thr = _mm512_set1_ps(t);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t j = j0; j < j1; j += kLanes) {
+    if (__builtin_expect(n + kLanes > kListCap, 0)) {
+      n = compact(idx, val, n, t);
+      if (n + kLanes > kListCap) {
+        count = -1;
+        return;
+      }
+    }
+    __mmask16 m;
+    const __m512 v = row_values(row, nullptr, kb, j, j1, m);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(m, v, thr, _CMP_LT_OQ);
+    const __m512i k = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(kb + j)), iota);
+    _mm512_storeu_si512(idx + n, _mm512_maskz_compress_epi32(hit, k));
+    _mm512_storeu_ps(val + n, _mm512_maskz_compress_ps(hit, v));
+    n += __builtin_popcount(hit);
+  }
+  count = n;
 }
 
 // Rows xs [mm, D], centred on c [D]: x' = x - c in float32, then a [mm, lda] = bf16(scale x')
@@ -359,10 +397,10 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   return cb;
 }
 
-Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err) {
+Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err, double value_rel) {
   // xx = ||x'||^2, r2, max_e2 = max ||e'||^2: float32 sums of D squares, relative error <= g; x' and
   // e' are the centred rows as float32 (x - c and e - c, each rounded once).
-  const double u = std::ldexp(1.0, -24);
+  const double u = 0x1p-24;
   const double xn = std::sqrt(static_cast<double>(xx) * (1.0 + g)) * (1.0 + 1e-9);
   const double r = std::sqrt(static_cast<double>(r2) * (1.0 + g)) * (1.0 + 1e-9);
   const double max_e = std::sqrt(max_e2), ah = 2.0 * xn + r;  // ||bf16(-2x')|| <= ah
@@ -371,15 +409,31 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
   // 4u (xn + max_e)^2: rounding x - c and e - c (moves ||e'||^2, 2 x'.e' and ||x'||^2 by 2.1u each);
   // the last term: flushed subnormal inputs, products and partial sums (AMX runs DAZ/FTZ).
   const double sd = std::sqrt(static_cast<double>(D));
-  const double delta = 2.0 * g * max_e2 + r * max_e + ah * max_err + g * ah * (max_e + max_err) +
-                       4.0 * u * (xn + max_e) * (xn + max_e) +
-                       std::ldexp(1.0, -120) * (static_cast<double>(D) + sd * (ah + max_e + max_err));
-  const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + std::ldexp(1.0, -120);
+  double delta = 2.0 * g * max_e2 + r * max_e + ah * max_err + g * ah * (max_e + max_err) +
+                 4.0 * u * (xn + max_e) * (xn + max_e) +
+                 0x1p-120 * (static_cast<double>(D) + sd * (ah + max_e + max_err));
+  if (value_rel > 0.0) {
+    // |computed value| <= ||e'||^2 + ||bf16(-2x')|| ||bf16(e')|| plus its rounding; replacing its
+    // low mantissa bits moves it by less than value_rel of that (and 2^-126 value_rel near zero).
+    const double vmax = (max_e2 + ah * (max_e + max_err)) * (1.0 + 4.0 * g) + delta;
+    delta += value_rel * vmax + value_rel * 0x1p-126;
+  }
+  const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + 0x1p-120;
   return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack, xx};
 }
 
+bool small_d_window(int64_t codes) {
+  const char* env = std::getenv("SGCVQ_CPU_SMALLD");  // read on every call: tests switch it
+  if (env != nullptr && env[0] != '\0') {
+    if (std::strcmp(env, "window") == 0) return true;
+    if (std::strcmp(env, "branchy") == 0) return false;
+    TORCH_CHECK(false, "SGCVQ_CPU_SMALLD must be 'window' or 'branchy', got '", env, "'");
+  }
+  return codes <= kSmallWindowMaxCodes;
+}
+
 void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
-                      double g, CandList* out, Bf16Bound* bounds) {
+                      int64_t call_codes, double g, CandList* out, Bf16Bound* bounds) {
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
@@ -395,18 +449,24 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   sc.idx.resize(static_cast<size_t>(tpad * kListCap));
   sc.val.resize(static_cast<size_t>(tpad * kListCap));
   const c10::BFloat16* packed = cb.packed.data_ptr<c10::BFloat16>();
+  // The window writes each value's vector number (relative to k0 / 16) into its low mantissa bits.
+  // Decided for the whole call (call_codes: its largest item's code range), so that the bounds of
+  // a token searched in several code splits agree (the caller keeps split 0's).
+  const int window_bits = small ? bf16_window_bits(call_codes) : 0;
+  const bool window = small && small_d_window(call_codes);
+  const double value_rel = window ? std::ldexp(1.0, window_bits - 23) : 0.0;
   if (small) {
     for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
       const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
       to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
       for (int64_t t = 0; t < mm; ++t) {
-        bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
-        margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
+        bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err, value_rel);
+        margin[m0 + t] = next_up(static_cast<float>(bounds[m0 + t].margin));  // rounded up
       }
-      bf16_small_scan_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
-                             sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
-                             static_cast<int32_t>(kListCap));
+      (window ? bf16_small_window_avx512 : bf16_small_scan_avx512)(
+          a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0, sc.count.data() + m0,
+          sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap, static_cast<int32_t>(kListCap));
     }
   }
   float* sbuf = small ? nullptr : at_least<float>(sc.s, kTileM * kTileK, at::kFloat);
@@ -416,12 +476,37 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
     to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
     for (int64_t t = 0; t < mm; ++t) {
       bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
-      margin[m0 + t] = std::nextafter(static_cast<float>(bounds[m0 + t].margin), kInf);  // rounded up
+      margin[m0 + t] = next_up(static_cast<float>(bounds[m0 + t].margin));  // rounded up
     }
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
       const int64_t nb = std::min(kTileK, kb1 - kb);
+      const float* row_norms = cb.norms.data();
       if (cb.path == Bf16Path::kAvx512Bf16) {
-        bf16_tile_avx512(a, lda, mm, packed + kb * Dp, Dp, nb / kBlockN, sbuf, kTileK);
+        // The tile adds the norms and gives each row's minimum: the scan then needs one pass. Six
+        // rows at a time across the whole tile, so their values are still in L1 when scanned (the
+        // codes, kTileK x Dp bf16, come from L2 for each six).
+        std::fill(sc.rowmin.begin(), sc.rowmin.begin() + mm * kLanes, kInf);
+        row_norms = nullptr;
+        const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
+        for (int64_t r0 = 0; r0 < mm; r0 += kTileRows) {
+          const int64_t rows = std::min(kTileRows, mm - r0);
+          bf16_tile_avx512(a + r0 * lda, lda, rows, packed + kb * Dp, Dp, nb / kBlockN, sbuf + r0 * kTileK, kTileK,
+                           cb.norms.data(), kb, k0, k1, sc.rowmin.data() + r0 * kLanes);
+          for (int64_t t = r0; t < r0 + rows; ++t) {
+            const int64_t tok = m0 + t;
+            const float tile_min = row_min16(sc.rowmin.data() + t * kLanes);
+            if (!(tile_min < sc.best[tok])) {  // no new minimum: few codes enter, the branchy scan
+              scan_row(sbuf + t * kTileK, nullptr, kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
+                       sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
+              continue;
+            }
+            // A new minimum (the row's first tile, mostly): the codes near it go in without branches.
+            sc.best[tok] = tile_min;
+            scan_row_known_min(sbuf + t * kTileK, kb, j0, j1, margin[tok], tile_min, sc.count[tok],
+                               sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
+          }
+        }
+        continue;
       } else {
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
         for (int64_t j = 0; j < nb; j += kBlockN)
@@ -434,7 +519,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
       const int64_t j0 = std::max<int64_t>(k0, kb) - kb, j1 = std::min<int64_t>(k1, kb + nb) - kb;
       for (int64_t t = 0; t < mm; ++t) {
         const int64_t tok = m0 + t;
-        scan_row(sbuf + t * kTileK, cb.norms.data(), kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
+        scan_row(sbuf + t * kTileK, row_norms, kb, j0, j1, margin[tok], sc.best[tok], sc.count[tok],
                  sc.idx.data() + tok * kListCap, sc.val.data() + tok * kListCap);
       }
     }

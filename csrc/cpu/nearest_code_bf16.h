@@ -13,6 +13,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 namespace sgcvq {
@@ -72,6 +74,21 @@ struct CandList {
   int32_t idx[kMaxCand];
 };
 
+// std::nextafter(x, +inf) without the libm call (it showed in profiles: a call per token).
+inline float next_up(float x) {
+  if (!(x < std::numeric_limits<float>::infinity())) return x;  // +inf, NaN
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if (x == 0.f)
+    u = 1u;  // the smallest subnormal, from +0 and -0
+  else if (x > 0.f)
+    ++u;
+  else
+    --u;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
 // delta bounds |approximate - exact| of every code's a_k = ||e||^2 - 2 x.e for one token; margin
 // = 2 delta + slack is what the candidate rule adds to the running best, and what the float32
 // certificate (nearest_code_cpu.cpp) needs for the lists to prove the answer.
@@ -83,14 +100,26 @@ struct Bf16Bound {
 };
 // From the token's float32 sums xx = sum x'^2 and r2 = sum (bf16(-2x') + 2x')^2; g = (2D + 8) 2^-24
 // as in the exact path's certificate, max_e2 = max ||e'_k||^2 (rounded up).
-Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err);
+// value_rel: the scan moves each approximate value by up to value_rel of its size before it is
+// compared (the branch-free window writes the code's place into the low mantissa bits); the bound
+// covers that too.
+Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err,
+                     double value_rel = 0.0);
 
 // Searches tokens xs [tn, D] (float32 rows, not scaled, not centred) against codes [k0, k1) of
 // `cb`: out[t] and bounds[t] for t < tn. Every code outside out[t] has an approximate distance
 // >= b + margin (the margin as a float, rounded up). Scratch is per thread; call bf16_release()
 // when a thread is done with its items.
+// D <= 16: which fused scan searches a token's codes [k0, k1): the branch-free window
+// (bf16_small_window_avx512) up to kSmallWindowMaxCodes codes, the branchy list scan above;
+// SGCVQ_CPU_SMALLD=window / branchy forces one (read on every call).
+constexpr int64_t kSmallWindowMaxCodes = 4096;
+bool small_d_window(int64_t codes);
+
+// call_codes: the largest code range of any item of this call (D <= 16 picks the scan and its
+// bound from it, the same for every item).
 void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
-                      double g, CandList* out, Bf16Bound* bounds);
+                      int64_t call_codes, double g, CandList* out, Bf16Bound* bounds);
 void bf16_release(const Bf16Codebook& cb);
 
 }  // namespace cpu

@@ -44,7 +44,7 @@ constexpr int64_t kBf16MinTokens = 256;  // the bf16 path from this many tokens 
 // the tokens): below it the float32 candidates are faster (benchmarks/group_sweep.py, AMD EPYC
 // Zen 5: at D = 8 the fused bf16 scan wins from groups of about 4096 codes, at D = 64 the bf16
 // tiles from 64). 'fast_exact' ignores these.
-constexpr int64_t kBf16MinCodesSmallD = 4096;
+constexpr int64_t kBf16MinCodesSmallD = 512;
 constexpr int64_t kBf16MinCodes = 64;
 
 // Which candidates a call asks for: the fastest certified (the default 'exact'), bf16 ones
@@ -251,8 +251,11 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   constexpr bool bf16_input = std::is_same_v<scalar_t, c10::BFloat16>;
   // At D <= 16 the bf16 candidates come from a fused AVX512_BF16 scan (on AMX machines too: they
   // all have AVX512_BF16), no GEMM tiles.
-  int64_t work = 0;  // token x code pairs searched
-  for (const WorkItem& it : items) work += (it.t1 - it.t0) * (it.k1 - it.k0);
+  int64_t work = 0, item_codes = 0;  // token x code pairs searched; the largest item's code range
+  for (const WorkItem& it : items) {
+    work += (it.t1 - it.t0) * (it.k1 - it.k0);
+    item_codes = std::max(item_codes, it.k1 - it.k0);
+  }
   const int64_t min_codes = cands == Candidates::kBf16 ? 0 : small ? kBf16MinCodesSmallD : kBf16MinCodes;
   cpu::Bf16Path path = cands == Candidates::kFp32 || N < kBf16MinTokens || work < min_codes * N
                            ? cpu::Bf16Path::kOff
@@ -313,12 +316,18 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       return buf;
     }
   };
-  // tops / found: split s's candidates at [s * stride]; bound: the token's bf16 bound.
+  // tops / found: split s's candidates at [s * stride]; bound: the token's bf16 bound. row, lo,
+  // hi: the token's float32 row and code range where the caller has them at hand (a worker with
+  // one code split: its gathered rows and its item's range), else nullptr and -1: the label-sorted
+  // order makes x's row and the label a cache miss each.
   auto finish_token = [&](int64_t i, float* buf, const Top2* tops, const cpu::CandList* found_lists,
-                          const cpu::Bf16Bound* bound_of, int64_t stride) {
-    const float* xr = row_f32(i, buf);
-    const int64_t lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
-    const int64_t hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
+                          const cpu::Bf16Bound* bound_of, int64_t stride, const float* row = nullptr,
+                          int64_t lo = -1, int64_t hi = -1) {
+    const float* xr = row != nullptr ? row : row_f32(i, buf);
+    if (lo < 0) {
+      lo = lp == nullptr || lp[i] < 0 ? 0 : off[lp[i]];
+      hi = lp == nullptr || lp[i] < 0 ? K : off[lp[i] + 1];
+    }
     float bv = kInf, thr = kInf;
     int64_t bi = -1, found = 0;
     auto rescore = [&](int64_t k) {
@@ -338,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         for (int32_t j = 0; j < c.n; ++j) rescore(c.idx[j]);
       }
       const cpu::Bf16Bound& bound = *bound_of;
-      thr = b + std::nextafter(static_cast<float>(bound.margin), kInf);
+      thr = b + cpu::next_up(static_cast<float>(bound.margin));
       // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
       certified = complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta));
       if (!certified) {
@@ -403,7 +412,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             if (!perm.empty() && t + kGatherAhead < tn) prefetch_row(xp, perm[it.t0 + t + kGatherAhead], D);
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
-        cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, g, found.data(), bounds.data());
+        cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, item_codes, g, found.data(), bounds.data());
         int64_t over = 0;
         for (int64_t t = 0; t < tn; ++t) over += found[t].n < 0;
         const int64_t s_now = seen.fetch_add(tn) + tn, o_now = overflowed.fetch_add(over) + over;
@@ -412,7 +421,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
           if (!stored) {
-            finish_token(tok, xr.data(), nullptr, &found[t], &bounds[t], 0);
+            finish_token(tok, xr.data(), nullptr, &found[t], &bounds[t], 0, rows + t * D, it.k0, it.k1);
             continue;
           }
           lists[static_cast<size_t>(it.split * N + tok)] = found[t];
@@ -452,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         if (stored)
           cand[static_cast<size_t>(it.split * N + tok)] = best[t];
         else
-          finish_token(tok, xr.data(), &best[t], nullptr, nullptr, 0);
+          finish_token(tok, xr.data(), &best[t], nullptr, nullptr, 0, nullptr, it.k0, it.k1);
       }
     }
     if (bf16) cpu::bf16_release(cb16);

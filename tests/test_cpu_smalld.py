@@ -1,0 +1,154 @@
+"""The CPU bf16 search's two small-D scans (D <= 16) and the bf16 tiles' fused epilogue (D > 16).
+
+csrc/cpu/bf16_tile_avx512.h: at D <= 16 the bf16 candidates come from the branchy list scan
+(bf16_small_scan_avx512) or the branch-free window (bf16_small_window_avx512: a per-lane top-2 whose
+values carry their code's place in the low mantissa bits); SGCVQ_CPU_SMALLD=window / branchy forces
+one. Both must give the float32 argmin of every token (ties to the lowest index, never a code
+outside the token's group): the same index and distance as the float32 candidates (mode
+"exact_fp32"), which the oracle tests in test_ops_nearest_code.py pin to the float64 reference.
+Needs a CPU with AVX512_BF16; skipped elsewhere.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sgcvq
+from sgcvq import nearest_code_reference, ops
+
+CAPS = sgcvq._C.cpu_capabilities() if ops.HAS_CPU_EXTENSION else {}
+pytestmark = pytest.mark.skipif("avx512bf16" not in CAPS.get("bf16_paths", ()),
+                                reason="needs the AVX512_BF16 path (csrc/cpu/bf16_tile_avx512.h)")
+
+SCANS = ["window", "branchy"]
+N_BF16 = 600  # the bf16 path needs at least 256 tokens (kBf16MinTokens)
+
+
+@pytest.fixture
+def scan(request, monkeypatch):
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD", request.param)
+    return request.param
+
+
+def check_exact(x, codebook, labels=None, offsets=None):
+    """Every mode gives exact_fp32's index and distance; the index stays inside the token's group
+    and is the float64 reference's up to float32 near-ties."""
+    want_i, want_d = torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, "exact_fp32")
+    for mode in ("fast_exact", "exact"):
+        got_i, got_d = torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, mode)
+        bad = (got_i != want_i).nonzero()[:5, 0].tolist()
+        assert not bad, f"mode {mode}: tokens {bad} got {got_i[bad].tolist()}, exact_fp32 {want_i[bad].tolist()}"
+        assert torch.equal(got_d, want_d), f"mode {mode}: distances differ"
+    if labels is not None:
+        lab = labels.long()
+        own = lab >= 0
+        lo, hi = offsets.long()[lab.clamp(min=0)], offsets.long()[lab.clamp(min=0) + 1]
+        assert bool(((want_i >= lo) & (want_i < hi))[own].all()), "a token left its code group"
+    ref_i = nearest_code_reference(x.double(), codebook.double(), labels, offsets)[0]
+    xd, ed = x.double(), codebook.double()
+    d_got = (xd - ed[want_i]).square().sum(1)
+    d_ref = (xd - ed[ref_i]).square().sum(1)
+    # float32 rounding of the direct sum: a relative 2^-20 covers D <= 16 terms generously.
+    assert bool((d_got <= d_ref * (1 + 2.0**-20) + 1e-30).all()), "not the nearest code"
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+@pytest.mark.parametrize("D", [1, 2, 3, 5, 8, 9, 15, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_small_d_scans_match_float32_candidates(D, dtype, scan):
+    g = torch.Generator().manual_seed(D)
+    K = 1000 + D
+    x = torch.randn(N_BF16, D, generator=g).to(dtype)
+    codebook = torch.randn(K, D, generator=g).to(dtype)
+    check_exact(x, codebook)
+    # Groups that start and end inside 16-code vectors (and one of a single code), the ignore
+    # label -1 searching every code.
+    offsets = torch.tensor([0, 7, 8, 300, 301, 777, K])
+    labels = torch.randint(-1, len(offsets) - 1, (N_BF16,), generator=g)
+    check_exact(x, codebook, labels, offsets)
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+@pytest.mark.parametrize("D", [4, 8, 16])
+def test_runner_up_in_the_same_lane_of_the_window(D, scan):
+    # The window keeps two values a lane: a token whose best, runner-up and third code all sit in
+    # one lane (16 codes apart) and within the bf16 margin of each other must still get the exact
+    # answer (its list is incomplete, so it goes to the float32 search).
+    g = torch.Generator().manual_seed(50 + D)
+    K = 2048
+    codebook = torch.randn(K, D, generator=g)
+    spots = torch.tensor([5, 700, 1500, K - 40])
+    for p in spots.tolist():
+        for j in (16, 32):
+            codebook[p + j] = codebook[p] + 1e-4 * torch.randn(D, generator=g)
+    x = codebook[spots[torch.randint(len(spots), (N_BF16,), generator=g)]] + 1e-3 * torch.randn(N_BF16, D, generator=g)
+    check_exact(x, codebook)
+    offsets = torch.tensor([0, 3, 1024, K])
+    check_exact(x, codebook, torch.randint(0, 3, (N_BF16,), generator=g), offsets)
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+@pytest.mark.parametrize("K", [16, 37, 1000, 4100])
+def test_identical_codes_tie_to_the_lowest_index(K, scan):
+    x = torch.randn(N_BF16, 8)
+    codebook = torch.randn(1, 8).expand(K, 8).contiguous()
+    index = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "fast_exact")[0]
+    assert bool((index == 0).all())
+    # Two copies of every code: the first copy wins.
+    codebook = torch.randn(K, 8).repeat(2, 1)
+    index = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "fast_exact")[0]
+    assert bool((index < K).all())
+    check_exact(x, codebook)
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+def test_near_duplicate_codes(scan):
+    g = torch.Generator().manual_seed(7)
+    centres = torch.randn(4, 8, generator=g)
+    codebook = (centres.repeat_interleave(300, 0) + 1e-3 * torch.randn(1200, 8, generator=g))
+    x = centres[torch.randint(4, (N_BF16,), generator=g)] + 1e-2 * torch.randn(N_BF16, 8, generator=g)
+    check_exact(x, codebook)
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+def test_large_values_and_non_finite_tokens(scan):
+    # Values far from 1 (the mantissa tag is relative), and a NaN / inf token: those get the first
+    # code of their range, as on every path.
+    g = torch.Generator().manual_seed(3)
+    x = 1e15 * torch.randn(N_BF16, 8, generator=g)
+    codebook = 1e15 * torch.randn(3000, 8, generator=g)
+    check_exact(x, codebook)
+    x[3, 2] = float("nan")
+    x[4, 0] = float("inf")
+    want = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "exact_fp32")[0]
+    got = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "fast_exact")[0]
+    assert torch.equal(got, want)
+
+
+def test_unknown_scan_is_an_error(monkeypatch):
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD", "fast")
+    with pytest.raises(RuntimeError, match="SGCVQ_CPU_SMALLD must be 'window' or 'branchy', got 'fast'"):
+        torch.ops.sgcvq.nearest_code(torch.randn(N_BF16, 8), torch.randn(100, 8), None, None, "fast_exact")
+
+
+@pytest.mark.parametrize("D", [17, 64, 65])
+def test_tile_epilogue_with_groups_inside_blocks(D, monkeypatch):
+    # D > 16: the AVX512_BF16 tiles add the norms and give each row's minimum over the item's codes
+    # only; groups that start and end inside 64-code blocks (and inside 16-code vectors) must not
+    # see their neighbours' codes.
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    g = torch.Generator().manual_seed(D)
+    K = 1500
+    x = torch.randn(N_BF16, D, generator=g)
+    codebook = torch.randn(K, D, generator=g)
+    offsets = torch.tensor([0, 1, 70, 71, 600, 1100, K])
+    labels = torch.randint(-1, len(offsets) - 1, (N_BF16,), generator=g)
+    # Each token's overall nearest code just outside its group: the group's edge decides.
+    check_exact(x, codebook, labels, offsets)
+    near = codebook[offsets[1:-1]] + 1e-2 * torch.randn(len(offsets) - 2, D, generator=g)
+    x[: len(near)] = near
+    labels[: len(near)] = torch.arange(len(near))  # group c ends where the code near token c sits
+    check_exact(x, codebook, labels, offsets)
+    check_exact(x, codebook)
