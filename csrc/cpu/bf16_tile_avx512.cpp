@@ -91,7 +91,8 @@ SGCVQ_BF16_TARGET inline void tile_6x64(const uint32_t* a, int64_t lda32, const 
 // Pair p of the codes of vector v: blocks of 64 codes, [P][64] uint32 each.
 template <int P>
 inline const uint32_t* pair_row(const uint32_t* b, int64_t v, int p) {
-  return b + (v / 4) * (64 * P) + p * 64 + (v % 4) * 16;
+  const uint64_t uv = static_cast<uint64_t>(v);  // v >= 0: no sign fix-ups for / and %
+  return b + (uv >> 2) * (64 * P) + p * 64 + (uv & 3u) * 16;
 }
 
 constexpr int kSmallT = 8;        // tokens sharing each load of the codes
@@ -101,41 +102,49 @@ constexpr int kSeedVectors = 16;  // codes / 16 that seed each token's best
 // slow path: the lanes below the token's threshold join its list, b falls to their minimum.
 template <int NB>
 SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void take_step_hits(const float* tmp, int64_t v, float margin,
-                                                                float& b, int32_t& n, int32_t* idx, float* val,
+                                                                float& b, int32_t& count, int32_t* idx, float* val,
                                                                 int32_t cap) {
   __m512 mn = _mm512_loadu_ps(tmp);
   for (int j = 1; j < NB; ++j) mn = _mm512_min_ps(mn, _mm512_loadu_ps(tmp + 16 * j));
   b = std::min(b, _mm512_reduce_min_ps(mn));  // NaN lanes: see small_step
+  int32_t n = count;  // a local: through the reference every store waited on the last one
   if (n < 0) return;
   const float thr = b + margin;
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // Usually one of the NB vectors has hits: every vector is compressed and stored whatever its
+  // hits, so the only branch left is the rare full list (a branch per vector mispredicted about
+  // once a call).
+  __mmask16 hit[NB];
+  int32_t total = 0;
   for (int j = 0; j < NB; ++j) {
-    const __m512 acc = _mm512_loadu_ps(tmp + 16 * j);
-    const __mmask16 hit = _mm512_cmp_ps_mask(acc, _mm512_set1_ps(thr), _CMP_LT_OQ);
-    if (hit == 0) continue;
-    const int32_t h = __builtin_popcount(hit);
-    if (n + h > cap) {  // full: drop the entries at or above the threshold
-      int32_t m = 0;
-      for (int32_t q = 0; q < n; ++q)
-        if (val[q] < thr) {
-          idx[m] = idx[q];
-          val[m] = val[q];
-          ++m;
-        }
-      n = m;
-      if (n + h > cap) {
-        n = -1;
-        return;
+    hit[j] = _mm512_cmp_ps_mask(_mm512_loadu_ps(tmp + 16 * j), _mm512_set1_ps(thr), _CMP_LT_OQ);
+    total += __builtin_popcount(hit[j]);
+  }
+  if (__builtin_expect(n + total > cap, 0)) {  // full: drop the entries at or above the threshold
+    int32_t m = 0;
+    for (int32_t q = 0; q < n; ++q)
+      if (val[q] < thr) {
+        idx[m] = idx[q];
+        val[m] = val[q];
+        ++m;
       }
+    n = m;
+    if (n + total > cap) {
+      count = -1;
+      return;
     }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const int32_t h = __builtin_popcount(hit[j]);
     const __m512i k = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(16 * (v + j))), iota);
     // NOTE: compress into a register, then a masked store: the memory form of vcompress is
     // microcoded on AMD Zen 4/5 (over 100 cycles), the register form takes two.
     const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
-    _mm512_mask_storeu_epi32(idx + n, first, _mm512_maskz_compress_epi32(hit, k));
-    _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(hit, acc));
+    _mm512_mask_storeu_epi32(idx + n, first, _mm512_maskz_compress_epi32(hit[j], k));
+    _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(hit[j], _mm512_loadu_ps(tmp + 16 * j)));
     n += h;
   }
+  count = n;
 }
 
 // One step of the small-D scan: NB vectors of 16 codes from v against 8 tokens. The codes' P

@@ -67,7 +67,7 @@ bool bf16_own_pack();
 // A token's candidates from one code range: b is the smallest approximate distance seen, idx[0, n)
 // every code whose approximate distance was below b + margin; n = -1 when more than kMaxCand were
 // (the token then goes to the exact search).
-constexpr int kMaxCand = 6;
+constexpr int kMaxCand = 12;
 struct CandList {
   float b;
   int32_t n;
