@@ -64,6 +64,9 @@ def _config(name: str, cache_dir: Path, device: torch.device):
     else:
         cfg = demo_run_config(9, device)
     cfg.data.cache = str(cache_dir)
+    if os.environ.get("SGCVQ_BENCH_TRAIN_WORKERS"):  # compare loader settings: "auto" or a count
+        w = os.environ["SGCVQ_BENCH_TRAIN_WORKERS"]
+        cfg.data.num_workers = w if w == "auto" else int(w)
     cfg.train.device = str(device)
     cfg.train.ckpt_every = 0
     cfg.log.progress = cfg.log.csv = cfg.log.tensorboard = False
