@@ -177,6 +177,7 @@ def sample_class_tokens(
     code_class: torch.Tensor,
     offsets: torch.Tensor,
     generator: torch.Generator | None = None,
+    select: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every code, a random token of the code's class; distinct tokens within a group.
 
@@ -188,6 +189,11 @@ def sample_class_tokens(
     token of class c (wrapping around when the class has fewer tokens than codes), so two codes
     of a group get the same token only when the class has fewer tokens than the group has codes
     (two codes on one token: the higher index would never win a tie and stay dead).
+
+    select [K] bool (re-seeding: the dead codes): only these codes are counted, the j-th *selected*
+    code of group c takes the j-th shuffled token, and a selected code beyond the class's token
+    count gets has_token False instead of a token another code of its group already took (two
+    codes on one token: the higher index never wins a tie, so it would be re-seeded again and again).
 
     Returns (tokens [K, D] float32, has_token [K] bool); rows whose class has no token are filled
     with some token (or zeros) and must be replaced by the caller where has_token is False.
@@ -208,6 +214,13 @@ def sample_class_tokens(
     per_class.index_add_(0, key, torch.ones_like(key))
     starts = torch.cumsum(per_class, 0) - per_class
     n = per_class[code_class]
-    rank = torch.arange(K, device=x.device) - offsets[code_class]  # position of the code in its group
+    if select is None:
+        rank = torch.arange(K, device=x.device) - offsets[code_class]  # position of the code in its group
+        has_token = n > 0
+    else:  # position among the group's selected codes
+        sel = select.to(torch.int64)
+        before = torch.cumsum(sel, 0) - sel
+        rank = before - before[offsets[:-1].clamp(max=K - 1)][code_class]
+        has_token = rank < n
     pos = (starts[code_class] + torch.remainder(rank, n.clamp(min=1))).clamp(max=N - 1)
-    return x[order[pos]], n > 0
+    return x[order[pos]], has_token
