@@ -21,31 +21,65 @@ import sys
 import time
 from pathlib import Path
 
-# (name, overrides, what it tests). "ema" is the plain-VQ baseline (num_classes null).
+# (name, overrides, what it tests). "ema" is the plain-VQ baseline (num_classes null). The group_* and
+# decay_* variants are the cross-entropy form (margin null), the default before the hinge_* rows; the
+# default now is hinge_l0.05_m1.
 VARIANTS = {
     "ema": (["model.num_classes=null", "model.group_sizes=equal", "model.class_frequencies=null"],
             "EMA-VQ baseline (no groups)"),
     "sgc_base": (["model.group_loss_weight=0.0"], "SGC as before this study: groups, no semantic loss"),
     "centre_pull": (["model.semantic_loss_weight=0.1"], "class-centre pull λ=0.1 (DESIGN §1.9)"),
-    "group_l0.1": (["model.group_loss_weight=0.1"], "group loss λ=0.1, τ=1"),
-    "group_l1": (["model.group_loss_weight=1.0"], "group loss λ=1, τ=1"),
-    "group_l1_t0.3": (["model.group_loss_weight=1.0", "model.group_loss_temperature=0.3"],
+    "group_l0.1": (["model.group_loss_margin=null", "model.group_loss_weight=0.1"], "group loss λ=0.1, τ=1"),
+    "group_l1": (["model.group_loss_margin=null", "model.group_loss_weight=1.0"], "group loss λ=1, τ=1"),
+    "group_l1_t0.3": (["model.group_loss_margin=null", "model.group_loss_weight=1.0", "model.group_loss_temperature=0.3"],
                       "group loss λ=1, τ=0.3"),
-    "group_l1_warm": (["model.group_loss_weight=1.0", "model.group_loss_warmup=100"],
+    "group_l1_warm": (["model.group_loss_margin=null", "model.group_loss_weight=1.0", "model.group_loss_warmup=100"],
                       "group loss λ=1, τ=1, warm-up 100 steps"),
-    "group_l1_coarse2": (["model.group_loss_weight=1.0", "model.level_weights=[1.0, 2.0]"],
+    "group_l1_coarse2": (["model.group_loss_margin=null", "model.group_loss_weight=1.0", "model.level_weights=[1.0, 2.0]"],
                          "group loss λ=1, coarse level weight 2"),
-    "group_l3": (["model.group_loss_weight=3.0"], "group loss λ=3, τ=1"),
-    "group_l0.03": (["model.group_loss_weight=0.03"], "group loss λ=0.03, τ=1"),
-    "group_l0.05": (["model.group_loss_weight=0.05"], "group loss λ=0.05, τ=1"),
-    "group_l0.05_pull": (["model.group_loss_weight=0.05", "model.semantic_loss_weight=0.1"],
+    "group_l3": (["model.group_loss_margin=null", "model.group_loss_weight=3.0"], "group loss λ=3, τ=1"),
+    "group_l0.03": (["model.group_loss_margin=null", "model.group_loss_weight=0.03"], "group loss λ=0.03, τ=1"),
+    "group_l0.05": (["model.group_loss_margin=null", "model.group_loss_weight=0.05"], "group loss λ=0.05, τ=1"),
+    "group_l0.05_pull": (["model.group_loss_margin=null", "model.group_loss_weight=0.05", "model.semantic_loss_weight=0.1"],
                          "group loss λ=0.05 plus class-centre pull 0.1"),
-    "group_l0.1_coarse": (["model.group_loss_weight=0.1", "model.group_loss_levels=coarse"],
+    "group_l0.1_coarse": (["model.group_loss_margin=null", "model.group_loss_weight=0.1", "model.group_loss_levels=coarse"],
                           "group loss λ=0.1, gradient into the coarse level only"),
-    "group_l1_coarse": (["model.group_loss_weight=1.0", "model.group_loss_levels=coarse"],
+    "group_l1_coarse": (["model.group_loss_margin=null", "model.group_loss_weight=1.0", "model.group_loss_levels=coarse"],
                         "group loss λ=1, gradient into the coarse level only"),
-    "group_l0.1_t3": (["model.group_loss_weight=0.1", "model.group_loss_temperature=3.0"],
+    "group_l0.1_t3": (["model.group_loss_margin=null", "model.group_loss_weight=0.1", "model.group_loss_temperature=3.0"],
                       "group loss λ=0.1, τ=3 (softer)"),
+    # λ that falls once the label-free groups have formed (ModelConfig.group_loss_decay_*)
+    "decay_200_400": (["model.group_loss_margin=null", "model.group_loss_weight=0.05", "model.group_loss_decay_start=200",
+                       "model.group_loss_decay_steps=200"], "group loss λ=0.05, falls to 0 over steps 200-400"),
+    "decay_l0.1_150_300": (["model.group_loss_margin=null", "model.group_loss_weight=0.1", "model.group_loss_decay_start=150",
+                            "model.group_loss_decay_steps=150"], "group loss λ=0.1, falls to 0 over steps 150-300"),
+    "decay_250_350_to0.01": (["model.group_loss_margin=null", "model.group_loss_weight=0.05", "model.group_loss_decay_start=250",
+                              "model.group_loss_decay_steps=100", "model.group_loss_final_weight=0.01"],
+                             "group loss λ=0.05, falls to 0.01 over steps 250-350"),
+    # hinge form: no gradient once a token's own group is nearer than any other by m errors
+    "hinge_l0.05_m0.5": (["model.group_loss_weight=0.05", "model.group_loss_margin=0.5"],
+                         "group loss hinge λ=0.05, margin 0.5"),
+    "hinge_l0.2_m0.5": (["model.group_loss_weight=0.2", "model.group_loss_margin=0.5"],
+                        "group loss hinge λ=0.2, margin 0.5"),
+    "hinge_l0.2_m0.2": (["model.group_loss_weight=0.2", "model.group_loss_margin=0.2"],
+                        "group loss hinge λ=0.2, margin 0.2"),
+    "hinge_l0.1_m0.5": (["model.group_loss_weight=0.1", "model.group_loss_margin=0.5"],
+                        "group loss hinge λ=0.1, margin 0.5"),
+    "hinge_l0.05_m1": (["model.group_loss_weight=0.05", "model.group_loss_margin=1.0"],
+                       "group loss hinge λ=0.05, margin 1"),
+    "hinge_l0.02_m2": (["model.group_loss_weight=0.02", "model.group_loss_margin=2.0"],
+                       "group loss hinge λ=0.02, margin 2"),
+    "hinge_l0.05_m0.5_b0.1": (["model.group_loss_weight=0.05", "model.group_loss_margin=0.5",
+                             "model.commitment_weight=0.1"], "group loss hinge λ=0.05, margin 0.5, β = 0.1"),
+    "hinge_l0.05_m1_b0.1": (["model.group_loss_weight=0.05", "model.group_loss_margin=1.0",
+                             "model.commitment_weight=0.1"], "group loss hinge λ=0.05, margin 1, β = 0.1"),
+    "ema_b0.1": (["model.num_classes=null", "model.group_sizes=equal", "model.class_frequencies=null",
+                  "model.commitment_weight=0.1"], "EMA-VQ baseline, β = 0.1"),
+    # group sizes ∝ class frequency ** α (the default α = 0.5 gives the rare classes more codes)
+    "sgc_base_alpha1": (["model.group_loss_weight=0.0", "model.group_sizes=[48, 5, 30, 2, 9, 3, 24, 2, 5]"],
+                        "SGC, no group loss, group sizes ∝ frequency (α = 1)"),
+    "group_l0.05_alpha1": (["model.group_loss_margin=null", "model.group_sizes=[48, 5, 30, 2, 9, 3, 24, 2, 5]"],
+                           "group loss λ=0.05, group sizes ∝ frequency (α = 1)"),
 }
 
 KEYS = ("token_purity", "group_miou", "psnr", "psnr_label_free", "active_code_fraction", "perplexity")
@@ -79,6 +113,47 @@ def run_variant(args: tuple) -> dict:
 
 def _fmt(v, f):
     return "n/a" if v is None else f.format(v)
+
+
+def write_curve(out: Path, rows: list[dict]) -> None:
+    """curve.csv and curve.png: PSNR − EMA-VQ, purity and mIoU against steps, for every variant that
+    ran at two or more step counts with the EMA-VQ baseline beside it."""
+    ema = {r["steps"]: r["psnr"] for r in rows if r["variant"] == "ema"}
+    series = {}
+    for r in rows:
+        if r["variant"] != "ema" and r["steps"] in ema:
+            series.setdefault(r["variant"], []).append(r)
+    series = {v: sorted(rs, key=lambda r: r["steps"]) for v, rs in series.items() if len(rs) >= 2}
+    if not series:
+        return
+    csv = ["variant,steps,psnr,psnr_ema,psnr_gap_db,token_purity,group_miou"]
+    for v, rs in series.items():
+        csv += [f"{v},{r['steps']},{r['psnr']:.4f},{ema[r['steps']]:.4f},{r['psnr'] - ema[r['steps']]:.4f},"
+                f"{r['token_purity']:.4f},{r['group_miou']:.4f}" for r in rs]
+    (out / "curve.csv").write_text("\n".join(csv) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for v, rs in series.items():
+        steps = [r["steps"] for r in rs]
+        axes[0].plot(steps, [r["psnr"] - ema[r["steps"]] for r in rs], marker="o", label=v)
+        axes[1].plot(steps, [r["token_purity"] for r in rs], marker="o", label=f"{v}: purity")
+        axes[1].plot(steps, [r["group_miou"] for r in rs], marker="s", linestyle="--", label=f"{v}: mIoU")
+    axes[0].axhline(-0.30, color="grey", linestyle=":", label="floor −0.30 dB")
+    axes[0].axhline(0.0, color="black", linewidth=0.5)
+    axes[0].set_title("SGC PSNR − EMA-VQ PSNR, same steps (dB)", fontsize=10)
+    axes[1].axhline(0.85, color="grey", linestyle=":")
+    axes[1].axhline(0.50, color="grey", linestyle=":")
+    axes[1].set_title("label-free purity (floor 0.85) and group mIoU (floor 0.50)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("training steps")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -123,6 +198,7 @@ def main(argv=None) -> int:
                      f"{r['psnr']:.2f} | {_fmt(gap, '{:+.2f}')} | {_fmt(r['psnr_label_free'], '{:.2f}')} | "
                      f"{r['active_code_fraction']:.1%} | {r['perplexity']:.1f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_curve(out, all_rows)
     print("\n".join(lines))
     print(f"wall {wall:.0f} s with {args.jobs} job(s)", file=sys.stderr)
     return 0

@@ -118,3 +118,77 @@ def test_group_loss_on_the_coarse_level_leaves_the_fine_channels_without_gradien
     assert torch.all(grads["coarse"][1][:, :fine] == 0)
     torch.testing.assert_close(grads["coarse"][1][:, fine:], grads["all"][1][:, fine:])
     assert grads["all"][1][:, :fine].abs().sum() > 0
+
+
+def _hinge_reference(x, labels, codebook, offsets, margin):
+    d = torch.cdist(x.double(), codebook.double()).pow(2)
+    off = offsets.tolist()
+    g = torch.stack([d[:, off[c]:off[c + 1]].min(1).values for c in range(len(off) - 1)], 1)
+    keep = labels >= 0
+    g, lab = g[keep], labels[keep]
+    own = g.gather(1, lab[:, None]).squeeze(1)
+    other = g.masked_fill(F.one_hot(lab, g.shape[1]).bool(), float("inf")).min(1).values
+    s = own.mean().detach()
+    return torch.relu(own - other + margin * s).mean() / s
+
+
+@pytest.mark.parametrize("N,D,sizes,margin", [(41, 6, [3, 7, 1, 9], 0.5), (64, 8, [5, 5, 6], 0.0), (9, 3, [2, 2], 2.0)])
+def test_hinge_group_loss_matches_a_dense_reference_in_value_and_gradient(N, D, sizes, margin):
+    K, C = sum(sizes), len(sizes)
+    offsets = torch.tensor([0] + torch.tensor(sizes).cumsum(0).tolist())
+    codebook = torch.randn(K, D)
+    labels = torch.randint(0, C, (N,))
+    labels[::4] = -1
+    x = torch.randn(N, D, requires_grad=True)
+    x64 = x.detach().double().requires_grad_(True)
+    loss = group_loss(x, labels, codebook, offsets, C, margin=margin)
+    ref = _hinge_reference(x64, labels, codebook, offsets, margin)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_hinge_group_loss_leaves_tokens_already_in_their_group_alone():
+    # two groups far apart; tokens sit on their own group's codes: no violation, no gradient
+    codebook = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [10.1, 0.0]])
+    offsets = torch.tensor([0, 2, 4])
+    x = torch.tensor([[0.05, 0.01], [10.05, -0.01], [0.02, 0.03]], requires_grad=True)
+    labels = torch.tensor([0, 1, 0])
+    loss = group_loss(x, labels, codebook, offsets, 2, margin=1.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(x.grad == 0)
+    # a token nearer to the other group is pushed
+    x.grad = None
+    group_loss(x, torch.tensor([1, 1, 0]), codebook, offsets, 2, margin=1.0).backward()
+    assert x.grad[0].abs().sum() > 0 and torch.all(x.grad[2] == 0)
+    with pytest.raises(ValueError, match="margin"):
+        group_loss(x, labels, codebook, offsets, 2, margin=-0.1)
+
+
+def test_group_loss_weight_schedule_warms_up_and_decays():
+    from sgcvq.model.semantic_loss import group_loss_weight_at
+
+    assert group_loss_weight_at(7, 0.5) == 0.5
+    assert group_loss_weight_at(2, 0.5, warmup=4) == pytest.approx(0.25)
+    # falls linearly from step 10 to 0.1 at step 20, then stays
+    w = [group_loss_weight_at(s, 0.5, decay_start=10, decay_steps=10, final_weight=0.1) for s in (9, 10, 15, 20, 99)]
+    assert w == pytest.approx([0.5, 0.5, 0.3, 0.1, 0.1])
+    assert group_loss_weight_at(10, 0.5, decay_start=10) == 0.0  # decay_steps 0: at once, to final_weight 0
+
+
+def test_group_loss_decay_in_the_model_reaches_zero():
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    labels = torch.randint(0, 3, (2, 16, 16))
+    model = _model(group_loss_weight=1.0, group_loss_decay_start=2, group_loss_decay_steps=2)
+    tokens = model.encode_features(images).permute(0, 2, 3, 1)
+    tok_labels = model.token_labels(labels, tuple(tokens.shape[1:3]))
+    model(images, labels=labels)  # steps = 1: full weight
+    full = model._group_loss(tokens, tok_labels).item()
+    model.quantizer.steps.fill_(3)
+    half = model._group_loss(tokens, tok_labels).item()
+    model.quantizer.steps.fill_(4)
+    assert full > 0 and half == pytest.approx(full / 2, rel=1e-4)
+    assert model._group_loss(tokens, tok_labels).item() == 0.0
+    with pytest.raises(ValueError, match="group_loss_margin"):
+        ModelConfig(group_loss_margin=-1.0).validate()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..ops import nearest_code
 
-__all__ = ["group_distances", "group_loss"]
+__all__ = ["group_distances", "group_loss", "group_loss_weight_at"]
 
 
 def group_distances(x: torch.Tensor, codebook: torch.Tensor, class_offsets: torch.Tensor,
@@ -46,15 +46,22 @@ def group_distances(x: torch.Tensor, codebook: torch.Tensor, class_offsets: torc
 
 
 def group_loss(x: torch.Tensor, token_labels: torch.Tensor, codebook: torch.Tensor, class_offsets: torch.Tensor,
-               num_classes: int, temperature: float = 1.0, max_tokens: int = 4096) -> torch.Tensor:
+               num_classes: int, temperature: float = 1.0, max_tokens: int = 4096,
+               margin: float | None = None) -> torch.Tensor:
     """mean CE(softmax(−g / (τ s)), label) over labelled tokens (see the module docstring); a scalar.
 
     x [N, D] float (gradient flows back to it); token_labels [N] int64 (-1 = no class, left out);
     max_tokens: at most this many labelled tokens (a fixed-stride subset) enter the loss, which
     bounds its cost on large batches. Returns 0 (with a graph to x) when no token is labelled.
+    margin: None = the cross-entropy; a number m >= 0 = the hinge
+        mean_i relu(g_{i,s_i} − min_{c != s_i} g_ic + m·s) / s,
+    which is 0 (no gradient) for every token whose own group is already nearer than any other by
+    m quantization errors, so it stops pulling once the label-free search is right.
     """
     if temperature <= 0:
         raise ValueError(f"group_loss: temperature must be > 0, got {temperature}")
+    if margin is not None and margin < 0:
+        raise ValueError(f"group_loss: margin must be >= 0 or None, got {margin}")
     keep = torch.nonzero(token_labels >= 0).squeeze(1)
     if keep.numel() > max_tokens:
         keep = keep[torch.linspace(0, keep.numel() - 1, max_tokens, device=keep.device).long()]
@@ -62,5 +69,22 @@ def group_loss(x: torch.Tensor, token_labels: torch.Tensor, codebook: torch.Tens
         return x.float().sum() * 0.0
     xs, labels = x[keep], token_labels[keep]
     g = group_distances(xs, codebook, class_offsets, num_classes)
-    scale = g.gather(1, labels[:, None]).mean().detach().clamp(min=1e-12)
-    return F.cross_entropy(-g / (temperature * scale), labels)
+    own = g.gather(1, labels[:, None])
+    scale = own.mean().detach().clamp(min=1e-12)
+    if margin is None:
+        return F.cross_entropy(-g / (temperature * scale), labels)
+    other = g.scatter(1, labels[:, None], float("inf")).min(dim=1, keepdim=True).values
+    return F.relu(own - other + margin * scale).mean() / scale
+
+
+def group_loss_weight_at(step: int, weight: float, warmup: int = 0, decay_start: int = 0, decay_steps: int = 0,
+                         final_weight: float = 0.0) -> float:
+    """λ at training step `step` (1 = the first): a linear warm-up from 0 over `warmup` steps, then
+    from `decay_start` (0 = never) a linear fall to `final_weight` over `decay_steps` steps (0 = at once)."""
+    w = weight
+    if warmup > 0:
+        w *= min(1.0, step / warmup)
+    if decay_start > 0 and step >= decay_start:
+        t = 1.0 if decay_steps == 0 else min(1.0, (step - decay_start) / decay_steps)
+        w = (1.0 - t) * w + t * final_weight
+    return w

@@ -15,7 +15,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .pyramid import FeaturePyramid, split_embed_dim
 from .quantizers import build_quantizer, resolve_quantizer_kind
-from .semantic_loss import group_loss
+from .semantic_loss import group_loss, group_loss_weight_at
 
 
 class SGCVQGAN(nn.Module):
@@ -91,9 +91,12 @@ class SGCVQGAN(nn.Module):
     def _group_loss(self, tokens: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
         """λ(step) · group loss (semantic_loss.py) in the quantizer's weighted search space."""
         cfg, q = self.cfg, self.quantizer
-        weight = cfg.group_loss_weight
-        if cfg.group_loss_warmup > 0:  # q.steps already counts this step's update
-            weight *= min(1.0, int(q.steps) / cfg.group_loss_warmup)
+        # q.steps already counts this step's update
+        weight = group_loss_weight_at(int(q.steps), cfg.group_loss_weight, cfg.group_loss_warmup,
+                                      cfg.group_loss_decay_start, cfg.group_loss_decay_steps,
+                                      cfg.group_loss_final_weight)
+        if weight == 0.0:
+            return tokens.new_zeros(())
         x = tokens.reshape(-1, tokens.shape[-1])
         if cfg.group_loss_levels == "coarse":  # same distances, gradient into the coarse level only
             fine = self.level_dims[0]
@@ -101,7 +104,7 @@ class SGCVQGAN(nn.Module):
         if q._scaled:
             x = x * q.channel_scale
         return weight * group_loss(x, token_labels.reshape(-1), q.codebook, q.class_offsets, cfg.num_classes,
-                                   cfg.group_loss_temperature, cfg.group_loss_max_tokens)
+                                   cfg.group_loss_temperature, cfg.group_loss_max_tokens, cfg.group_loss_margin)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         """images [B, 3, H, W] float in [-1, 1]; labels [B, H, W] int64 pixel classes (255 ignore) or None."""
