@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantizers", default="vqgan,cvq,ema,sgc", help="model.quantizer kinds, comma-separated")
     p.add_argument("--steps", type=int, default=300, help="training steps per run")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    p.add_argument("--eval-images", type=int, default=128, help="held-out scenes per evaluation (at most data.eval_length)")
+    p.add_argument("--eval-images", type=int, default=2048,
+                   help="held-out scenes per evaluation, 64 tokens each (2048: 16 tokens per code at K = 8192)")
     p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", nargs="+", default=[], action="extend",
                    help="config overrides for every run")
 

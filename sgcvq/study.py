@@ -3,13 +3,17 @@
 Every run is the demo's model (`sgcvq.config.demo_config`: 32x32 synthetic street scenes, the same
 encoder, pyramid and decoder, seed and data order) with one quantizer (`model.quantizer`: vqgan,
 cvq, ema, sgc) and one codebook size K, trained for the same number of steps, then evaluated on the
-same held-out scenes. Per run it records:
+same held-out scenes. `study_config` says what differs from the demo so that K = 8192 can be measured
+at all (more held-out scenes, re-seeding scaled with K, SGC's groups sized by token frequency).
+Per run it records:
 
 * active codes, training: fraction of codes that took a token in the last 100 training steps
-  (the quantizer's own counter; 100 steps x 16 images x 64 tokens = 102400 assignments);
+  (the quantizer's own counter; 100 steps x 16 images x 64 tokens = 102400 assignments, 12.5 per
+  code at K = 8192);
 * active codes, eval: fraction of codes used by the eval set's tokens (as trained: SGC searches
-  the token's class group); the eval set is min(eval_images, data.eval_length) scenes of 64 tokens
-  (the demo's data.eval_length is 128: 8192 tokens), which bounds it at large K;
+  the token's class group); the eval set is eval_images held-out scenes of 64 tokens (default 2048
+  scenes: 131072 tokens, 16 per code at K = 8192; with the demo's 128 scenes, 8192 tokens, K = 8192
+  could not be fully used by construction);
 * perplexity of the eval set's code distribution (exp entropy; K when all codes are used equally);
 * label-free token purity (every model searches all K codes, no labels).
 
@@ -20,6 +24,7 @@ the same steps, eval images and overrides are kept (so quantizers can be run one
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -33,13 +38,64 @@ STUDY_QUANTIZERS = ("vqgan", "cvq", "ema", "sgc")
 LABELS = {"vqgan": "VQGAN (taming)", "cvq": "CVQ-VAE-style", "ema": "EMA-VQ", "sgc": "SGC-VQ"}
 
 
-def study_config(kind: str, codebook_size: int, steps: int, overrides: list[str] | None = None):
-    """The demo's Config with `model.quantizer=kind` and K = codebook_size."""
+def token_class_frequencies(data_cfg, factor: int, num_classes: int, num_images: int = 64) -> list[float]:
+    """Frequency of each class among the *token* labels (majority of each factor x factor cell) of the
+    first `num_images` training scenes. Thin classes (poles, persons) are the majority of far fewer
+    cells than their pixel share says (pole: 1.8% of the pixels, 0.3% of the tokens at f = 4)."""
+    import numpy as np
+    import torch
+
+    from .data.synthetic import draw_street_scene
+    from .metrics import pixel_to_token_labels
+
+    counts = np.zeros(num_classes)
+    for index in range(num_images):
+        _, labels = draw_street_scene(data_cfg.seed, index, data_cfg.resolution, 1)
+        tokens = pixel_to_token_labels(torch.from_numpy(labels).long(), factor, num_classes)
+        counts += np.bincount(tokens[tokens >= 0].numpy().ravel(), minlength=num_classes)[:num_classes]
+    return (counts / max(counts.sum(), 1.0)).tolist()
+
+
+def scaled_reseeding(tokens_per_step: int, codebook_size: int) -> tuple[float, int]:
+    """(threshold_dead, max_idle_steps) for K codes fed `tokens_per_step` tokens a step.
+
+    The demo's values (0.1, 20) are tuned at K = 128 and 1024 tokens a step: 8 tokens per code per
+    step, threshold 1/80 of that. Kept as absolute numbers at K = 8192 (0.125 tokens per code per
+    step) they call about half the codes dead at every step, so codes that win a token every few
+    steps are torn away and re-seeded (940k re-seeds in 300 steps were measured). Scaled: the
+    threshold keeps its ratio to the expected count, and a code is idle-dead only after a window in
+    which it would expect at least 5 tokens.
+    """
+    rate = tokens_per_step / codebook_size
+    return 0.1 * rate / 8.0, max(20, math.ceil(5.0 / rate))
+
+
+def study_config(kind: str, codebook_size: int, steps: int, overrides: list[str] | None = None,
+                 eval_images: int = 2048):
+    """The demo's Config with `model.quantizer=kind` and K = codebook_size, for codebook use at any K.
+
+    Three settings differ from the demo (each kind gets the same): data.eval_length = eval_images
+    held-out scenes (2048 scenes = 131072 tokens, 16 per code at K = 8192: the paper measures usage
+    over a validation set far larger than K); threshold_dead and max_idle_steps scaled with K
+    (`scaled_reseeding`); and for SGC the group sizes follow the classes' *token* frequencies with
+    α = 1 (every code the same expected share of tokens; the demo's α = 0.5 on pixel frequencies
+    gives the pole group 430 codes at K = 8192 for ~3 tokens a step, so most of them can never be
+    used, whatever the quantizer does).
+    """
     from .config import apply_overrides, demo_config
     from .data import CLASS_NAMES
+    from .semantic import group_sizes_for
 
-    cfg = demo_config(len(CLASS_NAMES) if kind == "sgc" else None, steps)
-    cfg = apply_overrides(cfg, [f"model.quantizer={kind}", f"model.codebook_size={codebook_size}",
+    num_classes = len(CLASS_NAMES) if kind == "sgc" else None
+    cfg = demo_config(num_classes, steps)
+    threshold, idle = scaled_reseeding(cfg.data.batch_size * (cfg.data.resolution // cfg.model.downsample_factor) ** 2,
+                                       codebook_size)
+    scaled = [f"data.eval_length={eval_images}", f"model.threshold_dead={threshold!r}", f"model.max_idle_steps={idle}"]
+    if num_classes:
+        freqs = token_class_frequencies(cfg.data, cfg.model.downsample_factor, num_classes)
+        sizes = group_sizes_for(num_classes, codebook_size, "frequency", freqs, cfg.model.min_codes_per_class, 1.0)
+        scaled.append(f"model.group_sizes={list(sizes)}")
+    cfg = apply_overrides(cfg, [f"model.quantizer={kind}", f"model.codebook_size={codebook_size}", *scaled,
                                 *(overrides or [])])
     cfg.log.progress = False
     cfg.log.tensorboard = False
@@ -56,13 +112,14 @@ def _run_one(job: tuple) -> dict:
     from .training.loop import Trainer, quantizer_scalars
 
     # a pool worker is a daemon process: it may not start DataLoader workers of its own
-    cfg = study_config(kind, K, steps, [*overrides, "data.num_workers=0"])
+    cfg = study_config(kind, K, steps, [*overrides, "data.num_workers=0"], eval_images=eval_images)
     start = time.perf_counter()
     trainer = Trainer(cfg, Path(out) / f"{kind}_K{K}", overwrite=True)
     result = trainer.run()
     train_s = time.perf_counter() - start
     vq = quantizer_scalars(trainer.model.quantizer)
-    ev = evaluate(trainer.model, cfg, torch.device("cpu"), max_images=eval_images)
+    # few video clips: the study reports no temporal metric, and painting 4-frame clips costs time
+    ev = evaluate(trainer.model, cfg, torch.device("cpu"), max_images=eval_images, video_clips=4)
     m = ev.metrics
     row = {"quantizer": kind, "K": K, "steps": result.step, "train_s": train_s,
            "active_train": vq.get("active_fraction"), "active_eval": m["active_code_fraction"],
@@ -74,7 +131,7 @@ def _run_one(job: tuple) -> dict:
 
 
 def run_usage_vs_k(out_dir: str | Path, ks=(128, 1024, 8192), kinds=STUDY_QUANTIZERS, steps: int = 300,
-                   jobs: int = 2, eval_images: int = 128, overrides: list[str] | None = None) -> list[dict]:
+                   jobs: int = 2, eval_images: int = 2048, overrides: list[str] | None = None) -> list[dict]:
     """Train and evaluate every (quantizer, K); write results.json, table.md, usage_vs_k.png; return the rows."""
     for kind in kinds:
         if kind not in STUDY_QUANTIZERS:
