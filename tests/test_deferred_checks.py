@@ -70,3 +70,54 @@ def test_trainer_defers_only_on_a_gpu(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run")
     assert trainer._deferred, "the model's quantizer offers deferred checks"
     assert not any(m.defer_checks for m in trainer._deferred)  # the CPU fails at the very call
+
+
+def test_group_loss_schedule_on_the_device_matches_the_python_schedule():
+    from sgcvq.model.semantic_loss import group_loss_weight_at, group_loss_weight_on_device
+
+    for args in [(0.05, 10, 100, 50, 0.01), (0.05, 0, 100, 0, 0.0), (0.05, 20, 0, 0, 0.0), (0.1, 7, 30, 13, 0.02)]:
+        for step in range(0, 160):
+            assert group_loss_weight_on_device(torch.tensor(step), *args).item() == group_loss_weight_at(step, *args)
+
+
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_model_training_forward_reads_nothing_from_the_device(monkeypatch, warmup):
+    """With defer_checks (the trainer's GPU mode) a training forward of the SGC model never reads a
+    device value on the host: no item/tolist/bool of a tensor (each a sync on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sgcvq.model import SGCVQGAN
+    from sgcvq.training.demo import demo_config
+
+    cfg = demo_config(9, 2).model
+    cfg.group_loss_warmup = warmup
+    torch.manual_seed(0)
+    model = SGCVQGAN(cfg).train()
+    images = torch.rand(2, 3, cfg.resolution, cfg.resolution) * 2 - 1
+    labels = torch.randint(0, 9, (2, cfg.resolution, cfg.resolution))
+    model(images, labels)  # the first call runs the k-means start (host reads allowed there)
+    for m in model.modules():
+        if hasattr(m, "raise_deferred_checks"):
+            m.defer_checks = True
+    reads = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    def no_tolist(self):
+        raise AssertionError("tolist() in a training step")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_tolist)
+    with Reads():
+        out = model(images, labels)
+    assert not reads, f"{len(reads)} host read(s) in a training forward"
+    monkeypatch.undo()
+    bad = labels.clone()
+    bad[0, 0, 0] = 77
+    model(images, bad)  # deferred: no raise here
+    with pytest.raises(ValueError, match="labels held values"):
+        model.raise_deferred_checks()
+    assert torch.isfinite(out.recon).all()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..ops import nearest_code
 
-__all__ = ["group_distances", "group_loss", "group_loss_weight_at"]
+__all__ = ["group_distances", "group_loss", "group_loss_weight_at", "group_loss_weight_on_device"]
 
 
 def group_distances(x: torch.Tensor, codebook: torch.Tensor, class_offsets: torch.Tensor,
@@ -87,4 +87,18 @@ def group_loss_weight_at(step: int, weight: float, warmup: int = 0, decay_start:
     if decay_start > 0 and step >= decay_start:
         t = 1.0 if decay_steps == 0 else min(1.0, (step - decay_start) / decay_steps)
         w = (1.0 - t) * w + t * final_weight
+    return w
+
+
+def group_loss_weight_on_device(step: torch.Tensor, weight: float, warmup: int = 0, decay_start: int = 0,
+                                decay_steps: int = 0, final_weight: float = 0.0) -> torch.Tensor:
+    """group_loss_weight_at for a step counter on the device: a float64 0-dim tensor, the same value
+    (the same float64 operations), and no host read (the training step never waits for the device)."""
+    step = step.to(torch.float64)
+    w = torch.full_like(step, weight)
+    if warmup > 0:
+        w = w * torch.clamp(step / warmup, max=1.0)
+    if decay_start > 0:
+        t = torch.ones_like(step) if decay_steps == 0 else torch.clamp((step - decay_start) / decay_steps, max=1.0)
+        w = torch.where(step >= decay_start, (1.0 - t) * w + t * final_weight, w)
     return w

@@ -15,7 +15,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .pyramid import FeaturePyramid, split_embed_dim
 from .quantizers import build_quantizer, resolve_quantizer_kind
-from .semantic_loss import group_loss, group_loss_weight_at
+from .semantic_loss import group_loss, group_loss_weight_on_device
 
 
 class SGCVQGAN(nn.Module):
@@ -36,6 +36,17 @@ class SGCVQGAN(nn.Module):
         self.quantizer = build_quantizer(cfg, self.level_dims)
         self.decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.base_channels, tuple(cfg.channel_mult),
                                cfg.num_res_blocks, attention, cfg.dropout)
+        # defer_checks (the trainer sets it on a GPU): the pixel-label check of token_labels runs on
+        # the device and raise_deferred_checks() reads it at log time, as the quantizer's do.
+        self.defer_checks = False
+        self._deferred_bad: torch.Tensor | None = None
+
+    def raise_deferred_checks(self) -> None:
+        """With defer_checks: raise the labels' ValueError found since the last call (one host read)."""
+        pending, self._deferred_bad = self._deferred_bad, None
+        if pending is not None and bool(pending):
+            raise ValueError(f"labels held values outside 0..{(self.cfg.num_classes or IGNORE_LABEL) - 1} and "
+                             f"the ignore label {IGNORE_LABEL} in a batch since the last check")
 
     @property
     def downsample_factor(self) -> int:
@@ -60,7 +71,12 @@ class SGCVQGAN(nn.Module):
         num_classes = self.cfg.num_classes or IGNORE_LABEL
         if not torch.compiler.is_compiling():
             bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE_LABEL))
-            if bool(bad.any()):
+            if self.defer_checks:
+                # Read at log time (raise_deferred_checks); pool_labels never indexes with a bad
+                # value meanwhile (it does not vote).
+                pending = bad.any()
+                self._deferred_bad = pending if self._deferred_bad is None else self._deferred_bad | pending
+            elif bool(bad.any()):
                 raise ValueError(f"labels hold values outside 0..{num_classes - 1} and the ignore label "
                                  f"{IGNORE_LABEL}: {torch.unique(labels[bad])[:8].tolist()}")
         return pool_labels(labels, grid, num_classes, IGNORE_LABEL)
@@ -91,12 +107,17 @@ class SGCVQGAN(nn.Module):
     def _group_loss(self, tokens: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
         """λ(step) · group loss (semantic_loss.py) in the quantizer's weighted search space."""
         cfg, q = self.cfg, self.quantizer
-        # q.steps already counts this step's update
-        weight = group_loss_weight_at(int(q.steps), cfg.group_loss_weight, cfg.group_loss_warmup,
-                                      cfg.group_loss_decay_start, cfg.group_loss_decay_steps,
-                                      cfg.group_loss_final_weight)
-        if weight == 0.0:
-            return tokens.new_zeros(())
+        if cfg.group_loss_warmup > 0 or cfg.group_loss_decay_start > 0:
+            # A schedule: λ from the step counter (q.steps already counts this step's update),
+            # computed on the device in float64 like the Python schedule, so the step never waits
+            # for the device to read it.
+            weight = group_loss_weight_on_device(q.steps, cfg.group_loss_weight, cfg.group_loss_warmup,
+                                                 cfg.group_loss_decay_start, cfg.group_loss_decay_steps,
+                                                 cfg.group_loss_final_weight)
+        else:
+            weight = cfg.group_loss_weight
+            if weight == 0.0:
+                return tokens.new_zeros(())
         x = tokens.reshape(-1, tokens.shape[-1])
         if cfg.group_loss_levels == "coarse":  # same distances, gradient into the coarse level only
             fine = self.level_dims[0]
