@@ -444,3 +444,33 @@ def test_decode_failures_in_workers_are_counted_once(tmp_path):
     assert [p for p, _ in skipped] == [str(tmp_path / "labels" / "unknown.png")]
     assert "unknown class ids [7]" in skipped[0][1]
     assert ds.skipped == []  # the main process's copy never decoded it
+
+
+@pytest.mark.parametrize("res", [16, 32, 64])
+def test_canvas_rect_slices_paint_exactly_the_masked_pixels(res):
+    """Canvas.rect paints through slices; it must give the very bits the boolean mask gave (same
+    pixels, same float32 values), for Python and numpy coordinates, thin and off-canvas rectangles."""
+    from sgcvq.data.scene import Canvas
+
+    rng = np.random.default_rng(res)
+    grain, blotch = rng.standard_normal((2, res, res)).astype(np.float32)
+    ours, ref = Canvas(res, res, grain, blotch), Canvas(res, res, grain, blotch)
+    for i in range(400):
+        y0, x0 = rng.uniform(-0.3, 1.2, 2)
+        y1, x1 = y0 + rng.uniform(0, 0.6), x0 + rng.uniform(0, 0.6) * (0.02 if i % 5 == 0 else 1.0)
+        if i % 2:  # numpy float64 coordinates compare in float64, Python floats in float32
+            y0, y1, x0, x1 = (float(v) for v in (y0, y1, x0, x1))
+        color, cls, texture = rng.uniform(0, 1, 3).astype(np.float32), int(rng.integers(0, 9)), (0.0, 0.02, 0.05)[i % 3]
+        ours.rect(y0, y1, x0, x1, color, cls, texture)
+        # The reference: the boolean-mask painting rect did before (Canvas.paint with the mask).
+        w0, w1 = x0, x1
+        if w1 - w0 < ref.pixel:
+            mid = 0.5 * (w0 + w1)
+            w0, w1 = mid - 0.5 * ref.pixel, mid + 0.5 * ref.pixel
+        win = ref.box(y0, y1, w0, w1)
+        if win is not None:
+            rows, cols = win
+            Y, X = ref.Y[rows], ref.X[:, cols]
+            ref.paint(rows, cols, (Y >= y0) & (Y < y1) & (X >= w0) & (X < w1), color, cls, texture)
+        assert np.array_equal(ours.image.view(np.uint32), ref.image.view(np.uint32)), i
+        assert np.array_equal(ours.label, ref.label), i
