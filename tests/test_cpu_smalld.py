@@ -3,7 +3,8 @@
 csrc/cpu/bf16_tile_avx512.h: at D <= 16 the bf16 candidates come from the branchy list scan
 (bf16_small_scan_avx512) or the branch-free window (bf16_small_window_avx512: a per-lane top-2 whose
 values carry their code's place in the low mantissa bits); SGCVQ_CPU_SMALLD=window / branchy forces
-one. Both must give the float32 argmin of every token (ties to the lowest index, never a code
+one, and SGCVQ_CPU_SMALLD_SEED=cells / first how the branchy scan over every code seeds each
+token's best (its orthant cell, the default, or the first 256 codes). Each must give the float32 argmin of every token (ties to the lowest index, never a code
 outside the token's group): the same index and distance as the float32 candidates (mode
 "exact_fp32"), which the oracle tests in test_ops_nearest_code.py pin to the float64 reference.
 Needs a CPU with AVX512_BF16; skipped elsewhere.
@@ -20,14 +21,16 @@ CAPS = sgcvq._C.cpu_capabilities() if ops.HAS_CPU_EXTENSION else {}
 pytestmark = pytest.mark.skipif("avx512bf16" not in CAPS.get("bf16_paths", ()),
                                 reason="needs the AVX512_BF16 path (csrc/cpu/bf16_tile_avx512.h)")
 
-SCANS = ["window", "branchy"]
+SCANS = ["window", "branchy", "branchy/first"]  # scan[/seed]: SGCVQ_CPU_SMALLD[, SGCVQ_CPU_SMALLD_SEED]
 N_BF16 = 600  # the bf16 path needs at least 256 tokens (kBf16MinTokens)
 
 
 @pytest.fixture
 def scan(request, monkeypatch):
     monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
-    monkeypatch.setenv("SGCVQ_CPU_SMALLD", request.param)
+    name, _, seed = request.param.partition("/")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD", name)
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD_SEED", seed or "cells")
     return request.param
 
 
@@ -124,6 +127,60 @@ def test_large_values_and_non_finite_tokens(scan):
     want = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "exact_fp32")[0]
     got = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "fast_exact")[0]
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("seed", ["cells", "first"])
+@pytest.mark.parametrize("D", [2, 8, 13])
+def test_orthant_seed_with_lopsided_cells(D, seed, monkeypatch):
+    # The default exact search at K > 4096 (the branchy scan). Codes crowded into a few orthant
+    # cells (one cell far over the seed's 256 codes, most cells empty) and tokens from every
+    # orthant, so many tokens seed from an empty cell; K not a multiple of 16.
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD_SEED", seed)
+    g = torch.Generator().manual_seed(90 + D)
+    K = 5003
+    codebook = torch.randn(K, D, generator=g)
+    codebook[: K // 2] = codebook[: K // 2].abs() + 0.5  # half the codes in the all-positive orthant
+    codebook[K // 2 : K // 2 + 40] = -codebook[K // 2 : K // 2 + 40].abs()  # a few in the negative one
+    # 2100 tokens on one thread: five runs of 512 tokens, so no item splits the codes (the seed
+    # needs every code in the item's range); on the default threads the codes may be split.
+    N = 2100
+    x = 2.0 * torch.randn(N, D, generator=g)
+    x[:50] = codebook[K // 2 : K // 2 + 50] + 1e-3 * torch.randn(50, D, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        check_exact(x, codebook)
+        check_exact(x.to(torch.bfloat16), codebook.to(torch.bfloat16))
+    finally:
+        torch.set_num_threads(threads)
+    check_exact(x, codebook)
+
+
+@pytest.mark.parametrize("seed", ["cells", "first"])
+def test_seeded_lists_certify_gaussian_tokens(seed, monkeypatch):
+    # A wrong seed cannot give a wrong answer (the certificate sends such tokens to the float32
+    # search), so this watches the redo count: a seed below every code's value would send them all.
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD_SEED", seed)
+    g = torch.Generator().manual_seed(11)
+    x, codebook = torch.randn(2100, 8, generator=g), torch.randn(5003, 8, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one item per 512 tokens over every code (see above)
+    try:
+        check_exact(x, codebook)
+        torch.ops.sgcvq.nearest_code(x, codebook, None, None, "exact")
+        assert sgcvq._C.last_fast_exact_redo() <= 0.02 * len(x)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_unknown_seed_is_an_error(monkeypatch):
+    monkeypatch.setenv("SGCVQ_CPU_BF16", "avx512bf16")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD", "branchy")
+    monkeypatch.setenv("SGCVQ_CPU_SMALLD_SEED", "best")
+    with pytest.raises(RuntimeError, match="SGCVQ_CPU_SMALLD_SEED must be 'cells' or 'first', got 'best'"):
+        torch.ops.sgcvq.nearest_code(torch.randn(N_BF16, 8), torch.randn(5000, 8), None, None, "exact")
 
 
 def test_unknown_scan_is_an_error(monkeypatch):

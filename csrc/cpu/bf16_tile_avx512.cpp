@@ -194,10 +194,23 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void small_step(const ui
   }
 }
 
+// The orthant cell of a row of a = bf16(-2x'): bit d set where x'_d > 0, i.e. where the bf16 of
+// -2x'_d is negative and not -0 (the codes' cells use e'_d > 0: see SmallSeedCells).
+inline int32_t token_cell(const uint32_t* row, int bits) {
+  int32_t id = 0;
+  for (int d = 0; d < bits; ++d) {
+    // NOTE: no branch: the signs are random, a branch mispredicted half the bits.
+    const uint32_t h = (row[d >> 1] >> (16 * (d & 1))) & 0xFFFFu;
+    id |= static_cast<int32_t>((static_cast<uint32_t>((h & 0x7FFFu) != 0u) & (h >> 15)) << d);
+  }
+  return id;
+}
+
 template <int P>
 SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
                                   const float* norms, int64_t k0, int64_t k1, const float* margin, float* best,
-                                  int32_t* count, int32_t* idx, float* val, int32_t cap) {
+                                  int32_t* count, int32_t* idx, float* val, int32_t cap,
+                                  const SmallSeedCells* cells) {
   // NB * P code vectors, NB norms and NB accumulators fit the 32 registers.
   constexpr int NB = P <= 4 ? 4 : P == 5 ? 3 : 2;
   const int64_t v0 = k0 / 16, v1 = (k1 + 15) / 16;
@@ -205,6 +218,24 @@ SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, c
   const int64_t chunk = std::max<int64_t>(2, 24576 / (64 * (P + 1))) / NB * NB;
   for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
     const uint32_t* at = a + t0 * lda32;
+    if (cells != nullptr) {
+      // The seed from the token's orthant cell (up to 256 codes): the values are computed as the
+      // scan computes them (norm, then the pairs in order), so the best is a value the scan meets.
+      for (int i = 0; i < kSmallT; ++i) {
+        const int32_t c = token_cell(at + i * lda32, cells->bits);
+        const int64_t c0 = cells->start[c], c1 = std::min<int64_t>(cells->start[c + 1], c0 + kSeedVectors);
+        __m512 mn = _mm512_set1_ps(kBf16Inf);
+        for (int64_t v = c0; v < c1; ++v) {
+          __m512 acc = _mm512_loadu_ps(cells->norms + 16 * v);
+          for (int p = 0; p < P; ++p)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(at[i * lda32 + p])),
+                                   (__m512bh)_mm512_loadu_si512(cells->pairs + (v * P + p) * 16));
+          mn = _mm512_min_ps(acc, mn);  // NaN lanes (pads against non-finite x) keep mn
+        }
+        best[t0 + i] = std::min(best[t0 + i], _mm512_reduce_min_ps(mn));
+      }
+      continue;
+    }
     // The seed: each token's best over the first (up to) 256 codes, a plain vector minimum, so the
     // scan's thresholds start low: every later code that lowers the best takes the slow path
     // (about ln(K / 256) times per token), and the lists only take codes near the best.
@@ -391,19 +422,20 @@ void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, co
 
 void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                             int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
-                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap) {
+                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap,
+                            const SmallSeedCells* cells) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
   const int64_t lda32 = lda / 2;
   switch (Dp / 2) {
-    case 1: return small_scan<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 2: return small_scan<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 3: return small_scan<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 4: return small_scan<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 5: return small_scan<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 6: return small_scan<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 7: return small_scan<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 8: return small_scan<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 1: return small_scan<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 2: return small_scan<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 3: return small_scan<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 4: return small_scan<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 5: return small_scan<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 6: return small_scan<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 7: return small_scan<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+    case 8: return small_scan<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
     default: TORCH_CHECK(false, "bf16_small_scan_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
   }
 }

@@ -33,10 +33,26 @@ void bf16_tile_avx512(const c10::BFloat16* a, int64_t lda, int64_t mm, const c10
 // norms[k] + a[t].b[k] is below best[t] + margin[t] (best[t] the running minimum, updated here)
 // is appended to the token's list idx/val[t * cap ..], count[t] entries (-1 once it overflowed).
 // On return every code left out has a value >= best[t] + margin[t]. norms: [Kp], any values past K.
+// cells (optional, only for [k0, k1) = every code): each token's best starts from the codes of
+// its orthant cell (see SmallSeedCells) instead of the range's first 256 codes.
 constexpr int64_t kBf16SmallMaxPairs = 8;
+// The codes grouped by the signs of their first min(D, 8) centred bf16 features (an orthant of
+// x' space), each cell padded to whole 16-code vectors (+inf norms): the scan seeds a token's best
+// with (up to 256 of) the codes of its own orthant, which usually hold its nearest code or one
+// near it, so few later codes lower the best or fall within its margin (each such code is a
+// mispredicted list entry). Only a seed: any codes would be correct, and every code is still
+// scanned. pairs: [vectors][Dp / 2][16] bf16 pairs as in the packing; norms: [vectors * 16];
+// start: [2^bits + 1], each cell's first vector.
+struct SmallSeedCells {
+  const uint32_t* pairs = nullptr;
+  const float* norms = nullptr;
+  const int32_t* start = nullptr;
+  int bits = 0;
+};
 void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                             int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
-                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap);
+                            float* best, int32_t* count, int32_t* idx, float* val, int32_t cap,
+                            const SmallSeedCells* cells = nullptr);
 
 // The same contract without a data-dependent branch in the scan (T a multiple of 4): each token
 // keeps, per lane of 16 codes, the smallest value and the second smallest (three vector ops per

@@ -336,7 +336,53 @@ bool bf16_own_pack() {
 #endif
 }
 
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values, Bf16Path path) {
+// The orthant cells of SmallSeedCells from the packed codes (one pass over K x D: ~1% of a
+// scan of every code by one token group). A code's cell bit d is set where bf16(e'_d) > 0.
+void build_seed_cells(Bf16Codebook& cb) {
+  const int64_t K = cb.K, P = cb.Dp / 2;
+  const int bits = static_cast<int>(std::min<int64_t>(cb.D, 8));
+  const int64_t cells = int64_t{1} << bits;
+  const uint32_t* b32 = reinterpret_cast<const uint32_t*>(cb.packed.data_ptr<c10::BFloat16>());
+  // The packing's [Dp / 2][64][2] blocks: pair p of code k is word (k / 64) 64 P + 64 p + k % 64.
+  auto word = [&](int64_t k, int64_t p) { return b32[(k / kBlockN) * kBlockN * P + p * kBlockN + k % kBlockN]; };
+  std::vector<int32_t> cell(static_cast<size_t>(K));
+  std::vector<int64_t> fill(static_cast<size_t>(cells), 0);
+  // Block by block, each bit for the block's 64 codes at once (no branch: the signs are random).
+  for (int64_t k0 = 0; k0 < K; k0 += kBlockN) {
+    const int64_t n = std::min(kBlockN, K - k0);
+    uint32_t id[kBlockN] = {};
+    for (int d = 0; d < bits; ++d) {
+      const uint32_t* w = b32 + k0 * P + (d >> 1) * kBlockN;
+      const int shift = 16 * (d & 1);
+      for (int64_t j = 0; j < kBlockN; ++j) {
+        const uint32_t h = (w[j] >> shift) & 0xFFFFu;
+        id[j] |= (static_cast<uint32_t>((h & 0x7FFFu) != 0u) & ((h >> 15) ^ 1u)) << d;
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      cell[static_cast<size_t>(k0 + j)] = static_cast<int32_t>(id[j]);
+      ++fill[id[j]];
+    }
+  }
+  cb.cell_bits = bits;
+  cb.cell_start.assign(static_cast<size_t>(cells + 1), 0);
+  for (int64_t c = 0; c < cells; ++c) {
+    const int64_t first = cb.cell_start[static_cast<size_t>(c)];
+    cb.cell_start[static_cast<size_t>(c + 1)] = static_cast<int32_t>(first + (fill[static_cast<size_t>(c)] + 15) / 16);
+    fill[static_cast<size_t>(c)] = 16 * first;  // now the cell's next free code slot
+  }
+  const int64_t vectors = cb.cell_start[static_cast<size_t>(cells)];
+  cb.cell_pairs.assign(static_cast<size_t>(vectors * P * 16), 0u);
+  cb.cell_norms.assign(static_cast<size_t>(vectors * 16), std::numeric_limits<float>::infinity());
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t s = fill[static_cast<size_t>(cell[static_cast<size_t>(k)])]++, v = s / 16, lane = s % 16;
+    for (int64_t p = 0; p < P; ++p) cb.cell_pairs[static_cast<size_t>((v * P + p) * 16 + lane)] = word(k, p);
+    cb.cell_norms[static_cast<size_t>(s)] = cb.norms[static_cast<size_t>(k)];
+  }
+}
+
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values, Bf16Path path,
+                                bool seed_cells) {
   Bf16Codebook cb;
   cb.path = path;
   cb.K = E.size(0);
@@ -411,6 +457,7 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
       cb.max_err = std::numeric_limits<double>::infinity();
       break;
     }
+  if (seed_cells && path == Bf16Path::kAvx512Bf16 && D <= kSmallMaxD) build_seed_cells(cb);
   return cb;
 }
 
@@ -449,6 +496,13 @@ bool small_d_window(int64_t codes) {
   return codes <= kSmallWindowMaxCodes;
 }
 
+bool seed_cells_enabled() {
+  const char* env = std::getenv("SGCVQ_CPU_SMALLD_SEED");  // read on every call: tests switch it
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "cells") == 0) return true;
+  if (std::strcmp(env, "first") == 0) return false;
+  TORCH_CHECK(false, "SGCVQ_CPU_SMALLD_SEED must be 'cells' or 'first', got '", env, "'");
+}
+
 void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
                       int64_t call_codes, double g, CandList* out, Bf16Bound* bounds) {
   const int64_t D = cb.D, Dp = cb.Dp;
@@ -472,6 +526,13 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   const int window_bits = small ? bf16_window_bits(call_codes) : 0;
   const bool window = small && small_d_window(call_codes);
   const double value_rel = window ? std::ldexp(1.0, window_bits - 23) : 0.0;
+  // The orthant seed needs every code in the range (its cells hold the whole codebook).
+  SmallSeedCells cells;
+  const SmallSeedCells* seed_cells = nullptr;
+  if (small && !window && seed_cells_enabled() && k0 == 0 && k1 == cb.K && cb.cell_bits > 0) {
+    cells = {cb.cell_pairs.data(), cb.cell_norms.data(), cb.cell_start.data(), cb.cell_bits};
+    seed_cells = &cells;
+  }
   if (small) {
     for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
       const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
@@ -481,9 +542,14 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
         bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err, value_rel);
         margin[m0 + t] = next_up(static_cast<float>(bounds[m0 + t].margin));  // rounded up
       }
-      (window ? bf16_small_window_avx512 : bf16_small_scan_avx512)(
-          a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0, sc.count.data() + m0,
-          sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap, static_cast<int32_t>(kListCap));
+      if (window)
+        bf16_small_window_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
+                                 sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
+                                 static_cast<int32_t>(kListCap));
+      else
+        bf16_small_scan_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
+                               sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
+                               static_cast<int32_t>(kListCap), seed_cells);
     }
   }
   float* sbuf = small ? nullptr : at_least<float>(sc.s, kTileM * kTileK, at::kFloat);

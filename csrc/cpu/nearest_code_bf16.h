@@ -55,11 +55,18 @@ struct Bf16Codebook {
   int64_t K = 0, D = 0, Kp = 0, Dp = 0;
   double max_err = 0.0;  // max_k ||e'_k - bf16(e'_k)||, rounded up (e' = e - c in float32)
   double max_e2 = 0.0;   // max_k ||e'_k||^2, rounded up
+  // D <= 16 on AVX512_BF16: the codes by orthant cell, the branchy small-D scan's seed
+  // (SmallSeedCells in bf16_tile_avx512.h); empty otherwise.
+  std::vector<uint32_t> cell_pairs;  // [vectors][Dp / 2][16]
+  std::vector<float> cell_norms;     // [vectors * 16], +inf in the pads
+  std::vector<int32_t> cell_start;   // [2^cell_bits + 1]
+  int cell_bits = 0;
 };
 // norms: the caller's float32 ||e_k||^2 [K]; bf16_values: x and E hold bfloat16 values (centring
-// is then kept for large offsets only).
+// is then kept for large offsets only); seed_cells: also the orthant cells (D <= 16 on
+// AVX512_BF16, for a branchy scan over every code).
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, const float* norms,
-                                bool bf16_values, Bf16Path path);
+                                bool bf16_values, Bf16Path path, bool seed_cells = false);
 // True when the packing above writes the layout itself (always on the AVX512_BF16 path; on AMX
 // checked once against oneDNN's pack, which it uses instead where the layouts differ).
 bool bf16_own_pack();
@@ -115,6 +122,10 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
 // SGCVQ_CPU_SMALLD=window / branchy forces one (read on every call).
 constexpr int64_t kSmallWindowMaxCodes = 4096;
 bool small_d_window(int64_t codes);
+// The branchy scan over every code seeds each token's best from its orthant cell
+// (SmallSeedCells) unless SGCVQ_CPU_SMALLD_SEED=first (the range's first 256 codes; read on every
+// call; "cells" is the default).
+bool seed_cells_enabled();
 
 // call_codes: the largest code range of any item of this call (D <= 16 picks the scan and its
 // bound from it, the same for every item).

@@ -279,7 +279,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   const Certificate cert(D, max_norm2, mm_rounds);
   const double g = cert.g;
   cpu::Bf16Codebook cb16;
-  if (bf16) cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path);
+  if (bf16) {
+    // The orthant cells seed the branchy small-D scan over every code (the only scan that uses them).
+    const bool cells = small && !cpu::small_d_window(item_codes) &&
+                       std::any_of(items.begin(), items.end(), [&](const WorkItem& it) { return it.k0 == 0 && it.k1 == K; });
+    cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path, cells);
+  }
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
   // With one split the worker finishes each token straight from its own buffers; with several,
