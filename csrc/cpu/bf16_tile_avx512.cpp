@@ -196,12 +196,18 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void small_step(const ui
 
 // The orthant cell of a row of a = bf16(-2x'): bit d set where x'_d > 0, i.e. where the bf16 of
 // -2x'_d is negative and not -0 (the codes' cells use e'_d > 0: see SmallSeedCells).
-inline int32_t token_cell(const uint32_t* row, int bits) {
+// near: the bit of the feature nearest to 0 (the neighbouring cell across it is c ^ near).
+inline int32_t token_cell(const uint32_t* row, int bits, int32_t& near) {
   int32_t id = 0;
+  uint32_t smallest = 0xFFFFu;
+  near = 0;
   for (int d = 0; d < bits; ++d) {
     // NOTE: no branch: the signs are random, a branch mispredicted half the bits.
     const uint32_t h = (row[d >> 1] >> (16 * (d & 1))) & 0xFFFFu;
     id |= static_cast<int32_t>((static_cast<uint32_t>((h & 0x7FFFu) != 0u) & (h >> 15)) << d);
+    const bool less = (h & 0x7FFFu) < smallest;  // bf16 magnitudes order as integers
+    smallest = less ? (h & 0x7FFFu) : smallest;
+    near = less ? (1 << d) : near;
   }
   return id;
 }
@@ -219,18 +225,23 @@ SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, c
   for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
     const uint32_t* at = a + t0 * lda32;
     if (cells != nullptr) {
-      // The seed from the token's orthant cell (up to 256 codes): the values are computed as the
+      // The seed from the token's orthant cells (up to 256 codes each): the values are computed as the
       // scan computes them (norm, then the pairs in order), so the best is a value the scan meets.
       for (int i = 0; i < kSmallT; ++i) {
-        const int32_t c = token_cell(at + i * lda32, cells->bits);
-        const int64_t c0 = cells->start[c], c1 = std::min<int64_t>(cells->start[c + 1], c0 + kSeedVectors);
+        int32_t near = 0;
+        const int32_t c = token_cell(at + i * lda32, cells->bits, near);
         __m512 mn = _mm512_set1_ps(kBf16Inf);
-        for (int64_t v = c0; v < c1; ++v) {
-          __m512 acc = _mm512_loadu_ps(cells->norms + 16 * v);
-          for (int p = 0; p < P; ++p)
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(at[i * lda32 + p])),
-                                   (__m512bh)_mm512_loadu_si512(cells->pairs + (v * P + p) * 16));
-          mn = _mm512_min_ps(acc, mn);  // NaN lanes (pads against non-finite x) keep mn
+        // Its own cell and the one across its feature nearest to 0 (NOTES.md CPU entry 11: in a
+        // model at K = 16384, 3.0 list entries a token instead of 3.65 with its own cell only).
+        for (const int32_t cc : {c, c ^ near}) {
+          const int64_t c0 = cells->start[cc], c1 = std::min<int64_t>(cells->start[cc + 1], c0 + kSeedVectors);
+          for (int64_t v = c0; v < c1; ++v) {
+            __m512 acc = _mm512_loadu_ps(cells->norms + 16 * v);
+            for (int p = 0; p < P; ++p)
+              acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(at[i * lda32 + p])),
+                                     (__m512bh)_mm512_loadu_si512(cells->pairs + (v * P + p) * 16));
+            mn = _mm512_min_ps(acc, mn);  // NaN lanes (pads against non-finite x) keep mn
+          }
         }
         best[t0 + i] = std::min(best[t0 + i], _mm512_reduce_min_ps(mn));
       }

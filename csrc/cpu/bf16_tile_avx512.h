@@ -40,7 +40,7 @@ constexpr int64_t kBf16SmallMaxPairs = 8;
 // x' space), each cell padded to whole 16-code vectors (+inf norms): the scan seeds a token's best
 // with (up to 256 of) the codes of its own orthant, which usually hold its nearest code or one
 // near it, so few later codes lower the best or fall within its margin (each such code is a
-// mispredicted list entry). Only a seed: any codes would be correct, and every code is still
+// mispredicted list entry); also the cell across the token's feature nearest to 0. Only a seed: any codes would be correct, and every code is still
 // scanned. pairs: [vectors][Dp / 2][16] bf16 pairs as in the packing; norms: [vectors * 16];
 // start: [2^bits + 1], each cell's first vector.
 struct SmallSeedCells {
