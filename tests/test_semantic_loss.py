@@ -192,3 +192,23 @@ def test_group_loss_decay_in_the_model_reaches_zero():
     assert model._group_loss(tokens, tok_labels).item() == 0.0
     with pytest.raises(ValueError, match="group_loss_margin"):
         ModelConfig(group_loss_margin=-1.0).validate()
+
+
+def test_every_semantic_sweep_variant_is_a_valid_demo_config():
+    """benchmarks/semantic_sweep.py: each variant's overrides apply to the demo config and validate."""
+    import importlib.util
+    from pathlib import Path
+
+    from sgcvq.config import apply_overrides, demo_config
+    from sgcvq.data import CLASS_NAMES
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "semantic_sweep.py"
+    spec = importlib.util.spec_from_file_location("semantic_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for name, (overrides, what) in sweep.VARIANTS.items():
+        cfg = apply_overrides(demo_config(len(CLASS_NAMES), 10), overrides)
+        cfg.model.validate()
+        assert what, name
+    coarse = apply_overrides(demo_config(len(CLASS_NAMES), 10), sweep.VARIANTS["hinge_l0.05_m1_coarse"][0])
+    assert coarse.model.group_loss_levels == "coarse" and coarse.model.group_loss_margin == 1.0
