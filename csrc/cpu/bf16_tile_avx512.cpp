@@ -95,6 +95,21 @@ inline const uint32_t* pair_row(const uint32_t* b, int64_t v, int p) {
   return b + (uv >> 2) * (64 * P) + p * 64 + (uv & 3u) * 16;
 }
 
+// ||e||^2 - 2 x.e of one token (x: its P pairs of bf16(-2x')) against NB vectors of 16 codes held
+// in registers (ev: the codes' pairs, nv: their norms): the dot products of both small-D scans.
+template <int P, int NB>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void vector_scores(const uint32_t* x, const __m512i (&ev)[NB][P],
+                                                                            const __m512 (&nv)[NB], __m512 (&acc)[NB]) {
+#pragma GCC unroll 4
+  for (int n = 0; n < NB; ++n) acc[n] = nv[n];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[p]));
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) acc[n] = _mm512_dpbf16_ps(acc[n], xb, (__m512bh)ev[n][p]);
+  }
+}
+
 constexpr int kSmallT = 8;        // tokens sharing each load of the codes
 constexpr int kSeedVectors = 16;  // codes / 16 that seed each token's best
 
@@ -168,14 +183,7 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void small_step(const ui
 #pragma GCC unroll 8
   for (int i = 0; i < kSmallT; ++i) {
     __m512 acc[NB];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) acc[n] = nv[n];
-#pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) {
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[n] = _mm512_dpbf16_ps(acc[n], xb, (__m512bh)ev[n][p]);
-    }
+    vector_scores<P, NB>(a + i * lda32, ev, nv, acc);
     __m512 mn = acc[0];
 #pragma GCC unroll 4
     for (int n = 1; n < NB; ++n) mn = _mm512_min_ps(mn, acc[n]);  // a NaN lane may hide: see below
@@ -296,13 +304,10 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_step(const u
   __mmask16 in[NB];
   // Only the range's first and last vectors can hold codes outside [k0, k1).
   const bool edge = 16 * v < k0 || 16 * (v + NB) > k1;
-  // pair_row with unsigned arithmetic (v >= 0): no sign fix-ups in the loop.
-  const uint64_t uv = static_cast<uint64_t>(v);
 #pragma GCC unroll 4
   for (int n = 0; n < NB; ++n) {
-    const uint32_t* bp = b + ((uv + n) >> 2) * (64 * P) + ((uv + n) & 3u) * 16;
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) ev[n][p] = _mm512_loadu_si512(bp + p * 64);
+    for (int p = 0; p < P; ++p) ev[n][p] = _mm512_loadu_si512(pair_row<P>(b, v + n, p));
     nv[n] = _mm512_loadu_ps(norms + 16 * (v + n));
     tag[n] = _mm512_set1_epi32(static_cast<int32_t>(v + n - v0));
     in[n] = edge ? lanes_in(v + n, k0, k1) : static_cast<__mmask16>(0xFFFF);
@@ -310,14 +315,7 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_step(const u
 #pragma GCC unroll 4
   for (int i = 0; i < kW; ++i) {
     __m512 acc[NB];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) acc[n] = nv[n];
-#pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) {
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[n] = _mm512_dpbf16_ps(acc[n], xb, (__m512bh)ev[n][p]);
-    }
+    vector_scores<P, NB>(a + i * lda32, ev, nv, acc);
 #pragma GCC unroll 4
     for (int n = 0; n < NB; ++n) {
       // (acc & keep) | tag: the value with its vector number in the low bits. +-inf becomes NaN.
