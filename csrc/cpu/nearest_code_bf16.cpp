@@ -486,6 +486,73 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
   return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack, xx};
 }
 
+// bf16_bound for n tokens at once, eight in the lanes of an AVX-512 double vector: the same
+// operations in the same order as bf16_bound (no fused multiply-adds: the scalar one is built for
+// the x86-64 baseline, which has none), so the same bits; and margin[t] = next_up(float(margin)).
+// One call per tile instead of a call per token, whose two dependent square roots the loop could
+// not overlap (8.5 ns a token, 7% of the grouped search at D = 8).
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void bf16_bounds_avx512(const float* xx, const float* r2, int64_t n,
+                                                                    int64_t D, double g, double max_e2,
+                                                                    double max_err, double value_rel,
+                                                                    Bf16Bound* out, float* margin) {
+  const double u = 0x1p-24;
+  const double max_e = std::sqrt(max_e2), sd = std::sqrt(static_cast<double>(D));
+  const __m512d one_g = _mm512_set1_pd(1.0 + g), eps9 = _mm512_set1_pd(1.0 + 1e-9), eps6 = _mm512_set1_pd(1.0 + 1e-6);
+  const __m512d c2g_e2 = _mm512_set1_pd(2.0 * g * max_e2), vmax_e = _mm512_set1_pd(max_e);
+  const __m512d vmax_err = _mm512_set1_pd(max_err), vg = _mm512_set1_pd(g), e_err = _mm512_set1_pd(max_e + max_err);
+  const __m512d c4u = _mm512_set1_pd(4.0 * u), tiny = _mm512_set1_pd(0x1p-120), vD = _mm512_set1_pd(static_cast<double>(D));
+  const __m512d vsd = _mm512_set1_pd(sd), two = _mm512_set1_pd(2.0), c8g = _mm512_set1_pd(8.0 * g);
+  const __m512d vmax_e2 = _mm512_set1_pd(max_e2), one_4g = _mm512_set1_pd(1.0 + 4.0 * g);
+  const __m512d vrel = _mm512_set1_pd(value_rel), rel_sub = _mm512_set1_pd(value_rel * 0x1p-126);
+  const __m256 finf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  alignas(64) double dl[8], mg[8];
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    const int64_t m = std::min<int64_t>(8, n - t0);
+    const __mmask8 k = static_cast<__mmask8>((1u << m) - 1u);
+    const __m512d vxx = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, xx + t0));
+    const __m512d vr2 = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, r2 + t0));
+    const __m512d xn = _mm512_mul_pd(_mm512_sqrt_pd(_mm512_mul_pd(vxx, one_g)), eps9);
+    const __m512d r = _mm512_mul_pd(_mm512_sqrt_pd(_mm512_mul_pd(vr2, one_g)), eps9);
+    const __m512d ah = _mm512_add_pd(_mm512_mul_pd(two, xn), r);
+    const __m512d xe = _mm512_add_pd(xn, vmax_e);
+    __m512d delta = _mm512_add_pd(c2g_e2, _mm512_mul_pd(r, vmax_e));
+    delta = _mm512_add_pd(delta, _mm512_mul_pd(ah, vmax_err));
+    delta = _mm512_add_pd(delta, _mm512_mul_pd(_mm512_mul_pd(vg, ah), e_err));
+    delta = _mm512_add_pd(delta, _mm512_mul_pd(_mm512_mul_pd(c4u, xe), xe));
+    delta = _mm512_add_pd(delta, _mm512_mul_pd(tiny, _mm512_add_pd(vD, _mm512_mul_pd(vsd, _mm512_add_pd(_mm512_add_pd(ah, vmax_e), vmax_err)))));
+    if (value_rel > 0.0) {
+      const __m512d vmax = _mm512_add_pd(_mm512_mul_pd(_mm512_add_pd(vmax_e2, _mm512_mul_pd(ah, e_err)), one_4g), delta);
+      delta = _mm512_add_pd(delta, _mm512_add_pd(_mm512_mul_pd(vrel, vmax), rel_sub));
+    }
+    const __m512d slack = _mm512_add_pd(_mm512_mul_pd(c8g, _mm512_add_pd(_mm512_mul_pd(xe, xe), delta)), tiny);
+    const __m512d mgn = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(two, delta), eps6), slack);
+    _mm512_store_pd(dl, _mm512_mul_pd(delta, eps6));
+    _mm512_store_pd(mg, mgn);
+    // next_up of the margin rounded to float: +1 ulp for positive finite values, the smallest
+    // subnormal for zero; +inf and NaN stay (a margin is never negative).
+    const __m256 mf = _mm512_cvtpd_ps(mgn);
+    const __m256i bits = _mm256_castps_si256(mf);
+    const __mmask8 pos = _mm256_cmp_ps_mask(mf, _mm256_setzero_ps(), _CMP_GT_OQ) &
+                         _mm256_cmp_ps_mask(mf, finf, _CMP_LT_OQ);
+    const __mmask8 zero = _mm256_cmp_ps_mask(mf, _mm256_setzero_ps(), _CMP_EQ_OQ);
+    __m256i up = _mm256_mask_add_epi32(bits, pos, bits, _mm256_set1_epi32(1));
+    up = _mm256_mask_mov_epi32(up, zero, _mm256_set1_epi32(1));
+    _mm256_mask_storeu_ps(margin + t0, k, _mm256_castsi256_ps(up));
+    for (int64_t j = 0; j < m; ++j) out[t0 + j] = {dl[j], mg[j], xx[t0 + j]};
+  }
+}
+
+void bf16_bounds(const float* xx, const float* r2, int64_t n, int64_t D, double g, double max_e2, double max_err,
+                 double value_rel, Bf16Bound* out, float* margin) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                              __builtin_cpu_supports("avx512vl");
+  if (avx512) return bf16_bounds_avx512(xx, r2, n, D, g, max_e2, max_err, value_rel, out, margin);
+  for (int64_t t = 0; t < n; ++t) {
+    out[t] = bf16_bound(xx[t], r2[t], D, g, max_e2, max_err, value_rel);
+    margin[t] = next_up(static_cast<float>(out[t].margin));  // rounded up
+  }
+}
+
 bool small_d_window(int64_t codes) {
   const char* env = std::getenv("SGCVQ_CPU_SMALLD");  // read on every call: tests switch it
   if (env != nullptr && env[0] != '\0') {
@@ -538,10 +605,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
       const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
       to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
-      for (int64_t t = 0; t < mm; ++t) {
-        bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err, value_rel);
-        margin[m0 + t] = next_up(static_cast<float>(bounds[m0 + t].margin));  // rounded up
-      }
+      bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, value_rel, bounds + m0, margin + m0);
       if (window)
         bf16_small_window_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
                                  sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
@@ -557,10 +621,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   for (int64_t m0 = 0; !small && m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
     to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
-    for (int64_t t = 0; t < mm; ++t) {
-      bounds[m0 + t] = bf16_bound(xx[t], r2[t], D, g, cb.max_e2, cb.max_err);
-      margin[m0 + t] = next_up(static_cast<float>(bounds[m0 + t].margin));  // rounded up
-    }
+    bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, 0.0, bounds + m0, margin + m0);
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
       const int64_t nb = std::min(kTileK, kb1 - kb);
       const float* row_norms = cb.norms.data();

@@ -72,6 +72,9 @@ inline void load_row(const scalar_t* x, int64_t row, int64_t D, float scale, flo
 // The label-sorted gather reads x's rows in random order, each a cache miss: prefetching the row
 // kGatherAhead tokens ahead hides them (13% of the grouped search at D = 64 went to this copy).
 constexpr int64_t kGatherAhead = 8;
+// CandList as int32 words, for cpu::rescore_lists (its n and idx fields at this stride).
+constexpr int64_t kCandStride = static_cast<int64_t>(sizeof(cpu::CandList) / sizeof(int32_t));
+static_assert(sizeof(cpu::CandList) % sizeof(int32_t) == 0, "CandList must be whole int32 words");
 template <typename scalar_t>
 inline void prefetch_row(const scalar_t* x, int64_t row, int64_t D) {
   const char* p = reinterpret_cast<const char*>(x + row * D);
@@ -321,6 +324,24 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
       return buf;
     }
   };
+  // The bf16 answer of token i from its re-scored lists: (bv, bi) the listed code nearest by the
+  // float32 distance (bi = -1: none finite), found the codes listed, b the smallest approximate
+  // value, complete: no list overflowed. Uncertified tokens go to the float32 search (redo).
+  auto settle_bf16 = [&](int64_t i, float b, bool complete, int64_t found, float bv, int64_t bi,
+                         const cpu::Bf16Bound& bound, int64_t lo, int64_t hi, const float* xr) {
+    const float thr = b + cpu::next_up(static_cast<float>(bound.margin));
+    // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
+    if (!(complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta)))) {
+      redo[static_cast<size_t>(i)] = 1;
+      return;
+    }
+    if (bi < 0) {  // only non-finite inputs get here: report the first code and its (NaN) distance
+      bi = lo;
+      bv = direct_sqdist(xr, ep + bi * D, D);
+    }
+    ip[i] = bi;
+    dp[i] = bv;
+  };
   // tops / found: split s's candidates at [s * stride]; bound: the token's bf16 bound. row, lo,
   // hi: the token's float32 row and code range where the caller has them at hand (a worker with
   // one code split: its gathered rows and its item's range), else nullptr and -1: the label-sorted
@@ -351,14 +372,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         b = std::min(b, c.b);
         for (int32_t j = 0; j < c.n; ++j) rescore(c.idx[j]);
       }
-      const cpu::Bf16Bound& bound = *bound_of;
-      thr = b + cpu::next_up(static_cast<float>(bound.margin));
-      // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
-      certified = complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta));
-      if (!certified) {
-        redo[static_cast<size_t>(i)] = 1;
-        return;
-      }
+      settle_bf16(i, b, complete, found, bv, bi, *bound_of, lo, hi, xr);
+      return;
     } else {
       for (int64_t s = 0; s < splits; ++s) {
         const Top2& c = tops[s * stride];
@@ -399,6 +414,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     std::vector<float> xr(static_cast<size_t>(D));
     std::vector<cpu::Bf16Bound> bounds(bf16 ? static_cast<size_t>(kTileN) : 0);
     std::vector<cpu::CandList> found(bf16 ? static_cast<size_t>(kTileN) : 0);
+    std::vector<float> rs_val(bf16 ? static_cast<size_t>(kTileN) : 0);
+    std::vector<int64_t> rs_arg(bf16 ? static_cast<size_t>(kTileN) : 0);
     for (size_t w = next.fetch_add(1); w < items.size(); w = next.fetch_add(1)) {
       const WorkItem& it = items[w];
       const int64_t tn = it.t1 - it.t0, tpad = (tn + pad - 1) / pad * pad;
@@ -423,12 +440,18 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
         const int64_t s_now = seen.fetch_add(tn) + tn, o_now = overflowed.fetch_add(over) + over;
         if (s_now >= kRedoSample && static_cast<double>(o_now) > kRedoGiveUp * static_cast<double>(s_now))
           give_up.store(true, std::memory_order_relaxed);
+        if (!stored) {  // one code split: finish each token from the worker's own buffers
+          cpu::rescore_lists(rows, tn, D, ep, found[0].idx, &found[0].n, kCandStride, rs_val.data(), rs_arg.data());
+          for (int64_t t = 0; t < tn; ++t) {
+            const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+            const cpu::CandList& c = found[t];
+            settle_bf16(tok, c.b, c.n >= 0, std::max<int32_t>(c.n, 0), rs_val[t], rs_arg[t], bounds[t], it.k0,
+                        it.k1, rows + t * D);
+          }
+          continue;
+        }
         for (int64_t t = 0; t < tn; ++t) {
           const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
-          if (!stored) {
-            finish_token(tok, xr.data(), nullptr, &found[t], &bounds[t], 0, rows + t * D, it.k0, it.k1);
-            continue;
-          }
           lists[static_cast<size_t>(it.split * N + tok)] = found[t];
           if (it.split == 0) token_bound[static_cast<size_t>(tok)] = bounds[t];
         }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 // GCC's own intrinsics headers (_mm512_reduce_min_ps, masked blends) trip this warning on their
@@ -575,6 +576,47 @@ bool sums_use_avx512() {
 }
 
 }  // namespace
+
+namespace {
+// rescore_lists for D <= 16: direct_sqdist_avx512's single masked chunk, per listed code.
+__attribute__((target("avx512f"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
+                                                           const int32_t* idx, const int32_t* n, int64_t stride,
+                                                           float* val, int64_t* arg) {
+  const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
+  for (int64_t t = 0; t < T; ++t) {
+    const __m512 x = _mm512_maskz_loadu_ps(m, xs + t * D);
+    const int32_t* ids = idx + t * stride;
+    float bv = std::numeric_limits<float>::infinity();
+    int64_t bi = -1;
+    for (int32_t j = 0; j < n[t * stride]; ++j) {
+      const int64_t k = ids[j];
+      const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, e + k * D));
+      const float v = tree16(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
+      const bool take = v < bv || (v == bv && k < bi);
+      bv = take ? v : bv;
+      bi = take ? k : bi;
+    }
+    val[t] = bv;
+    arg[t] = bi;
+  }
+}
+}  // namespace
+
+void rescore_lists(const float* xs, int64_t T, int64_t D, const float* e, const int32_t* idx, const int32_t* n,
+                   int64_t stride, float* val, int64_t* arg) {
+  if (sums_use_avx512() && D <= kLanes) return rescore_lists_small(xs, T, D, e, idx, n, stride, val, arg);
+  for (int64_t t = 0; t < T; ++t) {
+    float bv = std::numeric_limits<float>::infinity();
+    int64_t bi = -1;
+    for (int32_t j = 0; j < n[t * stride]; ++j) {
+      const int64_t k = idx[t * stride + j];
+      const float v = direct_sqdist(xs + t * D, e + k * D, D);
+      if (v < bv || (v == bv && k < bi)) { bv = v; bi = k; }
+    }
+    val[t] = bv;
+    arg[t] = bi;
+  }
+}
 
 float direct_sqdist(const float* a, const float* b, int64_t D) {
   return sums_use_avx512() ? direct_sqdist_avx512(a, b, D) : direct_sqdist_portable(a, b, D);
