@@ -579,10 +579,53 @@ bool sums_use_avx512() {
 
 namespace {
 // rescore_lists for D <= 16: direct_sqdist_avx512's single masked chunk, per listed code.
-__attribute__((target("avx512f"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
                                                            const int32_t* idx, const int32_t* n, int64_t stride,
                                                            float* val, int64_t* arg) {
   const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
+  if (D <= 8) {
+    // Two codes a register (lanes 0-7 and 8-15), so most lists take one pass of the loop. tree16
+    // on a row with zeros past lane 7 adds +0 at its first level (exact), then 4, 2, 1: here a
+    // swap of 128-bit lanes and two in-lane swaps, both halves at once, with the same operands.
+    const __mmask8 m8 = static_cast<__mmask8>(m);
+    for (int64_t t = 0; t < T; ++t) {
+      const __m256 xh = _mm256_maskz_loadu_ps(m8, xs + t * D);
+      const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(xh), xh, 1);
+      const int32_t* ids = idx + t * stride;
+      const int32_t nt = n[t * stride];
+      // The winner without a data-dependent branch: distances are >= +0 (or NaN), so their bits
+      // order as unsigned integers do; (bits << 32 | k) then breaks ties to the lower code. A value
+      // that is not below +inf never wins (as in rescore's `v < bv` from bv = inf).
+      uint64_t key = ~uint64_t{0};
+      for (int32_t j = 0; j < nt; j += 2) {
+        const int64_t ka = ids[j], kb = j + 1 < nt ? ids[j + 1] : ka;  // an odd list scores its last code twice
+        const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + ka * D)),
+                                             _mm256_maskz_loadu_ps(m8, e + kb * D), 1);
+        const __m512 d = _mm512_sub_ps(x, ev);
+        __m512 q = _mm512_fmadd_ps(d, d, _mm512_setzero_ps());
+        q = _mm512_add_ps(q, _mm512_shuffle_f32x4(q, q, 0xB1));
+        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));
+        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
+        const uint32_t ba = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_castps_si512(q))));
+        const uint32_t bb = static_cast<uint32_t>(
+            _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(_mm512_castps_si512(q), 2)));
+        const uint64_t kya = ba < 0x7F800000u ? (uint64_t{ba} << 32) | static_cast<uint32_t>(ka) : ~uint64_t{0};
+        const uint64_t kyb = bb < 0x7F800000u ? (uint64_t{bb} << 32) | static_cast<uint32_t>(kb) : ~uint64_t{0};
+        key = std::min(key, std::min(kya, kyb));
+      }
+      if (key == ~uint64_t{0}) {
+        val[t] = std::numeric_limits<float>::infinity();
+        arg[t] = -1;
+      } else {
+        const uint32_t bits = static_cast<uint32_t>(key >> 32);
+        float v;
+        std::memcpy(&v, &bits, sizeof(v));
+        val[t] = v;
+        arg[t] = static_cast<int64_t>(key & 0xFFFFFFFFu);
+      }
+    }
+    return;
+  }
   for (int64_t t = 0; t < T; ++t) {
     const __m512 x = _mm512_maskz_loadu_ps(m, xs + t * D);
     const int32_t* ids = idx + t * stride;
@@ -604,7 +647,8 @@ __attribute__((target("avx512f"))) void rescore_lists_small(const float* xs, int
 
 void rescore_lists(const float* xs, int64_t T, int64_t D, const float* e, const int32_t* idx, const int32_t* n,
                    int64_t stride, float* val, int64_t* arg) {
-  if (sums_use_avx512() && D <= kLanes) return rescore_lists_small(xs, T, D, e, idx, n, stride, val, arg);
+  static const bool vl = __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (sums_use_avx512() && vl && D <= kLanes) return rescore_lists_small(xs, T, D, e, idx, n, stride, val, arg);
   for (int64_t t = 0; t < T; ++t) {
     float bv = std::numeric_limits<float>::infinity();
     int64_t bi = -1;
