@@ -185,15 +185,50 @@ __attribute__((target("avx512f,avx512dq,avx512bw"))) void scan_row_known_min(con
   count = n;
 }
 
+// Lane 0 <- the sum of lanes 0-7, lane 8 <- the sum of lanes 8-15 (three shuffle-adds).
+__attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
+  s = _mm512_add_ps(s, _mm512_shuffle_f32x4(s, s, 0xB1));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));
+  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
+}
+
 // Rows xs [mm, D], centred on c [D]: x' = x - c in float32, then a [mm, lda] = bf16(scale x')
 // rounded to nearest even as c10::BFloat16 does, zero past D (lda a multiple of 16); and the
 // float32 sums xx = sum x'^2 and r2 = sum (bf16(scale x') - scale x')^2 (scale a power of two, so
 // each difference is exact).
-__attribute__((target("avx512f,avx512dq"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw"))) void to_bf16_rows(const float* xs, int64_t mm, int64_t D,
                                                               int64_t lda, float scale, const float* c,
                                                               c10::BFloat16* a, float* xx, float* r2) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
-  for (int64_t t = 0; t < mm; ++t) {
+  int64_t t = 0;
+  if (D <= 8 && lda == kLanes) {
+    // Two rows a register (lanes 0-7, 8-15): the two sums of each half by three shuffle-adds, for
+    // both rows at once (any order of a sum is within the bound's g).
+    const __mmask8 m8 = static_cast<__mmask8>((1u << D) - 1u);
+    const __m256 ch = _mm256_maskz_loadu_ps(m8, c);
+    const __m512 cc = _mm512_insertf32x8(_mm512_castps256_ps512(ch), ch, 1);
+    for (; t + 2 <= mm; t += 2) {
+      const __m512 xv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, xs + t * D)),
+                                           _mm256_maskz_loadu_ps(m8, xs + (t + 1) * D), 1);
+      const __m512 v = _mm512_sub_ps(xv, cc);
+      const __m512 w = _mm512_mul_ps(v, _mm512_set1_ps(scale));
+      const __m512i bits = _mm512_castps_si512(w);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+      const __m512i hi = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
+      const __m512 diff = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(hi, 16)), w);
+      const __m512 sx = sum_halves(_mm512_mul_ps(v, v)), sr = sum_halves(_mm512_mul_ps(diff, diff));
+      const __m256i h16 = _mm512_cvtepi32_epi16(hi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a + t * lda), _mm256_castsi256_si128(h16));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a + t * lda + 8), _mm_setzero_si128());
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a + (t + 1) * lda), _mm256_extracti128_si256(h16, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(a + (t + 1) * lda + 8), _mm_setzero_si128());
+      xx[t] = _mm512_cvtss_f32(sx);
+      r2[t] = _mm512_cvtss_f32(sr);
+      xx[t + 1] = _mm256_cvtss_f32(_mm512_extractf32x8_ps(sx, 1));
+      r2[t + 1] = _mm256_cvtss_f32(_mm512_extractf32x8_ps(sr, 1));
+    }
+  }
+  for (; t < mm; ++t) {
     __m512 sx = _mm512_setzero_ps(), sr = _mm512_setzero_ps();
     for (int64_t d = 0; d < lda; d += kLanes) {
       const int64_t left = std::min<int64_t>(kLanes, D - d);
