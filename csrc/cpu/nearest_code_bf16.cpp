@@ -707,9 +707,13 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
     CandList& o = out[t];
     o.b = sc.best[t];
     int32_t n = sc.count[t];
-    if (n > 0) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
+    // The window lists only codes below its final b + margin; the other scans' lists may hold
+    // entries from before b last fell.
+    if (n > 0 && !window) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
     o.n = n > kMaxCand ? -1 : n;
-    for (int32_t j = 0; j < std::max(o.n, 0); ++j) o.idx[j] = sc.idx[static_cast<size_t>(t * kListCap + j)];
+    // A fixed-size copy (the entries past n are not read): no loop whose trip count varies by token.
+    static_assert(kListCap >= kMaxCand, "a token's scratch list must cover CandList::idx");
+    std::memcpy(o.idx, sc.idx.data() + t * kListCap, sizeof(o.idx));
   }
 }
 
