@@ -232,18 +232,12 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   });
 
   const bool small = D <= cpu::kSmallMaxD;
-  // ||e_k||^2 in float32 (any summation order is within the certificate's g) and, for D <= 16, the
-  // codebook in the small-D layout (nearest_code_scan.h), in one parallel pass.
+  // ||e_k||^2 in float32 (any summation order is within the certificate's g); for D <= 16 padded
+  // to whole 16-code blocks, the norms of the small-D layout (nearest_code_scan.h, built below).
   const int64_t nblocks = (K + cpu::kLanes - 1) / cpu::kLanes;
   std::vector<float> enorm(static_cast<size_t>(small ? nblocks * cpu::kLanes : K), 0.f);
-  std::vector<float> blocks(static_cast<size_t>(small ? nblocks * cpu::kLanes * D : 0), 0.f);
   at::parallel_for(0, K, 2048, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      enorm[static_cast<size_t>(k)] = cpu::sum_squares(ep + k * D, D);
-      if (small)
-        for (int64_t d = 0; d < D; ++d)
-          blocks[static_cast<size_t>(((k / cpu::kLanes) * D + d) * cpu::kLanes + k % cpu::kLanes)] = ep[k * D + d];
-    }
+    for (int64_t k = k0; k < k1; ++k) enorm[static_cast<size_t>(k)] = cpu::sum_squares(ep + k * D, D);
   });
   const float* np_ = enorm.data();
   const float max_norm2 = *std::max_element(enorm.begin(), enorm.begin() + K);
@@ -296,7 +290,16 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   std::vector<Top2> cand(stored && !bf16 ? static_cast<size_t>(splits * N) : 0);
   std::vector<cpu::CandList> lists(stored && bf16 ? static_cast<size_t>(splits * N) : 0, cpu::CandList{kInf, 0, {}});
   std::vector<cpu::Bf16Bound> token_bound(stored && bf16 ? static_cast<size_t>(N) : 0);  // from split 0
-  const cpu::SmallDCodebook small_cb{small ? blocks.data() : nullptr, small ? enorm.data() : nullptr};
+  // The small-D layout, for the float32 scan and the exact search only (the bf16 path packs its
+  // own codebook; its uncertified tokens go to a float32 call of their own).
+  std::vector<float> blocks(static_cast<size_t>(small && !bf16 ? nblocks * cpu::kLanes * D : 0), 0.f);
+  if (small && !bf16)
+    at::parallel_for(0, K, 2048, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t d = 0; d < D; ++d)
+          blocks[static_cast<size_t>(((k / cpu::kLanes) * D + d) * cpu::kLanes + k % cpu::kLanes)] = ep[k * D + d];
+    });
+  const cpu::SmallDCodebook small_cb{small && !bf16 ? blocks.data() : nullptr, small ? enorm.data() : nullptr};
 
   // ---- the answer of token i: fp32 re-score, certificate, exact re-search where it fails -----
   // Called by the worker right after the token's item when there is one code split (its row is
