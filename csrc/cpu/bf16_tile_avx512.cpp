@@ -370,8 +370,8 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
   // Each token's list: the lane winners below b + margin. Every other code of a lane is >= that
   // lane's m2, so the list is complete when no m2 is below b + margin; else the token goes to the
   // float32 search (count -1), as an overflowing list does.
-  alignas(64) uint32_t bits_of[16];
-  alignas(64) float vals[16];
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i lowv = _mm512_set1_epi32(static_cast<int32_t>(low)), v0v = _mm512_set1_epi32(static_cast<int32_t>(v0));
   for (int64_t t = 0; t < T; ++t) {
     const __m512 m1 = _mm512_loadu_ps(st + 32 * t), m2 = _mm512_loadu_ps(st + 32 * t + 16);
     const float bt = std::min(best[t], _mm512_reduce_min_ps(m1));
@@ -382,22 +382,20 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
       count[t] = -1;
       continue;
     }
-    __mmask16 hit = _mm512_cmp_ps_mask(m1, tv, _CMP_LT_OQ);
-    if (count[t] + __builtin_popcount(hit) > cap) {
+    const __mmask16 hit = _mm512_cmp_ps_mask(m1, tv, _CMP_LT_OQ);
+    const int32_t n = count[t], h = __builtin_popcount(hit);
+    if (n + h > cap) {
       count[t] = -1;
       continue;
     }
-    _mm512_store_ps(vals, m1);
-    std::memcpy(bits_of, vals, sizeof(bits_of));
-    int32_t n = count[t];
-    while (hit) {
-      const int l = __builtin_ctz(hit);
-      hit = static_cast<__mmask16>(hit & (hit - 1));
-      idx[t * cap + n] = static_cast<int32_t>(16 * (v0 + (bits_of[l] & low)) + l);
-      val[t * cap + n] = vals[l];
-      ++n;
-    }
-    count[t] = n;
+    // Code of lane l: 16 (v0 + the vector number in its low bits) + l. Compressed in registers and
+    // stored under a mask, with no loop over the hits (their number varies by token).
+    const __m512i code = _mm512_add_epi32(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_and_si512(_mm512_castps_si512(m1), lowv), v0v), 4), iota);
+    const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
+    _mm512_mask_storeu_epi32(idx + t * cap + n, first, _mm512_maskz_compress_epi32(hit, code));
+    _mm512_mask_storeu_ps(val + t * cap + n, first, _mm512_maskz_compress_ps(hit, m1));
+    count[t] = n + h;
   }
 }
 
