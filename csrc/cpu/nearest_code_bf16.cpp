@@ -448,7 +448,8 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   cb.norms.assign(static_cast<size_t>(cb.Kp), 0.f);  // zero past K: the small-D scan reads whole blocks
   c10::BFloat16* out = cb.packed.data_ptr<c10::BFloat16>();
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-  const bool mine = path != Bf16Path::kAmx || pack_layout_matches();
+  // D <= 16 is searched by the AVX512_BF16 scans on AMX machines too, which read this layout.
+  const bool mine = path != Bf16Path::kAmx || D <= kSmallMaxD || pack_layout_matches();
 #else
   const bool mine = true;
 #endif
