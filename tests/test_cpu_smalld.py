@@ -2,7 +2,8 @@
 
 csrc/cpu/bf16_tile_avx512.h: at D <= 16 the bf16 candidates come from the branchy list scan
 (bf16_small_scan_avx512) or the branch-free window (bf16_small_window_avx512: a per-lane top-2 whose
-values carry their code's place in the low mantissa bits); SGCVQ_CPU_SMALLD=window / branchy forces
+values carry their code's place in the low mantissa bits, and a second look at any lane holding two
+codes near the best); SGCVQ_CPU_SMALLD=window / branchy forces
 one, and SGCVQ_CPU_SMALLD_SEED=cells / first how the branchy scan over every code seeds each
 token's best (its orthant cell, the default, or the first 256 codes). Each must give the float32 argmin of every token (ties to the lowest index, never a code
 outside the token's group): the same index and distance as the float32 candidates (mode
@@ -77,7 +78,7 @@ def test_small_d_scans_match_float32_candidates(D, dtype, scan):
 def test_runner_up_in_the_same_lane_of_the_window(D, scan):
     # The window keeps two values a lane: a token whose best, runner-up and third code all sit in
     # one lane (16 codes apart) and within the bf16 margin of each other must still get the exact
-    # answer (its list is incomplete, so it goes to the float32 search).
+    # answer (the window searches that lane again, lane_below, for every code inside the margin).
     g = torch.Generator().manual_seed(50 + D)
     K = 2048
     codebook = torch.randn(K, D, generator=g)
@@ -89,6 +90,29 @@ def test_runner_up_in_the_same_lane_of_the_window(D, scan):
     check_exact(x, codebook)
     offsets = torch.tensor([0, 3, 1024, K])
     check_exact(x, codebook, torch.randint(0, 3, (N_BF16,), generator=g), offsets)
+
+
+@pytest.mark.parametrize("scan", SCANS, indirect=True)
+@pytest.mark.parametrize("D", [3, 8, 16])
+def test_lanes_with_two_codes_near_the_best_stay_in_bf16(D, scan):
+    # Every code has a near twin 16 codes on (the same lane of the window's next vector): every
+    # token's lane holds two codes inside the margin. The window searches those lanes again from the
+    # lane-by-lane codes instead of sending the token to the float32 search: exact answers, and
+    # at most a few tokens re-searched (genuine near-ties at D = 3: 10 of 600), where every token
+    # was before. Groups start and end inside vectors and lane blocks.
+    g = torch.Generator().manual_seed(90 + D)
+    K = 1600
+    codebook = torch.randn(K, D, generator=g)
+    twin = (torch.arange(K) % 32) >= 16
+    codebook[twin] = codebook[torch.arange(K)[twin] - 16] + 1e-4 * torch.randn(int(twin.sum()), D, generator=g)
+    base = torch.arange(K)[~twin]
+    x = codebook[base[torch.randint(len(base), (N_BF16,), generator=g)]] + 3e-3 * torch.randn(N_BF16, D, generator=g)
+    offsets = torch.tensor([0, 5, 261, 262, 1001, K])
+    labels = torch.randint(0, len(offsets) - 1, (N_BF16,), generator=g)
+    for lab, off in ((None, None), (labels, offsets)):
+        check_exact(x, codebook, lab, off)
+        torch.ops.sgcvq.nearest_code(x, codebook, lab, off, "fast_exact")
+        assert sgcvq._C.last_fast_exact_redo() <= 0.02 * N_BF16
 
 
 @pytest.mark.parametrize("scan", SCANS, indirect=True)

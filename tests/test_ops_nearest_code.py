@@ -304,8 +304,7 @@ def test_bf16_search_centres_a_common_offset(D, path, force_path):
     x, codebook = centre + torch.randn(3000, D), centre + torch.randn(1000, D)
     inputs = {"x": x, "codebook": codebook, "labels": None, "offsets": None}
     index, sqdist = run(inputs, "cpu", mode="fast_exact")
-    # Uncentred, nearly every token would be redone. At D <= 16 up to 4096 codes the branch-free
-    # window also redoes the few tokens with two codes of one lane inside the margin (~3% here).
+    # Uncentred, nearly every token would be redone.
     assert sgcvq._C.last_fast_exact_redo() <= (0.02 if D > 16 else 0.06) * 3000
     assert_nearest(inputs, index, sqdist, expected_index(inputs, "cpu"))
 

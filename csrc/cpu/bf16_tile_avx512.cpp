@@ -330,10 +330,46 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_step(const u
   }
 }
 
+// Appends to a list every code of lane l in [k0, k1) whose value (computed as the window computes
+// it, without the tag) is below thr; false when the list would pass cap (the caller then sends the
+// token to the float32 search).
+template <int P>
+SGCVQ_BF16_TARGET bool lane_below(const uint32_t* x, const SmallLaneCodes& lanes, int l, float thr, int64_t k0,
+                                  int64_t k1, int32_t& n, int32_t* idx, float* val, int32_t cap) {
+  if (k1 - 1 < l) return true;
+  // Vectors v with 16 v + l in [k0, k1), inclusive bounds.
+  const int64_t vlo = k0 <= l ? 0 : (k0 - l + 15) / 16, vhi = (k1 - 1 - l) / 16;
+  __m512bh xb[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) xb[p] = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[p]));
+  const __m512 tv = _mm512_set1_ps(thr);
+  const __m512i iota16 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 4);
+  for (int64_t blk = vlo / 16; blk <= vhi / 16; ++blk) {
+    const int64_t row = blk * 16 + l;
+    __m512 acc = _mm512_loadu_ps(lanes.norms + row * 16);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p)
+      acc = _mm512_dpbf16_ps(acc, xb[p], (__m512bh)_mm512_loadu_si512(lanes.pairs + (row * P + p) * 16));
+    const int64_t j0 = std::max<int64_t>(0, vlo - 16 * blk), j1 = std::min<int64_t>(15, vhi - 16 * blk);
+    const __mmask16 valid = static_cast<__mmask16>(((2u << j1) - 1u) & ~((1u << j0) - 1u));
+    const __mmask16 below = _mm512_mask_cmp_ps_mask(valid, acc, tv, _CMP_LT_OQ);
+    const int32_t h = __builtin_popcount(below);
+    if (h == 0) continue;
+    if (n + h > cap) return false;
+    const __m512i code = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(256 * blk + l)), iota16);
+    const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
+    _mm512_mask_storeu_epi32(idx + n, first, _mm512_maskz_compress_epi32(below, code));
+    _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(below, acc));
+    n += h;
+  }
+  return true;
+}
+
 template <int P>
 SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
-                                    const float* norms, int64_t k0, int64_t k1, const float* margin, float* best,
-                                    int32_t* count, int32_t* idx, float* val, int32_t cap) {
+                                    const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
+                                    const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                                    int32_t cap) {
   // Registers: kW tokens x 2 state vectors, NB x P code vectors, NB norms and tags, NB accumulators.
   constexpr int NB = P <= 4 ? 2 : 1;
   constexpr int kW = 4;
@@ -368,8 +404,10 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
     }
   }
   // Each token's list: the lane winners below b + margin. Every other code of a lane is >= that
-  // lane's m2, so the list is complete when no m2 is below b + margin; else the token goes to the
-  // float32 search (count -1), as an overflowing list does.
+  // lane's m2, so a lane whose m2 is not below b + margin adds its winner alone; a lane whose m2 is
+  // adds every code below b + margin, found by lane_below (the values without the tag: both are
+  // within the bound of the exact ones). A list that overflows sends the token to the float32
+  // search (count -1).
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i lowv = _mm512_set1_epi32(static_cast<int32_t>(low)), v0v = _mm512_set1_epi32(static_cast<int32_t>(v0));
   for (int64_t t = 0; t < T; ++t) {
@@ -377,13 +415,21 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
     const float bt = std::min(best[t], _mm512_reduce_min_ps(m1));
     best[t] = bt;
     if (count[t] < 0) continue;
-    const __m512 tv = _mm512_set1_ps(bt + margin[t]);
-    if (_mm512_cmp_ps_mask(m2, tv, _CMP_LT_OQ) != 0) {
-      count[t] = -1;
-      continue;
+    const float thr = bt + margin[t];
+    const __m512 tv = _mm512_set1_ps(thr);
+    const __mmask16 twice = _mm512_cmp_ps_mask(m2, tv, _CMP_LT_OQ);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(~twice), m1, tv, _CMP_LT_OQ);
+    int32_t n = count[t];
+    if (__builtin_expect(twice != 0, 0)) {
+      bool fits = true;
+      for (uint32_t w = twice; w != 0 && fits; w &= w - 1)
+        fits = lane_below<P>(a + t * lda32, lanes, __builtin_ctz(w), thr, k0, k1, n, idx + t * cap, val + t * cap, cap);
+      if (!fits) {
+        count[t] = -1;
+        continue;
+      }
     }
-    const __mmask16 hit = _mm512_cmp_ps_mask(m1, tv, _CMP_LT_OQ);
-    const int32_t n = count[t], h = __builtin_popcount(hit);
+    const int32_t h = __builtin_popcount(hit);
     if (n + h > cap) {
       count[t] = -1;
       continue;
@@ -409,20 +455,21 @@ int bf16_window_bits(int64_t codes) {
 }
 
 void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
-                              int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
-                              float* best, int32_t* count, int32_t* idx, float* val, int32_t cap) {
+                              int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
+                              const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                              int32_t cap) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
   const int64_t lda32 = lda / 2;
   switch (Dp / 2) {
-    case 1: return small_window<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 2: return small_window<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 3: return small_window<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 4: return small_window<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 5: return small_window<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 6: return small_window<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 7: return small_window<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
-    case 8: return small_window<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap);
+    case 1: return small_window<1>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 2: return small_window<2>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 3: return small_window<3>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 4: return small_window<4>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 5: return small_window<5>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 6: return small_window<6>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 7: return small_window<7>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 8: return small_window<8>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
     default: TORCH_CHECK(false, "bf16_small_window_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
   }
 }

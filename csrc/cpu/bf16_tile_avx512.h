@@ -65,10 +65,19 @@ void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, cons
 // bf16_window_bits(k1 - k0) mantissa bits: the lane minimum then brings its code along (no
 // compare and blends), at the price of moving each value by less than 2^(bits - 23) of its size,
 // which the caller's margin must cover (bf16_bound's value_rel).
+// A lane whose second smallest value is below b + margin too (two codes of it near the best: 4% of
+// tokens at 1024 codes, D = 8) is searched again on its own from `lanes`, the codes lane by lane:
+// every code of it below b + margin joins the list (a few vector ops per 256 codes), instead of
+// the whole token going to the float32 search.
+struct SmallLaneCodes {
+  const uint32_t* pairs = nullptr;  // [ceil(K / 256)][16 lanes][Dp / 2][16]: block b, lane l, j < 16
+  const float* norms = nullptr;     // [ceil(K / 256)][16 lanes][16]          is code 16 (16 b + j) + l
+};
 int bf16_window_bits(int64_t codes);
 void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
-                              int64_t Dp, const float* norms, int64_t k0, int64_t k1, const float* margin,
-                              float* best, int32_t* count, int32_t* idx, float* val, int32_t cap);
+                              int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
+                              const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                              int32_t cap);
 
 }  // namespace cpu
 }  // namespace sgcvq

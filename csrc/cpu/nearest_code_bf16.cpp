@@ -416,8 +416,24 @@ void build_seed_cells(Bf16Codebook& cb) {
   }
 }
 
+// The lane-by-lane codes of SmallLaneCodes from the packed codes and their norms (one pass over
+// K x D, like the cells above).
+void build_lane_codes(Bf16Codebook& cb) {
+  const int64_t K = cb.K, P = cb.Dp / 2, blocks = (K + 255) / 256;
+  const uint32_t* b32 = reinterpret_cast<const uint32_t*>(cb.packed.data_ptr<c10::BFloat16>());
+  cb.lane_pairs.assign(static_cast<size_t>(blocks * 16 * P * 16), 0u);
+  cb.lane_norms.assign(static_cast<size_t>(blocks * 16 * 16), std::numeric_limits<float>::infinity());
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t row = (k / 256) * 16 + k % 16, j = (k / 16) % 16;
+    for (int64_t p = 0; p < P; ++p)
+      cb.lane_pairs[static_cast<size_t>((row * P + p) * 16 + j)] =
+          b32[(k / kBlockN) * kBlockN * P + p * kBlockN + k % kBlockN];
+    cb.lane_norms[static_cast<size_t>(row * 16 + j)] = cb.norms[static_cast<size_t>(k)];
+  }
+}
+
 Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values, Bf16Path path,
-                                bool seed_cells) {
+                                bool seed_cells, bool lane_codes) {
   Bf16Codebook cb;
   cb.path = path;
   cb.K = E.size(0);
@@ -494,6 +510,7 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
       break;
     }
   if (seed_cells && path == Bf16Path::kAvx512Bf16 && D <= kSmallMaxD) build_seed_cells(cb);
+  if (lane_codes && D <= kSmallMaxD) build_lane_codes(cb);
   return cb;
 }
 
@@ -628,6 +645,8 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
   // a token searched in several code splits agree (the caller keeps split 0's).
   const int window_bits = small ? bf16_window_bits(call_codes) : 0;
   const bool window = small && small_d_window(call_codes);
+  TORCH_CHECK(!window || !cb.lane_pairs.empty(), "bf16_search_item: the window needs the codebook's lane codes");
+  const SmallLaneCodes lanes{cb.lane_pairs.data(), cb.lane_norms.data()};
   const double value_rel = window ? std::ldexp(1.0, window_bits - 23) : 0.0;
   // The orthant seed needs every code in the range (its cells hold the whole codebook).
   SmallSeedCells cells;
@@ -643,7 +662,7 @@ void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
       bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, value_rel, bounds + m0, margin + m0);
       if (window)
-        bf16_small_window_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
+        bf16_small_window_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0, sc.best.data() + m0,
                                  sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
                                  static_cast<int32_t>(kListCap));
       else

@@ -280,7 +280,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     // The orthant cells seed the branchy small-D scan over every code (the only scan that uses them).
     const bool cells = small && !cpu::small_d_window(item_codes) &&
                        std::any_of(items.begin(), items.end(), [&](const WorkItem& it) { return it.k0 == 0 && it.k1 == K; });
-    cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path, cells);
+    // The lane-by-lane codes for the branch-free window (item ranges up to kSmallWindowMaxCodes).
+    const bool lane_codes = small && cpu::small_d_window(item_codes);
+    cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path, cells, lane_codes);
   }
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
