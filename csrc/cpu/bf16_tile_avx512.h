@@ -57,8 +57,8 @@ void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, cons
 // The same contract without a data-dependent branch in the scan (T a multiple of 4): each token
 // keeps, per lane of 16 codes, the smallest value and the second smallest (three vector ops per
 // 16 codes next to the dot products, see bf16_window_bits); at the end the lane
-// winners below best[t] + margin[t] join the list, which is complete unless some lane's second
-// smallest value is below that too (then count[t] = -1, as for a list that overflowed). Tokens
+// winners below best[t] + margin[t] join the list; a lane whose second smallest value is below
+// that too is searched again (below); a list past cap gives count[t] = -1. Tokens
 // pay four vector ops per 16 codes more than the branchy scan, but no mispredicted list entries
 // (about 45 ns each on an AMD Zen 5, several a token), which is what small code groups need.
 // The window's values carry the code's 16-code vector number, relative to k0 / 16, in their low
