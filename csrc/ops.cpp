@@ -17,6 +17,7 @@ bool bf16_own_pack();
 int64_t last_fast_exact_redo();
 int64_t last_bf16_searched();
 int64_t bf16_search_calls();
+int64_t bf16_bounds_mismatches();
 }  // namespace sgcvq::cpu
 
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
@@ -49,6 +50,9 @@ static PyObject* last_bf16_searched(PyObject*, PyObject*) {
 static PyObject* bf16_search_calls(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::bf16_search_calls()));
 }
+static PyObject* bf16_bounds_mismatches(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::bf16_bounds_mismatches()));
+}
 static PyMethodDef kMethods[] = {
     {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
      "{'avx512': the AVX-512 scans run, 'bf16_gemm': modes 'exact' and 'fast_exact' take certified bf16 "
@@ -62,6 +66,9 @@ static PyMethodDef kMethods[] = {
      "it gave up early on near-duplicate codes and sent the rest to the float32 search (-1: none ran yet)."},
     {"bf16_search_calls", bf16_search_calls, METH_NOARGS,
      "nearest_code calls that took the CPU bf16 path since the library was loaded."},
+    {"bf16_bounds_mismatches", bf16_bounds_mismatches, METH_NOARGS,
+     "Tokens whose bf16 bound differs, bit for bit, between the AVX-512 batch and the scalar bf16_bound "
+     "(a self-check over extreme values; 0 expected)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // PyMODINIT_FUNC exports the symbol although the library is built with -fvisibility=hidden.

@@ -233,3 +233,9 @@ def test_tile_epilogue_with_groups_inside_blocks(D, monkeypatch):
     labels[: len(near)] = torch.arange(len(near))  # group c ends where the code near token c sits
     check_exact(x, codebook, labels, offsets)
     check_exact(x, codebook)
+
+
+def test_batched_bounds_match_the_scalar_bound():
+    # bf16_bounds_avx512 (eight tokens a register) repeats bf16_bound's operations in its order:
+    # the same bits for every token, from zero and subnormals to overflow, +inf and NaN.
+    assert sgcvq._C.bf16_bounds_mismatches() == 0

@@ -536,15 +536,17 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
     delta += value_rel * vmax + value_rel * 0x1p-126;
   }
   const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + 0x1p-120;
-  return {delta * (1.0 + 1e-6), 2.0 * delta * (1.0 + 1e-6) + slack, xx};
+  const double margin = 2.0 * delta * (1.0 + 1e-6) + slack;
+  return {delta * (1.0 + 1e-6), margin, xx, next_up(static_cast<float>(margin))};
 }
 
 // bf16_bound for n tokens at once, eight in the lanes of an AVX-512 double vector: the same
 // operations in the same order as bf16_bound (no fused multiply-adds: the scalar one is built for
-// the x86-64 baseline, which has none), so the same bits; and margin[t] = next_up(float(margin)).
+// the x86-64 baseline, which has none; and fp-contract=off, or GCC fuses the intrinsics' multiplies
+// and adds), so the same bits; and margin[t] = next_up(float(margin)).
 // One call per tile instead of a call per token, whose two dependent square roots the loop could
 // not overlap (8.5 ns a token, 7% of the grouped search at D = 8).
-__attribute__((target("avx512f,avx512dq,avx512vl"))) void bf16_bounds_avx512(const float* xx, const float* r2, int64_t n,
+__attribute__((target("avx512f,avx512dq,avx512vl"), optimize("fp-contract=off"))) void bf16_bounds_avx512(const float* xx, const float* r2, int64_t n,
                                                                     int64_t D, double g, double max_e2,
                                                                     double max_err, double value_rel,
                                                                     Bf16Bound* out, float* margin) {
@@ -591,7 +593,7 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void bf16_bounds_avx512(con
     __m256i up = _mm256_mask_add_epi32(bits, pos, bits, _mm256_set1_epi32(1));
     up = _mm256_mask_mov_epi32(up, zero, _mm256_set1_epi32(1));
     _mm256_mask_storeu_ps(margin + t0, k, _mm256_castsi256_ps(up));
-    for (int64_t j = 0; j < m; ++j) out[t0 + j] = {dl[j], mg[j], xx[t0 + j]};
+    for (int64_t j = 0; j < m; ++j) out[t0 + j] = {dl[j], mg[j], xx[t0 + j], margin[t0 + j]};
   }
 }
 
@@ -602,8 +604,41 @@ void bf16_bounds(const float* xx, const float* r2, int64_t n, int64_t D, double 
   if (avx512) return bf16_bounds_avx512(xx, r2, n, D, g, max_e2, max_err, value_rel, out, margin);
   for (int64_t t = 0; t < n; ++t) {
     out[t] = bf16_bound(xx[t], r2[t], D, g, max_e2, max_err, value_rel);
-    margin[t] = next_up(static_cast<float>(out[t].margin));  // rounded up
+    margin[t] = out[t].margin_up;
   }
+}
+
+// The AVX-512 bounds against bf16_bound, bit for bit, over values from 0 through subnormals to
+// overflow, +inf and NaN, several D and codebook bounds, with and without the window's value_rel:
+// how many tokens differ (for tests; cpu_capabilities-style hook in csrc/ops.cpp).
+int64_t bf16_bounds_mismatches() {
+  std::vector<float> vals = {0.f, 0x1p-140f, 0x1p-126f, 1e-30f, 1e-8f, 0.1f, 1.f, 3.75f, 64.f, 1e10f, 1e30f,
+                             3e38f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  std::vector<float> xx, r2;
+  for (const float a : vals)
+    for (const float b : vals) {
+      xx.push_back(a);
+      r2.push_back(b * 1e-5f);
+    }
+  const int64_t n = static_cast<int64_t>(xx.size());
+  std::vector<Bf16Bound> vec(static_cast<size_t>(n));
+  std::vector<float> margin(static_cast<size_t>(n));
+  auto same = [](double a, double b) { return std::memcmp(&a, &b, sizeof(a)) == 0; };
+  auto same_f = [](float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0; };
+  int64_t bad = 0;
+  for (const int64_t D : {1, 8, 16, 64, 256})
+    for (const double max_e2 : {0.0, 1.0, 37.5, 1e12})
+      for (const double value_rel : {0.0, 0x1p-17}) {
+        const double g = (2.0 * static_cast<double>(D) + 8.0) * 0x1p-24, max_err = std::sqrt(max_e2) * 0x1p-8;
+        bf16_bounds(xx.data(), r2.data(), n, D, g, max_e2, max_err, value_rel, vec.data(), margin.data());
+        for (int64_t t = 0; t < n; ++t) {
+          const Bf16Bound s1 = bf16_bound(xx[t], r2[t], D, g, max_e2, max_err, value_rel);
+          const Bf16Bound& v = vec[static_cast<size_t>(t)];
+          bad += !(same(s1.delta, v.delta) && same(s1.margin, v.margin) && same_f(s1.xx, v.xx) &&
+                   same_f(s1.margin_up, v.margin_up) && same_f(s1.margin_up, margin[static_cast<size_t>(t)]));
+        }
+      }
+  return bad;
 }
 
 bool small_d_window(int64_t codes) {

@@ -109,6 +109,7 @@ inline float next_up(float x) {
 struct Bf16Bound {
   double delta, margin;
   float xx;
+  float margin_up;  // margin as a float, rounded up: what the scans and the certificate add to b
 };
 // From the token's float32 sums xx = sum x'^2 and r2 = sum (bf16(-2x') + 2x')^2; g = (2D + 8) 2^-24
 // as in the exact path's certificate, max_e2 = max ||e'_k||^2 (rounded up).

@@ -334,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   // value, complete: no list overflowed. Uncertified tokens go to the float32 search (redo).
   auto settle_bf16 = [&](int64_t i, float b, bool complete, int64_t found, float bv, int64_t bi,
                          const cpu::Bf16Bound& bound, int64_t lo, int64_t hi, const float* xr) {
-    const float thr = b + cpu::next_up(static_cast<float>(bound.margin));
+    const float thr = b + bound.margin_up;
     // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
     if (!(complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta)))) {
       redo[static_cast<size_t>(i)] = 1;
