@@ -421,14 +421,23 @@ void build_seed_cells(Bf16Codebook& cb) {
 void build_lane_codes(Bf16Codebook& cb) {
   const int64_t K = cb.K, P = cb.Dp / 2, blocks = (K + 255) / 256;
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(cb.packed.data_ptr<c10::BFloat16>());
-  cb.lane_pairs.assign(static_cast<size_t>(blocks * 16 * P * 16), 0u);
-  cb.lane_norms.assign(static_cast<size_t>(blocks * 16 * 16), std::numeric_limits<float>::infinity());
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t row = (k / 256) * 16 + k % 16, j = (k / 16) % 16;
+  cb.lane_pairs.resize(static_cast<size_t>(blocks * 16 * P * 16));
+  cb.lane_norms.resize(static_cast<size_t>(blocks * 16 * 16));
+  // Written in order (the reads hop by 16 codes inside one packed block): the scattered writes
+  // of a loop over k cost 4.5% of a small grouped call.
+  uint32_t* lp = cb.lane_pairs.data();
+  float* ln = cb.lane_norms.data();
+  for (int64_t row = 0; row < blocks * 16; ++row) {
+    const int64_t k0 = (row / 16) * 256 + row % 16;  // code of j = 0; j adds 16
     for (int64_t p = 0; p < P; ++p)
-      cb.lane_pairs[static_cast<size_t>((row * P + p) * 16 + j)] =
-          b32[(k / kBlockN) * kBlockN * P + p * kBlockN + k % kBlockN];
-    cb.lane_norms[static_cast<size_t>(row * 16 + j)] = cb.norms[static_cast<size_t>(k)];
+      for (int64_t j = 0; j < 16; ++j) {
+        const int64_t k = k0 + 16 * j;
+        *lp++ = k < K ? b32[(k / kBlockN) * kBlockN * P + p * kBlockN + k % kBlockN] : 0u;
+      }
+    for (int64_t j = 0; j < 16; ++j) {
+      const int64_t k = k0 + 16 * j;
+      *ln++ = k < K ? cb.norms[static_cast<size_t>(k)] : std::numeric_limits<float>::infinity();
+    }
   }
 }
 
