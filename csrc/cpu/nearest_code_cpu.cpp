@@ -447,11 +447,28 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
           give_up.store(true, std::memory_order_relaxed);
         if (!stored) {  // one code split: finish each token from the worker's own buffers
           cpu::rescore_lists(rows, tn, D, ep, found[0].idx, &found[0].n, kCandStride, rs_val.data(), rs_arg.data());
+          // The common case in a tight loop over local copies (the lambda's captures are reloaded
+          // after every store through ip): a listed finite winner that the certificate settles.
+          // Everything else (overflow, non-finite values, a failed certificate) takes settle_bf16.
+          const Certificate c_loc = cert;
+          const int64_t codes = it.k1 - it.k0;
+          const int64_t* pp = perm.empty() ? nullptr : perm.data() + it.t0;
+          int64_t* const ip_loc = ip;
+          float* const dp_loc = dp;
           for (int64_t t = 0; t < tn; ++t) {
-            const int64_t tok = perm.empty() ? it.t0 + t : perm[it.t0 + t];
+            const int64_t tok = pp != nullptr ? pp[t] : it.t0 + t;
             const cpu::CandList& c = found[t];
-            settle_bf16(tok, c.b, c.n >= 0, std::max<int32_t>(c.n, 0), rs_val[t], rs_arg[t], bounds[t], it.k0,
-                        it.k1, rows + t * D);
+            const cpu::Bf16Bound& bd = bounds[t];
+            const float bv = rs_val[t];
+            const int64_t bi = rs_arg[t];
+            if (__builtin_expect(c.n > 0 && bi >= 0 &&
+                                     (c.n >= codes || c_loc.holds_with(bd.xx, c.b + bd.margin_up, bv, bd.delta)),
+                                 1)) {
+              ip_loc[tok] = bi;
+              dp_loc[tok] = bv;
+              continue;
+            }
+            settle_bf16(tok, c.b, c.n >= 0, std::max<int32_t>(c.n, 0), bv, bi, bd, it.k0, it.k1, rows + t * D);
           }
           continue;
         }
