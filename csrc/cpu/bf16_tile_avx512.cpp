@@ -136,14 +136,7 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void take_step_hits(cons
     total += __builtin_popcount(hit[j]);
   }
   if (__builtin_expect(n + total > cap, 0)) {  // full: drop the entries at or above the threshold
-    int32_t m = 0;
-    for (int32_t q = 0; q < n; ++q)
-      if (val[q] < thr) {
-        idx[m] = idx[q];
-        val[m] = val[q];
-        ++m;
-      }
-    n = m;
+    n = compact(idx, val, n, thr);
     if (n + total > cap) {
       count = -1;
       return;

@@ -61,18 +61,6 @@ T* at_least(at::Tensor& t, int64_t n, at::ScalarType dt) {
   return t.data_ptr<T>();
 }
 
-// Drops list entries at or above thr; returns the new size.
-inline int32_t compact(int32_t* idx, float* val, int32_t n, float thr) {
-  int32_t m = 0;
-  for (int32_t j = 0; j < n; ++j)
-    if (val[j] < thr) {
-      idx[m] = idx[j];
-      val[m] = val[j];
-      ++m;
-    }
-  return m;
-}
-
 // Appends the codes of v (codes k .. k+15) below thr to the token's list; false when the list
 // overflowed even after dropping the entries at or above thr (the token then goes exact).
 __attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hit, __m512 v, int64_t k,
@@ -183,13 +171,6 @@ __attribute__((target("avx512f,avx512dq,avx512bw"))) void scan_row_known_min(con
     n += h;
   }
   count = n;
-}
-
-// Lane 0 <- the sum of lanes 0-7, lane 8 <- the sum of lanes 8-15 (three shuffle-adds).
-__attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
-  s = _mm512_add_ps(s, _mm512_shuffle_f32x4(s, s, 0xB1));
-  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));
-  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
 }
 
 // Rows xs [mm, D], centred on c [D]: x' = x - c in float32, then a [mm, lda] = bf16(scale x')

@@ -108,6 +108,12 @@ struct Certificate {
     const double xx_lo = static_cast<double>(xx) * (1.0 - g);
     return (xx_lo + static_cast<double>(thr) - delta) * (1.0 - g) > static_cast<double>(best);
   }
+  // A complete bf16 list of `listed` of the range's `codes` settles the token: it holds every code
+  // of the range, or every unlisted one is provably farther than best (b: the smallest
+  // approximate value, the lists' threshold b + margin).
+  bool settles_bf16(int64_t listed, int64_t codes, const cpu::Bf16Bound& bound, float b, float best) const {
+    return listed >= codes || holds_with(bound.xx, b + bound.margin_up, best, bound.delta);
+  }
 };
 
 // The float32 GEMM tiles of the exact path: oneDNN's brgemm ukernel (through ATen's cpublas) on
@@ -334,9 +340,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   // value, complete: no list overflowed. Uncertified tokens go to the float32 search (redo).
   auto settle_bf16 = [&](int64_t i, float b, bool complete, int64_t found, float bv, int64_t bi,
                          const cpu::Bf16Bound& bound, int64_t lo, int64_t hi, const float* xr) {
-    const float thr = b + bound.margin_up;
     // The approximate distances are centred: ||x - e||^2 = ||x'||^2 + a'_k.
-    if (!(complete && (found >= hi - lo || cert.holds_with(bound.xx, thr, bv, bound.delta)))) {
+    if (!(complete && cert.settles_bf16(found, hi - lo, bound, b, bv))) {
       redo[static_cast<size_t>(i)] = 1;
       return;
     }
@@ -461,9 +466,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             const cpu::Bf16Bound& bd = bounds[t];
             const float bv = rs_val[t];
             const int64_t bi = rs_arg[t];
-            if (__builtin_expect(c.n > 0 && bi >= 0 &&
-                                     (c.n >= codes || c_loc.holds_with(bd.xx, c.b + bd.margin_up, bv, bd.delta)),
-                                 1)) {
+            if (__builtin_expect(c.n > 0 && bi >= 0 && c_loc.settles_bf16(c.n, codes, bd, c.b, bv), 1)) {
               ip_loc[tok] = bi;
               dp_loc[tok] = bv;
               continue;

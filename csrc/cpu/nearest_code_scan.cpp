@@ -602,10 +602,7 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(co
         const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + ka * D)),
                                              _mm256_maskz_loadu_ps(m8, e + kb * D), 1);
         const __m512 d = _mm512_sub_ps(x, ev);
-        __m512 q = _mm512_fmadd_ps(d, d, _mm512_setzero_ps());
-        q = _mm512_add_ps(q, _mm512_shuffle_f32x4(q, q, 0xB1));
-        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0x4E));
-        q = _mm512_add_ps(q, _mm512_permute_ps(q, 0xB1));
+        const __m512 q = sum_halves(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
         const uint32_t ba = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_castps_si512(q))));
         const uint32_t bb = static_cast<uint32_t>(
             _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(_mm512_castps_si512(q), 2)));

@@ -5,6 +5,8 @@
 // caller re-scores those in fp32 and certifies the result (nearest_code_cpu.cpp). Each scan has an
 // AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64.
 #pragma once
+#include <immintrin.h>
+
 #include <cstdint>
 #include <limits>
 
@@ -12,6 +14,14 @@ namespace sgcvq {
 namespace cpu {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Lane 0 <- the sum of lanes 0-7 and lane 8 <- the sum of lanes 8-15, by three shuffle-adds (4, 2,
+// 1 apart): the last three levels of direct_sqdist's tree for two rows of up to 8 terms at once.
+__attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
+  s = _mm512_add_ps(s, _mm512_shuffle_f32x4(s, s, 0xB1));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));
+  return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
+}
 constexpr int64_t kLanes = 16;      // codes per block of the small-D layout
 constexpr int64_t kSmallMaxD = 16;  // at or below this D the register-blocked scan beats the GEMM
 
