@@ -20,22 +20,31 @@ def _reference(x, labels, codebook, offsets, tau):
     return F.cross_entropy(-g / (tau * s), lab)
 
 
-@pytest.mark.parametrize("N,D,sizes,tau", [(37, 5, [3, 7, 1, 9], 1.0), (64, 8, [5, 5, 6], 0.3), (1, 3, [2, 2], 2.0)])
-def test_group_loss_matches_a_dense_reference_in_value_and_gradient(N, D, sizes, tau):
+def _assert_matches_reference(N, D, sizes, ignore_every, loss_kw, reference):
+    """group_loss(**loss_kw) on random groups against reference(x64, labels, codebook, offsets) in
+    float64, value and gradient; every ignore_every-th token has the ignore label (when N > 1).
+    Returns x (with its gradient) and the labels."""
     K, C = sum(sizes), len(sizes)
     offsets = torch.tensor([0] + torch.tensor(sizes).cumsum(0).tolist())
     codebook = torch.randn(K, D)
     labels = torch.randint(0, C, (N,))
     if N > 1:
-        labels[::5] = -1  # ignore tokens take no part
+        labels[::ignore_every] = -1  # ignore tokens take no part
     x = torch.randn(N, D, requires_grad=True)
     x64 = x.detach().double().requires_grad_(True)
-    loss = group_loss(x, labels, codebook, offsets, C, temperature=tau)
-    ref = _reference(x64, labels, codebook, offsets, tau)
+    loss = group_loss(x, labels, codebook, offsets, C, **loss_kw)
+    ref = reference(x64, labels, codebook, offsets)
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-6)
     loss.backward()
     ref.backward()
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-6)
+    return x, labels
+
+
+@pytest.mark.parametrize("N,D,sizes,tau", [(37, 5, [3, 7, 1, 9], 1.0), (64, 8, [5, 5, 6], 0.3), (1, 3, [2, 2], 2.0)])
+def test_group_loss_matches_a_dense_reference_in_value_and_gradient(N, D, sizes, tau):
+    x, labels = _assert_matches_reference(N, D, sizes, 5, {"temperature": tau},
+                                          lambda *a: _reference(*a, tau))
     assert torch.all(x.grad[labels < 0] == 0)
 
 
@@ -134,19 +143,7 @@ def _hinge_reference(x, labels, codebook, offsets, margin):
 
 @pytest.mark.parametrize("N,D,sizes,margin", [(41, 6, [3, 7, 1, 9], 0.5), (64, 8, [5, 5, 6], 0.0), (9, 3, [2, 2], 2.0)])
 def test_hinge_group_loss_matches_a_dense_reference_in_value_and_gradient(N, D, sizes, margin):
-    K, C = sum(sizes), len(sizes)
-    offsets = torch.tensor([0] + torch.tensor(sizes).cumsum(0).tolist())
-    codebook = torch.randn(K, D)
-    labels = torch.randint(0, C, (N,))
-    labels[::4] = -1
-    x = torch.randn(N, D, requires_grad=True)
-    x64 = x.detach().double().requires_grad_(True)
-    loss = group_loss(x, labels, codebook, offsets, C, margin=margin)
-    ref = _hinge_reference(x64, labels, codebook, offsets, margin)
-    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-6)
-    loss.backward()
-    ref.backward()
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-3, atol=1e-6)
+    _assert_matches_reference(N, D, sizes, 4, {"margin": margin}, lambda *a: _hinge_reference(*a, margin))
 
 
 def test_hinge_group_loss_leaves_tokens_already_in_their_group_alone():
