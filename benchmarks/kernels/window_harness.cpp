@@ -5,7 +5,8 @@
 //
 // Each token's list is checked against a brute-force pass over the same bf16 values (the window's
 // own arithmetic: norm, then the pairs in order): every code below b + margin must be listed, and
-// the smallest value must be b (up to the tag in the low mantissa bits), unless count is -1.
+// the smallest value must be b (up to the tag in the low mantissa bits), unless count is -1. Codes
+// within 1e-4 |thr| of the threshold are not checked: their tagged values may lie on either side.
 #include "bf16_tile_avx512.h"
 
 #include <c10/util/BFloat16.h>
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
     bad += std::fabs(best[static_cast<size_t>(t)] - b) > 1e-3f * std::fabs(b) + 1e-6f;
     listed += count[static_cast<size_t>(t)];
     for (int64_t k = 0; k < K; ++k)
-      if (v[static_cast<size_t>(k)] < thr * (1.f - 1e-4f) - 1e-6f &&
+      if (v[static_cast<size_t>(k)] < thr - 1e-4f * std::fabs(thr) - 1e-6f &&
           std::find(idx.begin() + t * cap, idx.begin() + t * cap + count[static_cast<size_t>(t)], k) ==
               idx.begin() + t * cap + count[static_cast<size_t>(t)])
         ++bad;

@@ -285,42 +285,115 @@ SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, c
 // smallest value m1 and the second smallest m2, the values carrying their vector number in the
 // low mantissa bits (one vpternlogd), so three vector ops per 16 codes keep both (min, max, min)
 // next to the P vdpbf16ps, and not one data-dependent branch. kW tokens share each load of the
-// codes; NB code vectors share each broadcast of x.
-template <int P, int NB, int kW>
-SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_step(const uint32_t* a, int64_t lda32,
-                                                                          const uint32_t* b, const float* norms,
-                                                                          int64_t v, int64_t v0, int64_t k0, int64_t k1,
-                                                                          __m512i keep, __m512* m1, __m512* m2) {
-  __m512i ev[NB][P];
-  __m512 nv[NB];
-  __m512i tag[NB];
-  __mmask16 in[NB];
-  // Only the range's first and last vectors can hold codes outside [k0, k1).
-  const bool edge = 16 * v < k0 || 16 * (v + NB) > k1;
-#pragma GCC unroll 4
-  for (int n = 0; n < NB; ++n) {
+// codes and hold their pairs of x in registers.
+//
+// Software-pipelined: the dot products of vector v are issued before the bookkeeping of vector
+// v - 1. In source order (one step's products, then its bookkeeping) each step's min/max waits
+// ~30 cycles on its 4-deep vdpbf16ps chains and the scheduler fills up behind them; a Zen 5 ran
+// that mix at 0.70 ns a (token, vector) against 0.64 pipelined (NOTES.md CPU entry 15).
+template <int P, int kW>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_scores(const __m512bh (&xb)[kW][P],
+                                                                            const uint32_t* b, const float* norms,
+                                                                            int64_t v, __m512 (&acc)[kW]) {
+  __m512i ev[P];
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) ev[n][p] = _mm512_loadu_si512(pair_row<P>(b, v + n, p));
-    nv[n] = _mm512_loadu_ps(norms + 16 * (v + n));
-    tag[n] = _mm512_set1_epi32(static_cast<int32_t>(v + n - v0));
-    in[n] = edge ? lanes_in(v + n, k0, k1) : static_cast<__mmask16>(0xFFFF);
-  }
-#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) ev[p] = _mm512_loadu_si512(pair_row<P>(b, v, p));
+  const __m512 nv = _mm512_loadu_ps(norms + 16 * v);
+#pragma GCC unroll 8
   for (int i = 0; i < kW; ++i) {
-    __m512 acc[NB];
-    vector_scores<P, NB>(a + i * lda32, ev, nv, acc);
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) {
-      // (acc & keep) | tag: the value with its vector number in the low bits. +-inf becomes NaN.
-      __m512 w = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(acc[n]), keep, tag[n], 0xEA));
-      if (__builtin_expect(edge, 0)) w = _mm512_mask_blend_ps(in[n], _mm512_set1_ps(kBf16Inf), w);
-      // min(w, m) and max(w, m) give m for a NaN w: a NaN lane never enters m1, and can only lower
-      // m2 to m1 (m2 stays a lower bound of the lane's other codes). Values carrying distinct
-      // tags never tie, so m1 is one code's.
-      m2[i] = _mm512_min_ps(_mm512_max_ps(w, m1[i]), m2[i]);
-      m1[i] = _mm512_min_ps(w, m1[i]);
-    }
+    acc[i] = nv;
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) acc[i] = _mm512_dpbf16_ps(acc[i], xb[i][p], (__m512bh)ev[p]);
   }
+}
+
+// Vector v's values of kW tokens into their (m1, m2). Edge: v may hold codes outside [k0, k1).
+template <int kW, bool Edge>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_keep(const __m512 (&acc)[kW], int64_t v, int64_t v0,
+                                                                          int64_t k0, int64_t k1, __m512i keep,
+                                                                          __m512* m1, __m512* m2) {
+  const __m512i tag = _mm512_set1_epi32(static_cast<int32_t>(v - v0));
+#pragma GCC unroll 8
+  for (int i = 0; i < kW; ++i) {
+    // (acc & keep) | tag: the value with its vector number in the low bits. +-inf becomes NaN.
+    __m512 w = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(acc[i]), keep, tag, 0xEA));
+    if constexpr (Edge) w = _mm512_mask_blend_ps(lanes_in(v, k0, k1), _mm512_set1_ps(kBf16Inf), w);
+    // min(w, m) and max(w, m) give m for a NaN w: a NaN lane never enters m1, and can only lower
+    // m2 to m1 (m2 stays a lower bound of the lane's other codes). Values carrying distinct
+    // tags never tie, so m1 is one code's.
+    m2[i] = _mm512_min_ps(_mm512_max_ps(w, m1[i]), m2[i]);
+    m1[i] = _mm512_min_ps(w, m1[i]);
+  }
+}
+
+// Vectors [c0, c1) (c0 < c1) against kW tokens from a. Only the range's first and last vectors
+// can hold codes outside [k0, k1): they are taken on their own, so that the pipelined loop
+// has no branch but its own.
+template <int P, int kW>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_run(const uint32_t* a, int64_t lda32, const uint32_t* b,
+                                                                         const float* norms, int64_t c0, int64_t c1,
+                                                                         int64_t v0, int64_t k0, int64_t k1, __m512i keep,
+                                                                         __m512* m1, __m512* m2) {
+  __m512bh xb[kW][P];
+#pragma GCC unroll 8
+  for (int i = 0; i < kW; ++i)
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) xb[i][p] = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
+  __m512 va[kW], vb[kW];
+  if (16 * c0 < k0) {
+    window_scores<P, kW>(xb, b, norms, c0, va);
+    window_keep<kW, true>(va, c0, v0, k0, k1, keep, m1, m2);
+    if (++c0 == c1) return;
+  }
+  if (16 * c1 > k1) {
+    window_scores<P, kW>(xb, b, norms, c1 - 1, va);
+    window_keep<kW, true>(va, c1 - 1, v0, k0, k1, keep, m1, m2);
+    if (--c1 == c0) return;
+  }
+  // Two sets of values in turn (unrolled by two: no register copies between the sets).
+  window_scores<P, kW>(xb, b, norms, c0, va);
+  int64_t v = c0;
+  for (; v + 2 < c1; v += 2) {
+    window_scores<P, kW>(xb, b, norms, v + 1, vb);
+    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
+    window_scores<P, kW>(xb, b, norms, v + 2, va);
+    window_keep<kW, false>(vb, v + 1, v0, k0, k1, keep, m1, m2);
+  }
+  if (v + 1 < c1) {
+    window_scores<P, kW>(xb, b, norms, v + 1, vb);
+    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
+    window_keep<kW, false>(vb, v + 1, v0, k0, k1, keep, m1, m2);
+  } else {
+    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
+  }
+}
+
+// Tokens [t0, t0 + kW) over vectors [c0, c1): their (m1, m2) from st (or +inf at the range's
+// first chunk), back to st after.
+template <int P, int kW>
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_tokens(const uint32_t* a, int64_t lda32, const uint32_t* b,
+                                                                            const float* norms, int64_t t0, int64_t c0,
+                                                                            int64_t c1, int64_t v0, int64_t k0, int64_t k1,
+                                                                            __m512i keep, float* st) {
+  __m512 m1[kW], m2[kW];
+#pragma GCC unroll 8
+  for (int i = 0; i < kW; ++i) {
+    m1[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i));
+    m2[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i) + 16);
+  }
+  window_run<P, kW>(a + t0 * lda32, lda32, b, norms, c0, c1, v0, k0, k1, keep, m1, m2);
+#pragma GCC unroll 8
+  for (int i = 0; i < kW; ++i) {
+    _mm512_storeu_ps(st + 32 * (t0 + i), m1[i]);
+    _mm512_storeu_ps(st + 32 * (t0 + i) + 16, m2[i]);
+  }
+}
+
+// Tokens per block: their pairs of x, (m1, m2), two vectors of values and the codes' P pairs in
+// the 32 registers.
+template <int P>
+constexpr int window_tokens_per_block() {
+  return P == 1 ? 5 : P <= 2 ? 4 : P <= 4 ? 3 : 2;
 }
 
 // Appends to a list every code of lane l in [k0, k1) whose value (computed as the window computes
@@ -363,9 +436,7 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
                                     const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
                                     const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
                                     int32_t cap) {
-  // Registers: kW tokens x 2 state vectors, NB x P code vectors, NB norms and tags, NB accumulators.
-  constexpr int NB = P <= 4 ? 2 : 1;
-  constexpr int kW = 4;
+  constexpr int kW = window_tokens_per_block<P>();
   const int64_t v0 = k0 / 16, v1 = (k1 + 15) / 16;
   const int bits = bf16_window_bits(k1 - k0);
   const uint32_t low = (1u << bits) - 1u;
@@ -373,29 +444,15 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
   // Codes per L1 chunk, about 24 KB ((P + 1) vectors of 64 bytes per 16 codes: a group of 1024
   // codes at D = 8 in one chunk; 4% faster than 16 KB on a Zen 5, still inside a 32 KB L1); each
   // token's state goes to memory between chunks (2 vectors).
-  const int64_t chunk = std::max<int64_t>(NB, 24576 / (64 * (P + 1)) / NB * NB);
+  const int64_t chunk = std::max<int64_t>(1, 24576 / (64 * (P + 1)));
   thread_local std::vector<float> state;  // [T][2][16]: m1, m2
   if (static_cast<int64_t>(state.size()) < 32 * T) state.resize(static_cast<size_t>(32 * T));
   float* st = state.data();
   for (int64_t c0 = v0; c0 < v1; c0 += chunk) {
     const int64_t c1 = std::min(v1, c0 + chunk);
-    for (int64_t t0 = 0; t0 < T; t0 += kW) {
-      __m512 m1[kW], m2[kW];
-#pragma GCC unroll 4
-      for (int i = 0; i < kW; ++i) {
-        m1[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i));
-        m2[i] = c0 == v0 ? _mm512_set1_ps(kBf16Inf) : _mm512_loadu_ps(st + 32 * (t0 + i) + 16);
-      }
-      const uint32_t* at = a + t0 * lda32;
-      int64_t v = c0;
-      for (; v + NB <= c1; v += NB) window_step<P, NB, kW>(at, lda32, b, norms, v, v0, k0, k1, keep, m1, m2);
-      for (; v < c1; ++v) window_step<P, 1, kW>(at, lda32, b, norms, v, v0, k0, k1, keep, m1, m2);
-#pragma GCC unroll 4
-      for (int i = 0; i < kW; ++i) {
-        _mm512_storeu_ps(st + 32 * (t0 + i), m1[i]);
-        _mm512_storeu_ps(st + 32 * (t0 + i) + 16, m2[i]);
-      }
-    }
+    int64_t t0 = 0;
+    for (; t0 + kW <= T; t0 += kW) window_tokens<P, kW>(a, lda32, b, norms, t0, c0, c1, v0, k0, k1, keep, st);
+    for (; t0 < T; ++t0) window_tokens<P, 1>(a, lda32, b, norms, t0, c0, c1, v0, k0, k1, keep, st);
   }
   // Each token's list: the lane winners below b + margin. Every other code of a lane is >= that
   // lane's m2, so a lane whose m2 is not below b + margin adds its winner alone; a lane whose m2 is
