@@ -578,49 +578,130 @@ bool sums_use_avx512() {
 }  // namespace
 
 namespace {
+// direct_sqdist of 16 tokens (rows xs, xs + D, ...) to one code each (rows e + k[j] D), D <= 8, as
+// one vector: lane j is token j's distance, with direct_sqdist_avx512's bits. The squares two
+// tokens a register (lanes 0-7 and 8-15, zeros past D, as its masked chunk gives them), then
+// tree16's additions for all 16 tokens at once, transposed: its first level adds lane l + 8, a
+// zero here (exact, skipped); then dims l + (l + 4), + 2, + 1, in its association.
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline __m512 sqdist16_one_code(const float* xs, int64_t D,
+                                                                                     const float* e,
+                                                                                     const int32_t (&k)[16]) {
+  const __mmask8 m8 = static_cast<__mmask8>(lane_mask(0, 0, D));
+  __m512 q[8];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, xs + (2 * j) * D)),
+                                        _mm256_maskz_loadu_ps(m8, xs + (2 * j + 1) * D), 1);
+    const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + int64_t{k[2 * j]} * D)),
+                                         _mm256_maskz_loadu_ps(m8, e + int64_t{k[2 * j + 1]} * D), 1);
+    const __m512 d = _mm512_sub_ps(x, ev);
+    q[j] = _mm512_fmadd_ps(d, d, _mm512_setzero_ps());
+  }
+  // Register j's quarters: token 2j dims 0-3, dims 4-7, token 2j + 1 dims 0-3, dims 4-7.
+  __m512 s[4], u[2];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // quarter c: token 4i + c, lane l: dims l + (l + 4)
+    s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)  // quarter c: lanes 0, 1 token 8i + c (+ 2), lanes 2, 3 token 8i + 4 + c
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0xEE));
+  // (+ 1) quarter c, lane l: token 4l + c; to lane j = token j.
+  const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
+  const __m512i to_token = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(to_token, f);
+}
+
+// rescore_lists_small's per-token form for D <= 8: two codes a register (lanes 0-7 and 8-15), so
+// most lists take one pass of the loop. tree16 on a row with zeros past lane 7 adds +0 at its first
+// level (exact), then 4, 2, 1: here a swap of 128-bit lanes and two in-lane swaps, both halves at
+// once, with the same operands.
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline void rescore_token_small8(
+    const float* xs, int64_t t, int64_t D, const float* e, const int32_t* idx, const int32_t* n, int64_t stride,
+    float* val, int64_t* arg) {
+  const __mmask8 m8 = static_cast<__mmask8>(lane_mask(0, 0, D));
+  const __m256 xh = _mm256_maskz_loadu_ps(m8, xs + t * D);
+  const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(xh), xh, 1);
+  const int32_t* ids = idx + t * stride;
+  const int32_t nt = n[t * stride];
+  // The winner without a data-dependent branch: distances are >= +0 (or NaN), so their bits
+  // order as unsigned integers do; (bits << 32 | k) then breaks ties to the lower code. A value
+  // that is not below +inf never wins (as in rescore's `v < bv` from bv = inf).
+  uint64_t key = ~uint64_t{0};
+  for (int32_t j = 0; j < nt; j += 2) {
+    const int64_t ka = ids[j], kb = j + 1 < nt ? ids[j + 1] : ka;  // an odd list scores its last code twice
+    const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + ka * D)),
+                                         _mm256_maskz_loadu_ps(m8, e + kb * D), 1);
+    const __m512 d = _mm512_sub_ps(x, ev);
+    const __m512 q = sum_halves(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
+    const uint32_t ba = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_castps_si512(q))));
+    const uint32_t bb = static_cast<uint32_t>(
+        _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(_mm512_castps_si512(q), 2)));
+    const uint64_t kya = ba < 0x7F800000u ? (uint64_t{ba} << 32) | static_cast<uint32_t>(ka) : ~uint64_t{0};
+    const uint64_t kyb = bb < 0x7F800000u ? (uint64_t{bb} << 32) | static_cast<uint32_t>(kb) : ~uint64_t{0};
+    key = std::min(key, std::min(kya, kyb));
+  }
+  if (key == ~uint64_t{0}) {
+    val[t] = std::numeric_limits<float>::infinity();
+    arg[t] = -1;
+  } else {
+    const uint32_t bits = static_cast<uint32_t>(key >> 32);
+    float v;
+    std::memcpy(&v, &bits, sizeof(v));
+    val[t] = v;
+    arg[t] = static_cast<int64_t>(key & 0xFFFFFFFFu);
+  }
+}
+
 // rescore_lists for D <= 16: direct_sqdist_avx512's single masked chunk, per listed code.
 __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
                                                            const int32_t* idx, const int32_t* n, int64_t stride,
                                                            float* val, int64_t* arg) {
   const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
   if (D <= 8) {
-    // Two codes a register (lanes 0-7 and 8-15), so most lists take one pass of the loop. tree16
-    // on a row with zeros past lane 7 adds +0 at its first level (exact), then 4, 2, 1: here a
-    // swap of 128-bit lanes and two in-lane swaps, both halves at once, with the same operands.
-    const __mmask8 m8 = static_cast<__mmask8>(m);
-    for (int64_t t = 0; t < T; ++t) {
-      const __m256 xh = _mm256_maskz_loadu_ps(m8, xs + t * D);
-      const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(xh), xh, 1);
-      const int32_t* ids = idx + t * stride;
-      const int32_t nt = n[t * stride];
-      // The winner without a data-dependent branch: distances are >= +0 (or NaN), so their bits
-      // order as unsigned integers do; (bits << 32 | k) then breaks ties to the lower code. A value
-      // that is not below +inf never wins (as in rescore's `v < bv` from bv = inf).
-      uint64_t key = ~uint64_t{0};
-      for (int32_t j = 0; j < nt; j += 2) {
-        const int64_t ka = ids[j], kb = j + 1 < nt ? ids[j + 1] : ka;  // an odd list scores its last code twice
-        const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + ka * D)),
-                                             _mm256_maskz_loadu_ps(m8, e + kb * D), 1);
-        const __m512 d = _mm512_sub_ps(x, ev);
-        const __m512 q = sum_halves(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
-        const uint32_t ba = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_castps_si512(q))));
-        const uint32_t bb = static_cast<uint32_t>(
-            _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(_mm512_castps_si512(q), 2)));
-        const uint64_t kya = ba < 0x7F800000u ? (uint64_t{ba} << 32) | static_cast<uint32_t>(ka) : ~uint64_t{0};
-        const uint64_t kyb = bb < 0x7F800000u ? (uint64_t{bb} << 32) | static_cast<uint32_t>(kb) : ~uint64_t{0};
-        key = std::min(key, std::min(kya, kyb));
+    // Most lists hold one or two codes (at (65536, 16384, 8) with 16 groups: 65% one, 25% two):
+    // those 16 tokens at a time, the first two codes of each (a list of one scores its code
+    // twice), the others one by one. The winner as rescore_token_small8 takes it: non-finite
+    // values never win (their bits as ~0), ties to the lower code.
+    const __m512i never = _mm512_set1_epi32(-1);
+    const __m512i inf_bits = _mm512_set1_epi32(0x7F800000);
+    int64_t t0 = 0;
+    for (; t0 + 16 <= T; t0 += 16) {
+      alignas(64) int32_t k[2][16], nn[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) {
+        const int32_t* ids = idx + (t0 + j) * stride;
+        const int32_t nt = n[(t0 + j) * stride];
+        nn[j] = nt;
+        k[0][j] = nt >= 1 ? ids[0] : 0;  // a listed code, or code 0 (scored, not used)
+        k[1][j] = nt >= 2 ? ids[1] : k[0][j];
       }
-      if (key == ~uint64_t{0}) {
-        val[t] = std::numeric_limits<float>::infinity();
-        arg[t] = -1;
-      } else {
-        const uint32_t bits = static_cast<uint32_t>(key >> 32);
-        float v;
-        std::memcpy(&v, &bits, sizeof(v));
-        val[t] = v;
-        arg[t] = static_cast<int64_t>(key & 0xFFFFFFFFu);
+      const __m512i b0 = _mm512_castps_si512(sqdist16_one_code(xs + t0 * D, D, e, k[0]));
+      const __m512i b1 = _mm512_castps_si512(sqdist16_one_code(xs + t0 * D, D, e, k[1]));
+      const __m512i k0v = _mm512_load_si512(k[0]), k1v = _mm512_load_si512(k[1]);
+      const __m512i c0 = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b0, inf_bits), never, b0);
+      const __m512i c1 = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b1, inf_bits), never, b1);
+      const __mmask16 take1 = _mm512_cmplt_epu32_mask(c1, c0) |
+                              (_mm512_cmpeq_epi32_mask(c1, c0) & _mm512_cmplt_epi32_mask(k1v, k0v));
+      const __m512i bits = _mm512_mask_blend_epi32(take1, c0, c1);
+      const __mmask16 none = _mm512_cmpeq_epi32_mask(bits, never);
+      alignas(64) float v[16];
+      alignas(64) int32_t a[16];
+      _mm512_store_ps(v, _mm512_mask_blend_ps(none, _mm512_castsi512_ps(bits),
+                                              _mm512_set1_ps(std::numeric_limits<float>::infinity())));
+      _mm512_store_si512(a, _mm512_mask_blend_epi32(none, _mm512_mask_blend_epi32(take1, k0v, k1v), never));
+      for (int j = 0; j < 16; ++j) {
+        const int64_t t = t0 + j;
+        if (nn[j] == 1 || nn[j] == 2) {
+          val[t] = v[j];
+          arg[t] = a[j];
+        } else {
+          rescore_token_small8(xs, t, D, e, idx, n, stride, val, arg);
+        }
       }
     }
+    for (; t0 < T; ++t0) rescore_token_small8(xs, t0, D, e, idx, n, stride, val, arg);
     return;
   }
   for (int64_t t = 0; t < T; ++t) {
