@@ -134,9 +134,9 @@ bool small_d_window(int64_t codes);
 bool seed_cells_enabled();
 
 // call_codes: the largest code range of any item of this call (D <= 16 picks the scan and its
-// bound from it, the same for every item).
-void bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
-                      int64_t call_codes, double g, CandList* out, Bf16Bound* bounds);
+// bound from it, the same for every item). Returns how many lists overflowed (out[t].n = -1).
+int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
+                         int64_t call_codes, double g, CandList* out, Bf16Bound* bounds);
 void bf16_release(const Bf16Codebook& cb);
 
 }  // namespace cpu

@@ -444,9 +444,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             if (!perm.empty() && t + kGatherAhead < tn) prefetch_row(xp, perm[it.t0 + t + kGatherAhead], D);
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
-        cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, item_codes, g, found.data(), bounds.data());
-        int64_t over = 0;
-        for (int64_t t = 0; t < tn; ++t) over += found[t].n < 0;
+        const int64_t over = cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, item_codes, g, found.data(), bounds.data());
         const int64_t s_now = seen.fetch_add(tn) + tn, o_now = overflowed.fetch_add(over) + over;
         if (s_now >= kRedoSample && static_cast<double>(o_now) > kRedoGiveUp * static_cast<double>(s_now))
           give_up.store(true, std::memory_order_relaxed);

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <utility>
+#include <vector>
 
 // GCC's own intrinsics headers (_mm512_reduce_min_ps, masked blends) trip this warning on their
 // deliberately undefined temporaries; our code has no uninitialised reads it would catch.
@@ -578,39 +579,40 @@ bool sums_use_avx512() {
 }  // namespace
 
 namespace {
-// direct_sqdist of 16 tokens (rows xs, xs + D, ...) to one code each (rows e + k[j] D), D <= 8, as
-// one vector: lane j is token j's distance, with direct_sqdist_avx512's bits. The squares two
-// tokens a register (lanes 0-7 and 8-15, zeros past D, as its masked chunk gives them), then
-// tree16's additions for all 16 tokens at once, transposed: its first level adds lane l + 8, a
-// zero here (exact, skipped); then dims l + (l + 4), + 2, + 1, in its association.
-__attribute__((target("avx512f,avx512dq,avx512vl"))) inline __m512 sqdist16_one_code(const float* xs, int64_t D,
-                                                                                     const float* e,
-                                                                                     const int32_t (&k)[16]) {
+// direct_sqdist of 16 (token, code) pairs, D <= 8, as one vector: lane j is the distance of row
+// xs + tok[j] D to row e + code[j] D, with direct_sqdist_avx512's bits. The squares two pairs a
+// register (lanes 0-7 and 8-15, zeros past D, as its masked chunk gives them), then tree16's
+// additions for all 16 at once, transposed: its first level adds lane l + 8, a zero here (exact,
+// skipped); then dims l + (l + 4), + 2, + 1, in its association.
+template <int64_t D>
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline __m512 sqdist16_pairs(const float* xs, const float* e,
+                                                                                   const int32_t* tok,
+                                                                                   const int32_t* code) {
   const __mmask8 m8 = static_cast<__mmask8>(lane_mask(0, 0, D));
   __m512 q[8];
 #pragma GCC unroll 8
   for (int j = 0; j < 8; ++j) {
-    const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, xs + (2 * j) * D)),
-                                        _mm256_maskz_loadu_ps(m8, xs + (2 * j + 1) * D), 1);
-    const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + int64_t{k[2 * j]} * D)),
-                                         _mm256_maskz_loadu_ps(m8, e + int64_t{k[2 * j + 1]} * D), 1);
+    const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, xs + int64_t{tok[2 * j]} * D)),
+                                        _mm256_maskz_loadu_ps(m8, xs + int64_t{tok[2 * j + 1]} * D), 1);
+    const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + int64_t{code[2 * j]} * D)),
+                                         _mm256_maskz_loadu_ps(m8, e + int64_t{code[2 * j + 1]} * D), 1);
     const __m512 d = _mm512_sub_ps(x, ev);
     q[j] = _mm512_fmadd_ps(d, d, _mm512_setzero_ps());
   }
-  // Register j's quarters: token 2j dims 0-3, dims 4-7, token 2j + 1 dims 0-3, dims 4-7.
+  // Register j's quarters: pair 2j dims 0-3, dims 4-7, pair 2j + 1 dims 0-3, dims 4-7.
   __m512 s[4], u[2];
 #pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i)  // quarter c: token 4i + c, lane l: dims l + (l + 4)
+  for (int i = 0; i < 4; ++i)  // quarter c: pair 4i + c, lane l: dims l + (l + 4)
     s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0x88),
                          _mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0xDD));
 #pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i)  // quarter c: lanes 0, 1 token 8i + c (+ 2), lanes 2, 3 token 8i + 4 + c
+  for (int i = 0; i < 2; ++i)  // quarter c: lanes 0, 1 pair 8i + c (+ 2), lanes 2, 3 pair 8i + 4 + c
     u[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0x44),
                          _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], 0xEE));
-  // (+ 1) quarter c, lane l: token 4l + c; to lane j = token j.
+  // (+ 1) quarter c, lane l: pair 4l + c; to lane j = pair j.
   const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
-  const __m512i to_token = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(to_token, f);
+  const __m512i to_pair = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(to_pair, f);
 }
 
 // rescore_lists_small's per-token form for D <= 8: two codes a register (lanes 0-7 and 8-15), so
@@ -654,55 +656,87 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) inline void rescore_token_s
   }
 }
 
+// rescore_lists_small for D <= 8 (the window's D = 8 semantic search spends ~5% here).
+template <int64_t D>
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_flat8(const float* xs, int64_t T, const float* e,
+                                                                        const int32_t* idx, const int32_t* n,
+                                                                        int64_t stride, float* val, int64_t* arg) {
+  // Without a branch that depends on a list's length (at (65536, 16384, 8) with 16 groups the
+  // window lists one code for 65% of tokens, two for 25%, more for 10%: a loop per token over
+  // its list mispredicts its exit, ~6 ns a token): the lists laid out flat as (token, code)
+  // pairs by masked stores, their distances 16 pairs at a time, and each token's winner as the
+  // smallest key (distance bits << 32 | code, ~0 for a non-finite distance, which never wins).
+  thread_local std::vector<int32_t> flat;
+  thread_local std::vector<uint64_t> keys;
+  constexpr int32_t kFlat = 16;  // longer lists (the caller's hold at most 12) go one by one
+  const size_t cap = static_cast<size_t>(T * kFlat + 16);
+  if (flat.size() < 2 * cap) flat.resize(2 * cap);
+  if (keys.size() < static_cast<size_t>(T)) keys.resize(static_cast<size_t>(T));
+  int32_t* const ptok = flat.data();
+  int32_t* const pcode = flat.data() + cap;
+  uint64_t* const key = keys.data();
+  std::fill(key, key + T, ~uint64_t{0});
+  int64_t P = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t nt = n[t * stride] > kFlat ? 0 : n[t * stride];  // < 0: none
+    const __mmask16 in = static_cast<__mmask16>(nt > 0 ? (1u << nt) - 1u : 0u);
+    _mm512_mask_storeu_epi32(pcode + P, in, _mm512_maskz_loadu_epi32(in, idx + t * stride));
+    _mm512_mask_storeu_epi32(ptok + P, in, _mm512_set1_epi32(static_cast<int32_t>(t)));
+    P += nt > 0 ? nt : 0;
+  }
+  // The last block's unused lanes score token 0 against code pcode[0] (valid rows; not kept).
+  for (int64_t p = P; p < (P + 15) / 16 * 16; ++p) {
+    ptok[p] = 0;
+    pcode[p] = P > 0 ? pcode[0] : 0;
+  }
+  for (int64_t p0 = 0; p0 < P; p0 += 16) {
+    const __m512i bits = _mm512_castps_si512(sqdist16_pairs<D>(xs, e, ptok + p0, pcode + p0));
+    const __mmask16 finite = _mm512_cmplt_epu32_mask(bits, _mm512_set1_epi32(0x7F800000));
+    const __m512i hi = _mm512_mask_blend_epi32(finite, _mm512_set1_epi32(-1), bits);
+    const __m512i lo = _mm512_mask_blend_epi32(finite, _mm512_set1_epi32(-1), _mm512_loadu_si512(pcode + p0));
+    alignas(64) uint64_t kv[16];
+    _mm512_store_si512(kv, _mm512_unpacklo_epi32(lo, hi));      // pairs 0-1, 4-5, 8-9, 12-13
+    _mm512_store_si512(kv + 8, _mm512_unpackhi_epi32(lo, hi));  // pairs 2-3, 6-7, 10-11, 14-15
+    const int64_t m = std::min<int64_t>(16, P - p0);
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < 16; ++j) {
+      if (j >= m) break;
+      // unpack's lane order: kv[0..7] = pairs 0, 1, 4, 5, 8, 9, 12, 13; kv[8..15] the others.
+      const int64_t q = (j & 1) + ((j >> 2) << 1) + ((j & 2) << 2);
+      uint64_t& best = key[ptok[p0 + j]];
+      best = std::min(best, kv[q]);
+    }
+  }
+  // Keys to (val, arg), eight tokens a register: none (~0) gives (inf, -1).
+  const __m512i none = _mm512_set1_epi64(-1);
+  for (int64_t t0 = 0; t0 < T; t0 += 8) {
+    const __mmask8 in = static_cast<__mmask8>(T - t0 >= 8 ? 0xFFu : (1u << (T - t0)) - 1u);
+    const __m512i k = _mm512_maskz_loadu_epi64(in, key + t0);
+    const __mmask8 empty = _mm512_cmpeq_epi64_mask(k, none);
+    const __m256 v = _mm256_castsi256_ps(_mm512_cvtepi64_epi32(_mm512_srli_epi64(k, 32)));
+    _mm256_mask_storeu_ps(val + t0, in, _mm256_mask_blend_ps(empty, v, _mm256_set1_ps(std::numeric_limits<float>::infinity())));
+    _mm512_mask_storeu_epi64(arg + t0, in, _mm512_mask_blend_epi64(empty, _mm512_and_si512(k, _mm512_set1_epi64(0xFFFFFFFF)), none));
+  }
+  for (int64_t t = 0; t < T; ++t)
+    if (__builtin_expect(n[t * stride] > kFlat, 0)) rescore_token_small8(xs, t, D, e, idx, n, stride, val, arg);
+}
+
 // rescore_lists for D <= 16: direct_sqdist_avx512's single masked chunk, per listed code.
 __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
                                                            const int32_t* idx, const int32_t* n, int64_t stride,
                                                            float* val, int64_t* arg) {
   const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
   if (D <= 8) {
-    // Most lists hold one or two codes (at (65536, 16384, 8) with 16 groups: 65% one, 25% two):
-    // those 16 tokens at a time, the first two codes of each (a list of one scores its code
-    // twice), the others one by one. The winner as rescore_token_small8 takes it: non-finite
-    // values never win (their bits as ~0), ties to the lower code.
-    const __m512i never = _mm512_set1_epi32(-1);
-    const __m512i inf_bits = _mm512_set1_epi32(0x7F800000);
-    int64_t t0 = 0;
-    for (; t0 + 16 <= T; t0 += 16) {
-      alignas(64) int32_t k[2][16], nn[16];
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j) {
-        const int32_t* ids = idx + (t0 + j) * stride;
-        const int32_t nt = n[(t0 + j) * stride];
-        nn[j] = nt;
-        k[0][j] = nt >= 1 ? ids[0] : 0;  // a listed code, or code 0 (scored, not used)
-        k[1][j] = nt >= 2 ? ids[1] : k[0][j];
-      }
-      const __m512i b0 = _mm512_castps_si512(sqdist16_one_code(xs + t0 * D, D, e, k[0]));
-      const __m512i b1 = _mm512_castps_si512(sqdist16_one_code(xs + t0 * D, D, e, k[1]));
-      const __m512i k0v = _mm512_load_si512(k[0]), k1v = _mm512_load_si512(k[1]);
-      const __m512i c0 = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b0, inf_bits), never, b0);
-      const __m512i c1 = _mm512_mask_blend_epi32(_mm512_cmplt_epu32_mask(b1, inf_bits), never, b1);
-      const __mmask16 take1 = _mm512_cmplt_epu32_mask(c1, c0) |
-                              (_mm512_cmpeq_epi32_mask(c1, c0) & _mm512_cmplt_epi32_mask(k1v, k0v));
-      const __m512i bits = _mm512_mask_blend_epi32(take1, c0, c1);
-      const __mmask16 none = _mm512_cmpeq_epi32_mask(bits, never);
-      alignas(64) float v[16];
-      alignas(64) int32_t a[16];
-      _mm512_store_ps(v, _mm512_mask_blend_ps(none, _mm512_castsi512_ps(bits),
-                                              _mm512_set1_ps(std::numeric_limits<float>::infinity())));
-      _mm512_store_si512(a, _mm512_mask_blend_epi32(none, _mm512_mask_blend_epi32(take1, k0v, k1v), never));
-      for (int j = 0; j < 16; ++j) {
-        const int64_t t = t0 + j;
-        if (nn[j] == 1 || nn[j] == 2) {
-          val[t] = v[j];
-          arg[t] = a[j];
-        } else {
-          rescore_token_small8(xs, t, D, e, idx, n, stride, val, arg);
-        }
-      }
+    switch (D) {
+      case 1: return rescore_flat8<1>(xs, T, e, idx, n, stride, val, arg);
+      case 2: return rescore_flat8<2>(xs, T, e, idx, n, stride, val, arg);
+      case 3: return rescore_flat8<3>(xs, T, e, idx, n, stride, val, arg);
+      case 4: return rescore_flat8<4>(xs, T, e, idx, n, stride, val, arg);
+      case 5: return rescore_flat8<5>(xs, T, e, idx, n, stride, val, arg);
+      case 6: return rescore_flat8<6>(xs, T, e, idx, n, stride, val, arg);
+      case 7: return rescore_flat8<7>(xs, T, e, idx, n, stride, val, arg);
+      default: return rescore_flat8<8>(xs, T, e, idx, n, stride, val, arg);
     }
-    for (; t0 < T; ++t0) rescore_token_small8(xs, t0, D, e, idx, n, stride, val, arg);
-    return;
   }
   for (int64_t t = 0; t < T; ++t) {
     const __m512 x = _mm512_maskz_loadu_ps(m, xs + t * D);
