@@ -291,10 +291,16 @@ SGCVQ_BF16_TARGET void small_scan(const uint32_t* a, int64_t lda32, int64_t T, c
 // v - 1. In source order (one step's products, then its bookkeeping) each step's min/max waits
 // ~30 cycles on its 4-deep vdpbf16ps chains and the scheduler fills up behind them; a Zen 5 ran
 // that mix at 0.70 ns a (token, vector) against 0.64 pipelined (NOTES.md CPU entry 15).
+// Vector v's values of kW tokens, each with the vector's number (v - v0) in the low mantissa bits
+// ((acc & keep) | tag, one vpternlogd; +-inf becomes NaN). Tagged here, at the end of the
+// vdpbf16ps chain, the vpternlogd writes its own input: tagged where the values are kept, GCC
+// copied each value to a new register first (6 moves per 6 values).
 template <int P, int kW>
 SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_scores(const __m512bh (&xb)[kW][P],
                                                                             const uint32_t* b, const float* norms,
-                                                                            int64_t v, __m512 (&acc)[kW]) {
+                                                                            int64_t v, int64_t v0, __m512i keep,
+                                                                            __m512 (&acc)[kW]) {
+  const __m512i tag = _mm512_set1_epi32(static_cast<int32_t>(v - v0));
   __m512i ev[P];
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) ev[p] = _mm512_loadu_si512(pair_row<P>(b, v, p));
@@ -304,19 +310,19 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_scores(const
     acc[i] = nv;
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p) acc[i] = _mm512_dpbf16_ps(acc[i], xb[i][p], (__m512bh)ev[p]);
+    acc[i] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(acc[i]), keep, tag, 0xEA));
   }
 }
 
-// Vector v's values of kW tokens into their (m1, m2). Edge: v may hold codes outside [k0, k1).
+// Vector v's tagged values of kW tokens into their (m1, m2). Edge: v may hold codes outside
+// [k0, k1).
 template <int kW, bool Edge>
-SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_keep(const __m512 (&acc)[kW], int64_t v, int64_t v0,
-                                                                          int64_t k0, int64_t k1, __m512i keep,
-                                                                          __m512* m1, __m512* m2) {
-  const __m512i tag = _mm512_set1_epi32(static_cast<int32_t>(v - v0));
+SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_keep(const __m512 (&acc)[kW], int64_t v,
+                                                                          int64_t k0, int64_t k1, __m512* m1,
+                                                                          __m512* m2) {
 #pragma GCC unroll 8
   for (int i = 0; i < kW; ++i) {
-    // (acc & keep) | tag: the value with its vector number in the low bits. +-inf becomes NaN.
-    __m512 w = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(acc[i]), keep, tag, 0xEA));
+    __m512 w = acc[i];
     if constexpr (Edge) w = _mm512_mask_blend_ps(lanes_in(v, k0, k1), _mm512_set1_ps(kBf16Inf), w);
     // min(w, m) and max(w, m) give m for a NaN w: a NaN lane never enters m1, and can only lower
     // m2 to m1 (m2 stays a lower bound of the lane's other codes). Values carrying distinct
@@ -341,30 +347,30 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void window_run(const ui
     for (int p = 0; p < P; ++p) xb[i][p] = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * lda32 + p]));
   __m512 va[kW], vb[kW];
   if (16 * c0 < k0) {
-    window_scores<P, kW>(xb, b, norms, c0, va);
-    window_keep<kW, true>(va, c0, v0, k0, k1, keep, m1, m2);
+    window_scores<P, kW>(xb, b, norms, c0, v0, keep, va);
+    window_keep<kW, true>(va, c0, k0, k1, m1, m2);
     if (++c0 == c1) return;
   }
   if (16 * c1 > k1) {
-    window_scores<P, kW>(xb, b, norms, c1 - 1, va);
-    window_keep<kW, true>(va, c1 - 1, v0, k0, k1, keep, m1, m2);
+    window_scores<P, kW>(xb, b, norms, c1 - 1, v0, keep, va);
+    window_keep<kW, true>(va, c1 - 1, k0, k1, m1, m2);
     if (--c1 == c0) return;
   }
   // Two sets of values in turn (unrolled by two: no register copies between the sets).
-  window_scores<P, kW>(xb, b, norms, c0, va);
+  window_scores<P, kW>(xb, b, norms, c0, v0, keep, va);
   int64_t v = c0;
   for (; v + 2 < c1; v += 2) {
-    window_scores<P, kW>(xb, b, norms, v + 1, vb);
-    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
-    window_scores<P, kW>(xb, b, norms, v + 2, va);
-    window_keep<kW, false>(vb, v + 1, v0, k0, k1, keep, m1, m2);
+    window_scores<P, kW>(xb, b, norms, v + 1, v0, keep, vb);
+    window_keep<kW, false>(va, v, k0, k1, m1, m2);
+    window_scores<P, kW>(xb, b, norms, v + 2, v0, keep, va);
+    window_keep<kW, false>(vb, v + 1, k0, k1, m1, m2);
   }
   if (v + 1 < c1) {
-    window_scores<P, kW>(xb, b, norms, v + 1, vb);
-    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
-    window_keep<kW, false>(vb, v + 1, v0, k0, k1, keep, m1, m2);
+    window_scores<P, kW>(xb, b, norms, v + 1, v0, keep, vb);
+    window_keep<kW, false>(va, v, k0, k1, m1, m2);
+    window_keep<kW, false>(vb, v + 1, k0, k1, m1, m2);
   } else {
-    window_keep<kW, false>(va, v, v0, k0, k1, keep, m1, m2);
+    window_keep<kW, false>(va, v, k0, k1, m1, m2);
   }
 }
 
