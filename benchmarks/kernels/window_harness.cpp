@@ -78,14 +78,14 @@ int main(int argc, char** argv) {
   std::vector<c10::BFloat16> a(static_cast<size_t>(T * lda), c10::BFloat16(0.f));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; ++d) a[static_cast<size_t>(t * lda + d)] = c10::BFloat16(-2.f * nd(rng));
-  std::vector<float> margin(static_cast<size_t>(T), 0.05f), best(static_cast<size_t>(T)), val(static_cast<size_t>(T * cap));
+  std::vector<float> margin(static_cast<size_t>(T), 0.05f), best(static_cast<size_t>(T));
   std::vector<int32_t> count(static_cast<size_t>(T)), idx(static_cast<size_t>(T * cap));
   auto run = [&] {
     std::fill(best.begin(), best.end(), INFINITY);
     std::fill(count.begin(), count.end(), 0);
     sgcvq::cpu::bf16_small_window_avx512(a.data(), lda, T, reinterpret_cast<const c10::BFloat16*>(packed.data()), Dp,
                                          norms.data(), lanes, 0, K, margin.data(), best.data(), count.data(),
-                                         idx.data(), val.data(), static_cast<int32_t>(cap));
+                                         idx.data(), cap, static_cast<int32_t>(cap));
   };
   double fastest = 1e9;
   for (int r = 0; r < 3000; ++r) {

@@ -407,7 +407,7 @@ constexpr int window_tokens_per_block() {
 // token to the float32 search).
 template <int P>
 SGCVQ_BF16_TARGET bool lane_below(const uint32_t* x, const SmallLaneCodes& lanes, int l, float thr, int64_t k0,
-                                  int64_t k1, int32_t& n, int32_t* idx, float* val, int32_t cap) {
+                                  int64_t k1, int32_t& n, int32_t* idx, int32_t cap) {
   if (k1 - 1 < l) return true;
   // Vectors v with 16 v + l in [k0, k1), inclusive bounds.
   const int64_t vlo = k0 <= l ? 0 : (k0 - l + 15) / 16, vhi = (k1 - 1 - l) / 16;
@@ -431,7 +431,6 @@ SGCVQ_BF16_TARGET bool lane_below(const uint32_t* x, const SmallLaneCodes& lanes
     const __m512i code = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(256 * blk + l)), iota16);
     const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
     _mm512_mask_storeu_epi32(idx + n, first, _mm512_maskz_compress_epi32(below, code));
-    _mm512_mask_storeu_ps(val + n, first, _mm512_maskz_compress_ps(below, acc));
     n += h;
   }
   return true;
@@ -440,7 +439,7 @@ SGCVQ_BF16_TARGET bool lane_below(const uint32_t* x, const SmallLaneCodes& lanes
 template <int P>
 SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
                                     const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
-                                    const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                                    const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
                                     int32_t cap) {
   constexpr int kW = window_tokens_per_block<P>();
   const int64_t v0 = k0 / 16, v1 = (k1 + 15) / 16;
@@ -480,7 +479,7 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
     if (__builtin_expect(twice != 0, 0)) {
       bool fits = true;
       for (uint32_t w = twice; w != 0 && fits; w &= w - 1)
-        fits = lane_below<P>(a + t * lda32, lanes, __builtin_ctz(w), thr, k0, k1, n, idx + t * cap, val + t * cap, cap);
+        fits = lane_below<P>(a + t * lda32, lanes, __builtin_ctz(w), thr, k0, k1, n, idx + t * stride, cap);
       if (!fits) {
         count[t] = -1;
         continue;
@@ -496,8 +495,7 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
     const __m512i code = _mm512_add_epi32(
         _mm512_slli_epi32(_mm512_add_epi32(_mm512_and_si512(_mm512_castps_si512(m1), lowv), v0v), 4), iota);
     const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
-    _mm512_mask_storeu_epi32(idx + t * cap + n, first, _mm512_maskz_compress_epi32(hit, code));
-    _mm512_mask_storeu_ps(val + t * cap + n, first, _mm512_maskz_compress_ps(hit, m1));
+    _mm512_mask_storeu_epi32(idx + t * stride + n, first, _mm512_maskz_compress_epi32(hit, code));
     count[t] = n + h;
   }
 }
@@ -513,20 +511,20 @@ int bf16_window_bits(int64_t codes) {
 
 void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                               int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
-                              const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                              const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
                               int32_t cap) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
   const int64_t lda32 = lda / 2;
   switch (Dp / 2) {
-    case 1: return small_window<1>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 2: return small_window<2>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 3: return small_window<3>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 4: return small_window<4>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 5: return small_window<5>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 6: return small_window<6>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 7: return small_window<7>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
-    case 8: return small_window<8>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, val, cap);
+    case 1: return small_window<1>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 2: return small_window<2>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 3: return small_window<3>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 4: return small_window<4>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 5: return small_window<5>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 6: return small_window<6>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 7: return small_window<7>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
+    case 8: return small_window<8>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
     default: TORCH_CHECK(false, "bf16_small_window_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
   }
 }

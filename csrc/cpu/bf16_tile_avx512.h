@@ -86,9 +86,11 @@ struct SmallLaneCodes {
   const float* norms = nullptr;     // [ceil(K / 256)][16 lanes][16]          is code 16 (16 b + j) + l
 };
 int bf16_window_bits(int64_t codes);
+// Token t's list goes to idx + t * stride (at most cap codes; the values are not kept: the caller
+// re-scores every listed code in float32).
 void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                               int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
-                              const float* margin, float* best, int32_t* count, int32_t* idx, float* val,
+                              const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
                               int32_t cap);
 
 }  // namespace cpu

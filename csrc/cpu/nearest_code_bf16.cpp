@@ -724,10 +724,9 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
       to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
       bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, value_rel, bounds + m0, margin + m0);
-      if (window)
-        bf16_small_window_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0, sc.best.data() + m0,
-                                 sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
-                                 static_cast<int32_t>(kListCap));
+      if (window)  // the lists straight into out's (none past kMaxCand: a longer list overflows)
+        bf16_small_window_avx512(a, lda, mm, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0, sc.best.data() + m0,
+                                 sc.count.data() + m0, out[m0].idx, kCandWords, static_cast<int32_t>(kMaxCand));
       else
         bf16_small_scan_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
                                sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
@@ -796,6 +795,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
     if (n > 0 && !window) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
     o.n = n > kMaxCand ? -1 : n;
     overflowed += o.n < 0;
+    if (window) continue;  // the window wrote its lists in place
     // A fixed-size copy (the entries past n are not read): no loop whose trip count varies by token.
     static_assert(kListCap >= kMaxCand, "a token's scratch list must cover CandList::idx");
     std::memcpy(o.idx, sc.idx.data() + t * kListCap, sizeof(o.idx));

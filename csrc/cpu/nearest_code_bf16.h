@@ -85,6 +85,8 @@ struct CandList {
   int32_t n;
   int32_t idx[kMaxCand];
 };
+constexpr int64_t kCandWords = static_cast<int64_t>(sizeof(CandList) / sizeof(int32_t));  // its stride in int32
+static_assert(sizeof(CandList) % sizeof(int32_t) == 0, "CandList must be whole int32 words");
 
 // std::nextafter(x, +inf) without the libm call (it showed in profiles: a call per token).
 inline float next_up(float x) {

@@ -73,8 +73,7 @@ inline void load_row(const scalar_t* x, int64_t row, int64_t D, float scale, flo
 // kGatherAhead tokens ahead hides them (13% of the grouped search at D = 64 went to this copy).
 constexpr int64_t kGatherAhead = 8;
 // CandList as int32 words, for cpu::rescore_lists (its n and idx fields at this stride).
-constexpr int64_t kCandStride = static_cast<int64_t>(sizeof(cpu::CandList) / sizeof(int32_t));
-static_assert(sizeof(cpu::CandList) % sizeof(int32_t) == 0, "CandList must be whole int32 words");
+constexpr int64_t kCandStride = cpu::kCandWords;
 template <typename scalar_t>
 inline void prefetch_row(const scalar_t* x, int64_t row, int64_t D) {
   const char* p = reinterpret_cast<const char*>(x + row * D);
