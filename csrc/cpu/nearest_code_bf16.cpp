@@ -422,11 +422,12 @@ void build_lane_codes(Bf16Codebook& cb) {
   }
 }
 
-// The codebook's mean row (mean, float32 of the double mean) and the largest ||e||^2 (raw2, from
-// norms) and ||e - mean||^2 (centred2), in double: pack_bf16_codebook's centring heuristic.
+// The codebook's mean row (mean, float32 of the double mean) and the largest ||e||^2 (raw2) and
+// ||e - mean||^2 (centred2), in double: pack_bf16_codebook's centring heuristic; raw2 is not
+// below FLT_MAX (or NaN) when some code's float32 norm would not be finite.
 static __attribute__((target("avx512f,avx512dq,avx512vl"))) void centre_stats_avx512(const float* ep, int64_t K, int64_t D,
-                                                                             const float* norms, float* mean,
-                                                                             double& raw2, double& centred2) {
+                                                                             float* mean, double& raw2,
+                                                                             double& centred2) {
   const int64_t chunks = (D + 7) / 8;
   // The mean as doubles in a plain array (a std::vector of __m512d would be built by code
   // compiled without AVX-512).
@@ -450,14 +451,16 @@ static __attribute__((target("avx512f,avx512dq,avx512vl"))) void centre_stats_av
     alignas(64) double c2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t j = 0; j < 8 && k0 + j < K; ++j) {
       const int64_t k = k0 + j;
-      __m512d acc = _mm512_setzero_pd();
+      __m512d acc = _mm512_setzero_pd(), raw = _mm512_setzero_pd();
       for (int64_t c = 0; c < chunks; ++c) {
-        const __m512d v = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask_of(c), ep + k * D + 8 * c)),
-                                        _mm512_loadu_pd(m.data() + 8 * c));
+        const __m512d e = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask_of(c), ep + k * D + 8 * c));
+        const __m512d v = _mm512_sub_pd(e, _mm512_loadu_pd(m.data() + 8 * c));
         acc = _mm512_fmadd_pd(v, v, acc);  // zero past D: both loads are masked
+        raw = _mm512_fmadd_pd(e, e, raw);
       }
       c2[j] = _mm512_reduce_add_pd(acc);
-      r2 = std::max(r2, static_cast<double>(norms[k]));
+      const double rk = _mm512_reduce_add_pd(raw);
+      r2 = rk > r2 || rk != rk ? rk : r2;  // a NaN stays
     }
     best = _mm512_max_pd(best, _mm512_load_pd(c2));
   }
@@ -465,8 +468,8 @@ static __attribute__((target("avx512f,avx512dq,avx512vl"))) void centre_stats_av
   centred2 = _mm512_reduce_max_pd(best);
 }
 
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf16_values, Bf16Path path,
-                                bool seed_cells, bool lane_codes) {
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values, Bf16Path path, bool seed_cells,
+                                bool lane_codes) {
   Bf16Codebook cb;
   cb.path = path;
   cb.K = E.size(0);
@@ -485,7 +488,7 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   // D = 8). The bf16 paths run only on CPUs with AVX-512.
   at::Tensor mean = at::empty({D}, E.options());
   double raw2 = 0.0, centred2 = 0.0;
-  centre_stats_avx512(ep, K, D, norms, mean.data_ptr<float>(), raw2, centred2);
+  centre_stats_avx512(ep, K, D, mean.data_ptr<float>(), raw2, centred2);
   const bool centre = centred2 < (bf16_values ? 0.25 : 0.75) * raw2;
   cb.center = centre ? mean : at::zeros({D}, E.options());
   const float* cp = cb.center.data_ptr<float>();
@@ -531,8 +534,9 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, const float* norms, bool bf
   cb.max_e2 = *std::max_element(block_e2.begin(), block_e2.end()) * (1.001 + 2.0 * g);
   // Non-finite codes (or norms that overflow): an infinite bound sends every token to the float32
   // search (std::max_element does not see NaN reliably, so test every norm).
+  const bool raw_finite = raw2 <= static_cast<double>(std::numeric_limits<float>::max());  // false for NaN
   for (int64_t k = 0; k < K; ++k)
-    if (!std::isfinite(norms[k]) || !std::isfinite(cb.norms[static_cast<size_t>(k)])) {
+    if (!raw_finite || !std::isfinite(cb.norms[static_cast<size_t>(k)])) {
       cb.max_e2 = std::numeric_limits<double>::infinity();
       cb.max_err = std::numeric_limits<double>::infinity();
       break;

@@ -66,12 +66,12 @@ struct Bf16Codebook {
   std::vector<uint32_t> lane_pairs;  // [ceil(K / 256)][16][Dp / 2][16]
   std::vector<float> lane_norms;     // [ceil(K / 256)][16][16], +inf past K
 };
-// norms: the caller's float32 ||e_k||^2 [K]; bf16_values: x and E hold bfloat16 values (centring
-// is then kept for large offsets only); seed_cells: also the orthant cells (D <= 16 on
+// bf16_values: x and E hold bfloat16 values (centring is then kept for large offsets only);
+// seed_cells: also the orthant cells (D <= 16 on
 // AVX512_BF16, for a branchy scan over every code).
 // lane_codes: also the lane-by-lane codes (D <= 16, for the branch-free window).
-Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, const float* norms,
-                                bool bf16_values, Bf16Path path, bool seed_cells = false, bool lane_codes = false);
+Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous */, bool bf16_values, Bf16Path path,
+                                bool seed_cells = false, bool lane_codes = false);
 // True when the packing above writes the layout itself (always on the AVX512_BF16 path; on AMX
 // checked once against oneDNN's pack, which it uses instead where the layouts differ).
 bool bf16_own_pack();

@@ -237,15 +237,6 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   });
 
   const bool small = D <= cpu::kSmallMaxD;
-  // ||e_k||^2 in float32 (any summation order is within the certificate's g); for D <= 16 padded
-  // to whole 16-code blocks, the norms of the small-D layout (nearest_code_scan.h, built below).
-  const int64_t nblocks = (K + cpu::kLanes - 1) / cpu::kLanes;
-  std::vector<float> enorm(static_cast<size_t>(small ? nblocks * cpu::kLanes : K), 0.f);
-  at::parallel_for(0, K, 2048, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) enorm[static_cast<size_t>(k)] = cpu::sum_squares(ep + k * D, D);
-  });
-  const float* np_ = enorm.data();
-  const float max_norm2 = *std::max_element(enorm.begin(), enorm.begin() + K);
   // Above the small-D scan: bf16 GEMM tiles and margin candidates (nearest_code_bf16.h) unless
   // the mode is 'exact_fp32'. (For bfloat16 inputs the products are exact, so only the float32
   // accumulation enters the margin.) Below kBf16MinTokens tokens, rounding and packing the
@@ -264,6 +255,18 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
                            : cpu::bf16_path();
   if (small && !cpu::cpu_has_avx512_bf16()) path = cpu::Bf16Path::kOff;
   const bool bf16 = path != cpu::Bf16Path::kOff;
+  // ||e_k||^2 in float32 (any summation order is within the certificate's g), for the float32
+  // path (the bf16 path packs its own, of the centred codes); for D <= 16 padded to whole 16-code
+  // blocks, the norms of the small-D layout (nearest_code_scan.h, built below).
+  const int64_t nblocks = (K + cpu::kLanes - 1) / cpu::kLanes;
+  std::vector<float> enorm(bf16 ? 0 : static_cast<size_t>(small ? nblocks * cpu::kLanes : K), 0.f);
+  if (!bf16)
+    at::parallel_for(0, K, 2048, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) enorm[static_cast<size_t>(k)] = cpu::sum_squares(ep + k * D, D);
+    });
+  const float* np_ = enorm.data();
+  // The certificate's max_e2 serves the float32 path only (the bf16 one brings its own bound).
+  const float max_norm2 = bf16 ? 0.f : *std::max_element(enorm.begin(), enorm.begin() + K);
   // The float32 path's at::mm may round its inputs to bf16 (matmul precision "medium"): probe it.
   const bool f32_brgemm = !small && !bf16 && f32_brgemm_here();
   const bool mm_rounds = !small && !bf16 &&
@@ -287,7 +290,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
                        std::any_of(items.begin(), items.end(), [&](const WorkItem& it) { return it.k0 == 0 && it.k1 == K; });
     // The lane-by-lane codes for the branch-free window (item ranges up to kSmallWindowMaxCodes).
     const bool lane_codes = small && cpu::small_d_window(item_codes);
-    cb16 = cpu::pack_bf16_codebook(E, np_, bf16_input, path, cells, lane_codes);
+    cb16 = cpu::pack_bf16_codebook(E, bf16_input, path, cells, lane_codes);
   }
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
