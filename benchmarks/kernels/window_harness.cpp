@@ -78,14 +78,21 @@ int main(int argc, char** argv) {
   std::vector<c10::BFloat16> a(static_cast<size_t>(T * lda), c10::BFloat16(0.f));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t d = 0; d < D; ++d) a[static_cast<size_t>(t * lda + d)] = c10::BFloat16(-2.f * nd(rng));
-  std::vector<float> margin(static_cast<size_t>(T), 0.05f), best(static_cast<size_t>(T));
-  std::vector<int32_t> count(static_cast<size_t>(T)), idx(static_cast<size_t>(T * cap));
+  // Each token's record as the library lays out its CandLists: b, count, then cap codes.
+  const int64_t stride = 2 + cap;
+  std::vector<float> margin(static_cast<size_t>(T), 0.05f);
+  std::vector<int32_t> rec(static_cast<size_t>(T * stride));
+  auto best_of = [&](int64_t t) {
+    float b;
+    std::memcpy(&b, &rec[static_cast<size_t>(t * stride)], sizeof(b));
+    return b;
+  };
+  auto count_of = [&](int64_t t) { return rec[static_cast<size_t>(t * stride + 1)]; };
+  auto idx_of = [&](int64_t t) { return rec.begin() + t * stride + 2; };
   auto run = [&] {
-    std::fill(best.begin(), best.end(), INFINITY);
-    std::fill(count.begin(), count.end(), 0);
     sgcvq::cpu::bf16_small_window_avx512(a.data(), lda, T, reinterpret_cast<const c10::BFloat16*>(packed.data()), Dp,
-                                         norms.data(), lanes, 0, K, margin.data(), best.data(), count.data(),
-                                         idx.data(), cap, static_cast<int32_t>(cap));
+                                         norms.data(), lanes, 0, K, margin.data(), reinterpret_cast<float*>(rec.data()),
+                                         rec.data() + 1, rec.data() + 2, stride, static_cast<int32_t>(cap));
   };
   double fastest = 1e9;
   for (int r = 0; r < 3000; ++r) {
@@ -103,17 +110,16 @@ int main(int argc, char** argv) {
       for (int64_t p = 0; p < P; ++p) ew[static_cast<size_t>(p)] = pair_of(k, p);
       v[static_cast<size_t>(k)] = window_value(norms[static_cast<size_t>(k)], xw.data(), ew.data(), P);
     }
-    if (count[static_cast<size_t>(t)] < 0) {
+    if (count_of(t) < 0) {
       ++redo;
       continue;
     }
-    const float b = *std::min_element(v.begin(), v.end()), thr = best[static_cast<size_t>(t)] + margin[static_cast<size_t>(t)];
-    bad += std::fabs(best[static_cast<size_t>(t)] - b) > 1e-3f * std::fabs(b) + 1e-6f;
-    listed += count[static_cast<size_t>(t)];
+    const float b = *std::min_element(v.begin(), v.end()), thr = best_of(t) + margin[static_cast<size_t>(t)];
+    bad += std::fabs(best_of(t) - b) > 1e-3f * std::fabs(b) + 1e-6f;
+    listed += count_of(t);
     for (int64_t k = 0; k < K; ++k)
       if (v[static_cast<size_t>(k)] < thr - 1e-4f * std::fabs(thr) - 1e-6f &&
-          std::find(idx.begin() + t * cap, idx.begin() + t * cap + count[static_cast<size_t>(t)], k) ==
-              idx.begin() + t * cap + count[static_cast<size_t>(t)])
+          std::find(idx_of(t), idx_of(t) + count_of(t), k) == idx_of(t) + count_of(t))
         ++bad;
   }
   std::printf("K=%ld D=%ld tokens=%ld: %.1f ns a token, %.3f ns a token x 16 codes; listed %.2f a token, redo %ld, "

@@ -437,7 +437,7 @@ SGCVQ_BF16_TARGET bool lane_below(const uint32_t* x, const SmallLaneCodes& lanes
 }
 
 template <int P>
-SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
+SGCVQ_BF16_TARGET int64_t small_window(const uint32_t* a, int64_t lda32, int64_t T, const uint32_t* b,
                                     const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
                                     const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
                                     int32_t cap) {
@@ -466,28 +466,30 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
   // search (count -1).
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i lowv = _mm512_set1_epi32(static_cast<int32_t>(low)), v0v = _mm512_set1_epi32(static_cast<int32_t>(v0));
+  int64_t overflowed = 0;
   for (int64_t t = 0; t < T; ++t) {
     const __m512 m1 = _mm512_loadu_ps(st + 32 * t), m2 = _mm512_loadu_ps(st + 32 * t + 16);
-    const float bt = std::min(best[t], _mm512_reduce_min_ps(m1));
-    best[t] = bt;
-    if (count[t] < 0) continue;
+    const float bt = _mm512_reduce_min_ps(m1);
+    best[t * stride] = bt;
     const float thr = bt + margin[t];
     const __m512 tv = _mm512_set1_ps(thr);
     const __mmask16 twice = _mm512_cmp_ps_mask(m2, tv, _CMP_LT_OQ);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(~twice), m1, tv, _CMP_LT_OQ);
-    int32_t n = count[t];
+    int32_t n = 0;
     if (__builtin_expect(twice != 0, 0)) {
       bool fits = true;
       for (uint32_t w = twice; w != 0 && fits; w &= w - 1)
         fits = lane_below<P>(a + t * lda32, lanes, __builtin_ctz(w), thr, k0, k1, n, idx + t * stride, cap);
       if (!fits) {
-        count[t] = -1;
+        count[t * stride] = -1;
+        ++overflowed;
         continue;
       }
     }
     const int32_t h = __builtin_popcount(hit);
     if (n + h > cap) {
-      count[t] = -1;
+      count[t * stride] = -1;
+      ++overflowed;
       continue;
     }
     // Code of lane l: 16 (v0 + the vector number in its low bits) + l. Compressed in registers and
@@ -496,8 +498,9 @@ SGCVQ_BF16_TARGET void small_window(const uint32_t* a, int64_t lda32, int64_t T,
         _mm512_slli_epi32(_mm512_add_epi32(_mm512_and_si512(_mm512_castps_si512(m1), lowv), v0v), 4), iota);
     const __mmask16 first = static_cast<__mmask16>((1u << h) - 1u);
     _mm512_mask_storeu_epi32(idx + t * stride + n, first, _mm512_maskz_compress_epi32(hit, code));
-    count[t] = n + h;
+    count[t * stride] = n + h;
   }
+  return overflowed;
 }
 
 }  // namespace
@@ -509,10 +512,10 @@ int bf16_window_bits(int64_t codes) {
   return bits;
 }
 
-void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
-                              int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
-                              const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
-                              int32_t cap) {
+int64_t bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                                 int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
+                                 const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
+                                 int32_t cap) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
   const int64_t lda32 = lda / 2;

@@ -66,11 +66,12 @@ void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, cons
                             float* best, int32_t* count, int32_t* idx, float* val, int32_t cap,
                             const SmallSeedCells* cells = nullptr);
 
-// The same contract without a data-dependent branch in the scan (T a multiple of 4): each token
-// keeps, per lane of 16 codes, the smallest value and the second smallest (three vector ops per
-// 16 codes next to the dot products, see bf16_window_bits); at the end the lane
-// winners below best[t] + margin[t] join the list; a lane whose second smallest value is below
-// that too is searched again (below); a list past cap gives count[t] = -1. Tokens
+// The same search without a data-dependent branch in the scan (any T; one call per token and code
+// range: its results are written, not merged into earlier ones): each token keeps, per lane of 16
+// codes, the smallest value and the second smallest (three vector ops per 16 codes next to the
+// dot products, see bf16_window_bits); at the end the lane winners below b + margin[t] (b the
+// smallest value) join the list; a lane whose second smallest value is below that too is
+// searched again (below); a list past cap gets count -1. Tokens
 // pay four vector ops per 16 codes more than the branchy scan, but no mispredicted list entries
 // (about 45 ns each on an AMD Zen 5, several a token), which is what small code groups need.
 // The window's values carry the code's 16-code vector number, relative to k0 / 16, in their low
@@ -86,12 +87,14 @@ struct SmallLaneCodes {
   const float* norms = nullptr;     // [ceil(K / 256)][16 lanes][16]          is code 16 (16 b + j) + l
 };
 int bf16_window_bits(int64_t codes);
-// Token t's list goes to idx + t * stride (at most cap codes; the values are not kept: the caller
-// re-scores every listed code in float32).
-void bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
-                              int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
-                              const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
-                              int32_t cap);
+// Token t's list is written (not appended: nothing is read) as best[t * stride] (b), count[t *
+// stride] (its length, -1 past cap) and idx + t * stride (at most cap codes; the values are not
+// kept: the caller re-scores every listed code in float32); the three may interleave, as the
+// caller's CandLists do. Returns how many lists overflowed.
+int64_t bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
+                                 int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
+                                 const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
+                                 int32_t cap);
 
 }  // namespace cpu
 }  // namespace sgcvq

@@ -722,15 +722,17 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
     cells = {cb.cell_pairs.data(), cb.cell_norms.data(), cb.cell_start.data(), cb.cell_bits};
     seed_cells = &cells;
   }
+  int64_t window_overflowed = 0;
   if (small) {
     for (int64_t m0 = 0; m0 < tn; m0 += kTileM) {
       const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
       to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
       bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, value_rel, bounds + m0, margin + m0);
-      if (window)  // the lists straight into out's (none past kMaxCand: a longer list overflows)
-        bf16_small_window_avx512(a, lda, mm, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0, sc.best.data() + m0,
-                                 sc.count.data() + m0, out[m0].idx, kCandWords, static_cast<int32_t>(kMaxCand));
+      if (window)  // b, n and the lists straight into out (none past kMaxCand: a longer list overflows)
+        window_overflowed += bf16_small_window_avx512(a, lda, mm, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0,
+                                                      &out[m0].b, &out[m0].n, out[m0].idx, kCandWords,
+                                                      static_cast<int32_t>(kMaxCand));
       else
         bf16_small_scan_avx512(a, lda, mpad, packed, Dp, cb.norms.data(), k0, k1, margin + m0, sc.best.data() + m0,
                                sc.count.data() + m0, sc.idx.data() + m0 * kListCap, sc.val.data() + m0 * kListCap,
@@ -789,6 +791,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
       }
     }
   }
+  if (window) return window_overflowed;
   int64_t overflowed = 0;
   for (int64_t t = 0; t < tn; ++t) {
     CandList& o = out[t];
@@ -799,7 +802,6 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
     if (n > 0 && !window) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
     o.n = n > kMaxCand ? -1 : n;
     overflowed += o.n < 0;
-    if (window) continue;  // the window wrote its lists in place
     // A fixed-size copy (the entries past n are not read): no loop whose trip count varies by token.
     static_assert(kListCap >= kMaxCand, "a token's scratch list must cover CandList::idx");
     std::memcpy(o.idx, sc.idx.data() + t * kListCap, sizeof(o.idx));
