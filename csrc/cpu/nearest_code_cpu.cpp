@@ -190,16 +190,27 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     for (int64_t c = 0; c < C; ++c)
       TORCH_CHECK(off[c] <= off[c + 1], "nearest_code: offsets must be non-decreasing, but offsets[",
                   c, "] = ", off[c], " > offsets[", c + 1, "] = ", off[c + 1]);
-    // Counting sort by class; bucket 0 holds the ignore label -1 (searches all codes).
+    // Counting sort by class; bucket 0 holds the ignore label -1 (searches all codes). A label
+    // is checked by one table lookup (usable[l + 1]: -1 or a non-empty group), the first bad one
+    // named after the pass.
     std::vector<int64_t> count(C + 2, 0);
+    std::vector<uint8_t> usable(static_cast<size_t>(C + 1), 1);
+    for (int64_t c = 0; c < C; ++c) usable[static_cast<size_t>(c + 1)] = off[c + 1] > off[c];
+    bool all_usable = true;
     for (int64_t i = 0; i < N; ++i) {
-      const int64_t l = lp[i];
-      TORCH_CHECK(l >= -1 && l < C, "nearest_code: labels must be in [-1, ", C, "), but labels[", i,
-                  "] = ", l);
-      TORCH_CHECK(l < 0 || off[l + 1] > off[l], "nearest_code: labels[", i, "] = ", l,
-                  " points to an empty code group");
-      ++count[l + 2];
+      const uint64_t l1 = static_cast<uint64_t>(lp[i] + 1);  // [0, C] for a label in [-1, C)
+      const bool ok = l1 <= static_cast<uint64_t>(C) && usable[l1];
+      all_usable &= ok;
+      ++count[ok ? l1 + 1 : 0];  // a bad label's count is never used: the pass below throws
     }
+    if (!all_usable)
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t l = lp[i];
+        TORCH_CHECK(l >= -1 && l < C, "nearest_code: labels must be in [-1, ", C, "), but labels[", i,
+                    "] = ", l);
+        TORCH_CHECK(l < 0 || off[l + 1] > off[l], "nearest_code: labels[", i, "] = ", l,
+                    " points to an empty code group");
+      }
     for (int64_t b = 1; b < C + 2; ++b) count[b] += count[b - 1];
     perm.resize(N);
     std::vector<int64_t> fill(count.begin(), count.end() - 1);
