@@ -696,7 +696,8 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
   c10::BFloat16* a = at_least<c10::BFloat16>(sc.a, kTileM * lda, at::kBFloat16);
-  // Small D: the fused scan takes 8 tokens at a time (pad rows are searched and ignored).
+  // Small D: the branchy scan takes 8 tokens at a time (pad rows are searched and ignored); the
+  // window takes any count.
   const bool small = D <= kSmallMaxD;
   const int64_t tpad = small ? (tn + 7) / 8 * 8 : tn;
   sc.margin.assign(static_cast<size_t>(tpad), 0.f);
