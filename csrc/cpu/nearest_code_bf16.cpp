@@ -700,19 +700,22 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   // window takes any count.
   const bool small = D <= kSmallMaxD;
   const int64_t tpad = small ? (tn + 7) / 8 * 8 : tn;
-  sc.margin.assign(static_cast<size_t>(tpad), 0.f);
-  float* margin = sc.margin.data();
-  float xx[kTileM], r2[kTileM];
-  sc.best.assign(static_cast<size_t>(tpad), kInf);
-  sc.count.assign(static_cast<size_t>(tpad), 0);
-  sc.idx.resize(static_cast<size_t>(tpad * kListCap));
-  sc.val.resize(static_cast<size_t>(tpad * kListCap));
-  const c10::BFloat16* packed = cb.packed.data_ptr<c10::BFloat16>();
   // The window writes each value's vector number (relative to k0 / 16) into its low mantissa bits.
   // Decided for the whole call (call_codes: its largest item's code range), so that the bounds of
   // a token searched in several code splits agree (the caller keeps split 0's).
   const int window_bits = small ? bf16_window_bits(call_codes) : 0;
   const bool window = small && small_d_window(call_codes);
+  sc.margin.resize(static_cast<size_t>(tpad));
+  float* margin = sc.margin.data();
+  std::fill(margin + tn, margin + tpad, 0.f);  // the pad rows' (the bounds fill the others)
+  float xx[kTileM], r2[kTileM];
+  if (!window) {  // the window writes b, n and the lists into out itself
+    sc.best.assign(static_cast<size_t>(tpad), kInf);
+    sc.count.assign(static_cast<size_t>(tpad), 0);
+    sc.idx.resize(static_cast<size_t>(tpad * kListCap));
+    sc.val.resize(static_cast<size_t>(tpad * kListCap));
+  }
+  const c10::BFloat16* packed = cb.packed.data_ptr<c10::BFloat16>();
   TORCH_CHECK(!window || !cb.lane_pairs.empty(), "bf16_search_item: the window needs the codebook's lane codes");
   const SmallLaneCodes lanes{cb.lane_pairs.data(), cb.lane_norms.data()};
   const double value_rel = window ? std::ldexp(1.0, window_bits - 23) : 0.0;
