@@ -115,6 +115,31 @@ def test_lanes_with_two_codes_near_the_best_stay_in_bf16(D, scan):
         assert sgcvq._C.last_fast_exact_redo() <= 0.02 * N_BF16
 
 
+@pytest.mark.parametrize("scan", ["window", "branchy"], indirect=True)
+@pytest.mark.parametrize("D", [8, 64])
+def test_groups_of_small_codes_take_their_own_bound(D, scan):
+    # One group's codes are 100x the others'. Each token's bf16 bound (margin) grows with the
+    # largest code it may meet: with the codebook's maximum, every token of the small groups
+    # listed dozens of codes and went to the float32 search; with its own group's maximum (a
+    # code split searches one group), almost none does. Exact either way; the large group and
+    # the ignore label -1 (all codes) keep the codebook's bound. D = 64 takes the bf16 tiles.
+    g = torch.Generator().manual_seed(7 + D)
+    K, N = 2048, 2048
+    codebook = torch.randn(K, D, generator=g)
+    codebook[:512] *= 100.0
+    offsets = torch.tensor([0, 512, 1280, K])
+    labels = torch.randint(1, 3, (N,), generator=g)
+    x = codebook[offsets[labels] + torch.randint(0, 768, (N,), generator=g)] + 0.5 * torch.randn(N, D, generator=g)
+    check_exact(x, codebook, labels, offsets)
+    torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, "fast_exact")
+    assert sgcvq._C.last_fast_exact_redo() <= 0.02 * N
+    # The large group's tokens and the ignore label: still exact.
+    labels[:300] = 0
+    labels[300:400] = -1
+    x[:400] = 100.0 * torch.randn(400, D, generator=g)
+    check_exact(x, codebook, labels, offsets)
+
+
 @pytest.mark.parametrize("scan", SCANS, indirect=True)
 @pytest.mark.parametrize("K", [16, 37, 1000, 4100])
 def test_identical_codes_tie_to_the_lowest_index(K, scan):

@@ -532,6 +532,8 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values, Bf16Path 
   const double err2 = *std::max_element(block_err2.begin(), block_err2.end());
   cb.max_err = std::sqrt(err2 * (1.0 + g)) * (1.0 + 1e-9);
   cb.max_e2 = *std::max_element(block_e2.begin(), block_e2.end()) * (1.001 + 2.0 * g);
+  cb.block_err2 = std::move(block_err2);
+  cb.block_e2 = std::move(block_e2);
   // Non-finite codes (or norms that overflow): an infinite bound sends every token to the float32
   // search (std::max_element does not see NaN reliably, so test every norm).
   const bool raw_finite = raw2 <= static_cast<double>(std::numeric_limits<float>::max());  // false for NaN
@@ -690,8 +692,23 @@ bool seed_cells_enabled() {
   TORCH_CHECK(false, "SGCVQ_CPU_SMALLD_SEED must be 'cells' or 'first', got '", env, "'");
 }
 
-int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
-                         int64_t call_codes, double g, CandList* out, Bf16Bound* bounds) {
+void range_maxima(const Bf16Codebook& cb, int64_t k0, int64_t k1, double& max_e2, double& max_err) {
+  max_e2 = cb.max_e2;
+  max_err = cb.max_err;
+  if (!std::isfinite(cb.max_e2) || !std::isfinite(cb.max_err) || k1 <= k0) return;
+  float e2 = 0.f, err2 = 0.f;
+  for (int64_t b = k0 / kBlockN; b <= (k1 - 1) / kBlockN; ++b) {
+    e2 = std::max(e2, cb.block_e2[static_cast<size_t>(b)]);
+    err2 = std::max(err2, cb.block_err2[static_cast<size_t>(b)]);
+  }
+  // The same roundings up as pack_bf16_codebook's (g as there).
+  const double g = (2.0 * static_cast<double>(cb.D) + 8.0) * std::ldexp(1.0, -24);
+  max_err = std::sqrt(static_cast<double>(err2) * (1.0 + g)) * (1.0 + 1e-9);
+  max_e2 = static_cast<double>(e2) * (1.001 + 2.0 * g);
+}
+
+int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1, int64_t g0,
+                         int64_t g1, int64_t call_codes, double g, CandList* out, Bf16Bound* bounds) {
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;
@@ -719,6 +736,8 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   TORCH_CHECK(!window || !cb.lane_pairs.empty(), "bf16_search_item: the window needs the codebook's lane codes");
   const SmallLaneCodes lanes{cb.lane_pairs.data(), cb.lane_norms.data()};
   const double value_rel = window ? std::ldexp(1.0, window_bits - 23) : 0.0;
+  double max_e2, max_err;
+  range_maxima(cb, g0, g1, max_e2, max_err);
   // The orthant seed needs every code in the range (its cells hold the whole codebook).
   SmallSeedCells cells;
   const SmallSeedCells* seed_cells = nullptr;
@@ -732,7 +751,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
       const int64_t mm = std::min(kTileM, tn - m0), mpad = (mm + 7) / 8 * 8;
       to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
       std::fill(a + mm * lda, a + mpad * lda, c10::BFloat16(0.f));
-      bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, value_rel, bounds + m0, margin + m0);
+      bf16_bounds(xx, r2, mm, D, g, max_e2, max_err, value_rel, bounds + m0, margin + m0);
       if (window)  // b, n and the lists straight into out (none past kMaxCand: a longer list overflows)
         window_overflowed += bf16_small_window_avx512(a, lda, mm, packed, Dp, cb.norms.data(), lanes, k0, k1, margin + m0,
                                                       &out[m0].b, &out[m0].n, out[m0].idx, kCandWords,
@@ -748,7 +767,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   for (int64_t m0 = 0; !small && m0 < tn; m0 += kTileM) {
     const int64_t mm = std::min(kTileM, tn - m0);
     to_bf16_rows(xs + m0 * D, mm, D, lda, -2.f, cb.center.data_ptr<float>(), a, xx, r2);
-    bf16_bounds(xx, r2, mm, D, g, cb.max_e2, cb.max_err, 0.0, bounds + m0, margin + m0);
+    bf16_bounds(xx, r2, mm, D, g, max_e2, max_err, 0.0, bounds + m0, margin + m0);
     for (int64_t kb = kb0; kb < kb1; kb += kTileK) {
       const int64_t nb = std::min(kTileK, kb1 - kb);
       const float* row_norms = cb.norms.data();

@@ -55,6 +55,8 @@ struct Bf16Codebook {
   int64_t K = 0, D = 0, Kp = 0, Dp = 0;
   double max_err = 0.0;  // max_k ||e'_k - bf16(e'_k)||, rounded up (e' = e - c in float32)
   double max_e2 = 0.0;   // max_k ||e'_k||^2, rounded up
+  // Per block of 64 codes, the float32 sums behind the two (range_maxima takes a code range's).
+  std::vector<float> block_err2, block_e2;
   // D <= 16 on AVX512_BF16: the codes by orthant cell, the branchy small-D scan's seed
   // (SmallSeedCells in bf16_tile_avx512.h); empty otherwise.
   std::vector<uint32_t> cell_pairs;  // [vectors][Dp / 2][16]
@@ -135,10 +137,18 @@ bool small_d_window(int64_t codes);
 // call; "cells" is the default).
 bool seed_cells_enabled();
 
+// max_e2 and max_err as above over the codes [k0, k1) only (the blocks of 64 codes that hold them),
+// rounded up the same way; the codebook's when it holds a non-finite code.
+void range_maxima(const Bf16Codebook& cb, int64_t k0, int64_t k1, double& max_e2, double& max_err);
+
 // call_codes: the largest code range of any item of this call (D <= 16 picks the scan and its
-// bound from it, the same for every item). Returns how many lists overflowed (out[t].n = -1).
-int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1,
-                         int64_t call_codes, double g, CandList* out, Bf16Bound* bounds);
+// bound from it, the same for every item). [g0, g1): every code any of these tokens searches (its
+// group: the union of its items' ranges); their bound takes that range's maxima (range_maxima),
+// not the codebook's: for a group of smaller codes than the codebook's largest, a smaller margin,
+// and the same bound in each of a token's code splits. Returns how many lists overflowed
+// (out[t].n = -1).
+int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1, int64_t g0,
+                         int64_t g1, int64_t call_codes, double g, CandList* out, Bf16Bound* bounds);
 void bf16_release(const Bf16Codebook& cb);
 
 }  // namespace cpu

@@ -60,6 +60,7 @@ struct WorkItem {
   int64_t t0, t1;  // positions in the (possibly label-sorted) token order
   int64_t k0, k1;  // code range searched
   int64_t split;   // which candidate slot this item writes (code-range split)
+  int64_t g0, g1;  // the tokens' whole code range (the union of their items' [k0, k1))
 };
 
 // Reads row `row` of x (any supported dtype) into float32, times `scale` (a power of two: exact).
@@ -240,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
     for (int64_t t = begin; t < end; t += kTileN)
       for (int64_t s = 0; s < s_here; ++s)
         items.push_back({t, std::min(end, t + kTileN), k0 + (k1 - k0) * s / s_here,
-                         k0 + (k1 - k0) * (s + 1) / s_here, s});
+                         k0 + (k1 - k0) * (s + 1) / s_here, s, k0, k1});
   }
   // Biggest items first, so the dynamic schedule ends balanced.
   std::stable_sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) {
@@ -457,7 +458,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
             if (!perm.empty() && t + kGatherAhead < tn) prefetch_row(xp, perm[it.t0 + t + kGatherAhead], D);
             load_row(xp, row, D, 1.f, xt.data() + t * D);
           }
-        const int64_t over = cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, item_codes, g, found.data(), bounds.data());
+        const int64_t over = cpu::bf16_search_item(rows, tn, cb16, it.k0, it.k1, it.g0, it.g1, item_codes, g, found.data(),
+                                                   bounds.data());
         const int64_t s_now = seen.fetch_add(tn) + tn, o_now = overflowed.fetch_add(over) + over;
         if (s_now >= kRedoSample && static_cast<double>(o_now) > kRedoGiveUp * static_cast<double>(s_now))
           give_up.store(true, std::memory_order_relaxed);
