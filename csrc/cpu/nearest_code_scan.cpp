@@ -615,45 +615,27 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) inline __m512 sqdist16_pair
   return _mm512_permutexvar_ps(to_pair, f);
 }
 
-// rescore_lists_small's per-token form for D <= 8: two codes a register (lanes 0-7 and 8-15), so
-// most lists take one pass of the loop. tree16 on a row with zeros past lane 7 adds +0 at its first
-// level (exact), then 4, 2, 1: here a swap of 128-bit lanes and two in-lane swaps, both halves at
-// once, with the same operands.
-__attribute__((target("avx512f,avx512dq,avx512vl"))) inline void rescore_token_small8(
-    const float* xs, int64_t t, int64_t D, const float* e, const int32_t* idx, const int32_t* n, int64_t stride,
-    float* val, int64_t* arg) {
-  const __mmask8 m8 = static_cast<__mmask8>(lane_mask(0, 0, D));
-  const __m256 xh = _mm256_maskz_loadu_ps(m8, xs + t * D);
-  const __m512 x = _mm512_insertf32x8(_mm512_castps256_ps512(xh), xh, 1);
+// One token's list for D <= 16: direct_sqdist_avx512's single masked chunk and tree16 per listed
+// code (its bits), the winner as rescore_lists takes it.
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline void rescore_token16(const float* xs, int64_t t, int64_t D,
+                                                                                  const float* e, const int32_t* idx,
+                                                                                  const int32_t* n, int64_t stride,
+                                                                                  float* val, int64_t* arg) {
+  const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
+  const __m512 x = _mm512_maskz_loadu_ps(m, xs + t * D);
   const int32_t* ids = idx + t * stride;
-  const int32_t nt = n[t * stride];
-  // The winner without a data-dependent branch: distances are >= +0 (or NaN), so their bits
-  // order as unsigned integers do; (bits << 32 | k) then breaks ties to the lower code. A value
-  // that is not below +inf never wins (as in rescore's `v < bv` from bv = inf).
-  uint64_t key = ~uint64_t{0};
-  for (int32_t j = 0; j < nt; j += 2) {
-    const int64_t ka = ids[j], kb = j + 1 < nt ? ids[j + 1] : ka;  // an odd list scores its last code twice
-    const __m512 ev = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, e + ka * D)),
-                                         _mm256_maskz_loadu_ps(m8, e + kb * D), 1);
-    const __m512 d = _mm512_sub_ps(x, ev);
-    const __m512 q = sum_halves(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
-    const uint32_t ba = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(_mm512_castps_si512(q))));
-    const uint32_t bb = static_cast<uint32_t>(
-        _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(_mm512_castps_si512(q), 2)));
-    const uint64_t kya = ba < 0x7F800000u ? (uint64_t{ba} << 32) | static_cast<uint32_t>(ka) : ~uint64_t{0};
-    const uint64_t kyb = bb < 0x7F800000u ? (uint64_t{bb} << 32) | static_cast<uint32_t>(kb) : ~uint64_t{0};
-    key = std::min(key, std::min(kya, kyb));
+  float bv = std::numeric_limits<float>::infinity();
+  int64_t bi = -1;
+  for (int32_t j = 0; j < n[t * stride]; ++j) {
+    const int64_t k = ids[j];
+    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, e + k * D));
+    const float v = tree16(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
+    const bool take = v < bv || (v == bv && k < bi);
+    bv = take ? v : bv;
+    bi = take ? k : bi;
   }
-  if (key == ~uint64_t{0}) {
-    val[t] = std::numeric_limits<float>::infinity();
-    arg[t] = -1;
-  } else {
-    const uint32_t bits = static_cast<uint32_t>(key >> 32);
-    float v;
-    std::memcpy(&v, &bits, sizeof(v));
-    val[t] = v;
-    arg[t] = static_cast<int64_t>(key & 0xFFFFFFFFu);
-  }
+  val[t] = bv;
+  arg[t] = bi;
 }
 
 // rescore_lists_small for D <= 8 (the window's D = 8 semantic search spends ~5% here).
@@ -668,7 +650,7 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_flat8(const fl
   // smallest key (distance bits << 32 | code, ~0 for a non-finite distance, which never wins).
   thread_local std::vector<int32_t> flat;
   thread_local std::vector<uint64_t> keys;
-  constexpr int32_t kFlat = 16;  // longer lists (the caller's hold at most 12) go one by one
+  constexpr int32_t kFlat = 16;  // longer lists (the caller's hold at most 12) go one by one (rescore_token16)
   const size_t cap = static_cast<size_t>(T * kFlat + 16);
   if (flat.size() < 2 * cap) flat.resize(2 * cap);
   if (keys.size() < static_cast<size_t>(T)) keys.resize(static_cast<size_t>(T));
@@ -718,14 +700,13 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_flat8(const fl
     _mm512_mask_storeu_epi64(arg + t0, in, _mm512_mask_blend_epi64(empty, _mm512_and_si512(k, _mm512_set1_epi64(0xFFFFFFFF)), none));
   }
   for (int64_t t = 0; t < T; ++t)
-    if (__builtin_expect(n[t * stride] > kFlat, 0)) rescore_token_small8(xs, t, D, e, idx, n, stride, val, arg);
+    if (__builtin_expect(n[t * stride] > kFlat, 0)) rescore_token16(xs, t, D, e, idx, n, stride, val, arg);
 }
 
 // rescore_lists for D <= 16: direct_sqdist_avx512's single masked chunk, per listed code.
 __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(const float* xs, int64_t T, int64_t D, const float* e,
                                                            const int32_t* idx, const int32_t* n, int64_t stride,
                                                            float* val, int64_t* arg) {
-  const __mmask16 m = static_cast<__mmask16>(lane_mask(0, 0, D));
   if (D <= 8) {
     switch (D) {
       case 1: return rescore_flat8<1>(xs, T, e, idx, n, stride, val, arg);
@@ -738,22 +719,7 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(co
       default: return rescore_flat8<8>(xs, T, e, idx, n, stride, val, arg);
     }
   }
-  for (int64_t t = 0; t < T; ++t) {
-    const __m512 x = _mm512_maskz_loadu_ps(m, xs + t * D);
-    const int32_t* ids = idx + t * stride;
-    float bv = std::numeric_limits<float>::infinity();
-    int64_t bi = -1;
-    for (int32_t j = 0; j < n[t * stride]; ++j) {
-      const int64_t k = ids[j];
-      const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, e + k * D));
-      const float v = tree16(_mm512_fmadd_ps(d, d, _mm512_setzero_ps()));
-      const bool take = v < bv || (v == bv && k < bi);
-      bv = take ? v : bv;
-      bi = take ? k : bi;
-    }
-    val[t] = bv;
-    arg[t] = bi;
-  }
+  for (int64_t t = 0; t < T; ++t) rescore_token16(xs, t, D, e, idx, n, stride, val, arg);
 }
 }  // namespace
 
