@@ -820,9 +820,9 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
     CandList& o = out[t];
     o.b = sc.best[t];
     int32_t n = sc.count[t];
-    // The window lists only codes below its final b + margin; the other scans' lists may hold
-    // entries from before b last fell.
-    if (n > 0 && !window) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
+    // The branchy scan's and the tiles' lists may hold entries from before b last fell (the
+    // window, above, lists only codes below its final b + margin).
+    if (n > 0) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
     o.n = n > kMaxCand ? -1 : n;
     overflowed += o.n < 0;
     // A fixed-size copy (the entries past n are not read): no loop whose trip count varies by token.
