@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -512,24 +513,37 @@ int bf16_window_bits(int64_t codes) {
   return bits;
 }
 
+namespace {
+// f(std::integral_constant<int, P>{}) for P = Dp / 2 pairs, 1 .. kBf16SmallMaxPairs: the small-D
+// kernels' one instance per pair count.
+template <typename F>
+decltype(auto) with_pairs(const char* who, int64_t Dp, F&& f) {
+  TORCH_CHECK(Dp / 2 >= 1 && Dp / 2 <= kBf16SmallMaxPairs, who, ": D must be at most ", 2 * kBf16SmallMaxPairs,
+              ", got Dp = ", Dp);
+  static_assert(kBf16SmallMaxPairs == 8, "one case per pair count below");
+  switch (Dp / 2) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+}  // namespace
+
 int64_t bf16_small_window_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
                                  int64_t Dp, const float* norms, const SmallLaneCodes& lanes, int64_t k0, int64_t k1,
                                  const float* margin, float* best, int32_t* count, int32_t* idx, int64_t stride,
                                  int32_t cap) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
-  const int64_t lda32 = lda / 2;
-  switch (Dp / 2) {
-    case 1: return small_window<1>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 2: return small_window<2>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 3: return small_window<3>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 4: return small_window<4>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 5: return small_window<5>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 6: return small_window<6>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 7: return small_window<7>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    case 8: return small_window<8>(a32, lda32, T, b32, norms, lanes, k0, k1, margin, best, count, idx, stride, cap);
-    default: TORCH_CHECK(false, "bf16_small_window_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
-  }
+  return with_pairs("bf16_small_window_avx512", Dp, [&](auto pairs) {
+    return small_window<decltype(pairs)::value>(a32, lda / 2, T, b32, norms, lanes, k0, k1, margin, best, count, idx,
+                                                stride, cap);
+  });
 }
 
 void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, const c10::BFloat16* packed,
@@ -538,18 +552,9 @@ void bf16_small_scan_avx512(const c10::BFloat16* a, int64_t lda, int64_t T, cons
                             const SmallSeedCells* cells) {
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
   const uint32_t* b32 = reinterpret_cast<const uint32_t*>(packed);
-  const int64_t lda32 = lda / 2;
-  switch (Dp / 2) {
-    case 1: return small_scan<1>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 2: return small_scan<2>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 3: return small_scan<3>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 4: return small_scan<4>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 5: return small_scan<5>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 6: return small_scan<6>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 7: return small_scan<7>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    case 8: return small_scan<8>(a32, lda32, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
-    default: TORCH_CHECK(false, "bf16_small_scan_avx512: D must be at most ", 2 * kBf16SmallMaxPairs, ", got Dp = ", Dp);
-  }
+  with_pairs("bf16_small_scan_avx512", Dp, [&](auto pairs) {
+    small_scan<decltype(pairs)::value>(a32, lda / 2, T, b32, norms, k0, k1, margin, best, count, idx, val, cap, cells);
+  });
 }
 
 bool cpu_has_avx512_bf16() {
