@@ -13,7 +13,9 @@ import torch
 from sgcvq.compat import VectorQuantize
 from sgcvq.compat.vector_quantize import _UNSUPPORTED
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
+from peers import require  # noqa: E402
+
+vqp = require("vector_quantize_pytorch", "vector-quantize-pytorch")
 
 L = (37, 20)  # lens of the two sequences in the masked cases
 CASES = {

@@ -16,7 +16,9 @@ def clustered_stream(codebook: torch.Tensor, steps: int, batch: int, n: int, noi
 
 @pytest.mark.parametrize("K,D,decay", [(37, 8, 0.9), (128, 33, 0.99)])
 def test_ema_matches_vector_quantize_pytorch(K, D, decay):
-    vqp = pytest.importorskip("vector_quantize_pytorch")
+    from peers import require
+
+    vqp = require("vector_quantize_pytorch", "vector-quantize-pytorch")
     ours = FastSemanticQuantizer(D, K, decay=decay, eps=1e-5, threshold_dead=0, commitment_weight=0.25)
     theirs = vqp.VectorQuantize(
         D, K, decay=decay, eps=1e-5, kmeans_init=False, threshold_ema_dead_code=0, rotation_trick=False,

@@ -15,7 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-triton = pytest.importorskip("triton")
+from peers import require  # noqa: E402
+
+triton = require("triton", "triton")  # a test dependency: missing or drifted fails, never skips
 
 import sgcvq  # noqa: E402
 from sgcvq import kernels  # noqa: E402
