@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["nearest_code_reference", "cluster_stats_reference", "ema_update_reference"]
+__all__ = ["nearest_code_reference", "cluster_stats_reference", "ema_update_reference", "ema_vq_step_reference"]
 
 _MAX_CHUNK_ELEMENTS = 1 << 24
 
@@ -72,10 +72,36 @@ def ema_update_reference(
 ) -> None:
     """In place: the EMA of counts and sums, then codebook = embed_sum / Laplace-smoothed counts.
 
-    The same arithmetic as vector-quantize-pytorch's EMA VQ (DESIGN.md §1.6).
+    This is sgcvq's own EMA, the standard one of VQ-VAE-2 (it is vector-quantize-pytorch 1.32's
+    arithmetic; 1.33+ changed theirs, which only `sgcvq.compat.VectorQuantize` follows):
+    N <- γN + (1-γ)n, M <- γM + (1-γ)m, Ñ = (N + ε) / (ΣN + Kε) · ΣN, e = M / Ñ.
     """
     cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
     embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
     total = cluster_size.sum()
     smoothed = (cluster_size + eps) / (total + cluster_size.numel() * eps) * total
     codebook.copy_(embed_sum / smoothed[:, None])
+
+
+def ema_vq_step_reference(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    cluster_size: torch.Tensor,
+    embed_sum: torch.Tensor,
+    decay: float,
+    eps: float,
+    commitment_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step of the standard EMA VQ, the definition FastSemanticQuantizer keeps with
+    guidance, k-means and re-seeding off: x [..., D] -> (index [...] int64, quantized [..., D]
+    float32, commitment loss) from the codebook before the step; then, in place, the EMA of the
+    batch's counts and sums and the Laplace-smoothed codebook (ema_update_reference).
+    The start state of a fresh quantizer is N = 1, M = E (DESIGN.md §1.6 reading of VQ-VAE-2)."""
+    D = codebook.shape[1]
+    flat = x.reshape(-1, D).float()
+    index, _ = nearest_code_reference(flat, codebook)
+    quantized = codebook[index].clone()
+    loss = commitment_weight * (flat - quantized).pow(2).mean()
+    counts, sums = cluster_stats_reference(index, flat, codebook.shape[0])
+    ema_update_reference(cluster_size, embed_sum, codebook, counts, sums, decay, eps)
+    return index.view(x.shape[:-1]), quantized.view(x.shape), loss

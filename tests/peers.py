@@ -16,8 +16,9 @@ import re
 LOCK = pathlib.Path(__file__).resolve().parent.parent / "requirements" / "test.lock"
 
 
-def pinned_versions(path: pathlib.Path = LOCK) -> dict[str, str]:
+def pinned_versions(path: pathlib.Path | None = None) -> dict[str, str]:
     """{distribution name (lower case, '-' separated): exact version} from a `name==version` lock file."""
+    path = LOCK if path is None else path
     pins = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()

@@ -52,7 +52,7 @@ def _quantizers():
         "taming_semantic": lambda: TamingVectorQuantizer(64, 16, beta=0.25, num_classes=4),
     }
     out.update({
-        "vq_ema": lambda: ChannelFirstVQ(VectorQuantize(16, 64, accept_image_fmap=True, threshold_ema_dead_code=1)),
+        "vq_ema": lambda: ChannelFirstVQ(VectorQuantize(16, 64, accept_image_fmap=True, dead_code_threshold_ratio=0.1)),
         "vq_learnable": lambda: ChannelFirstVQ(VectorQuantize(16, 64, accept_image_fmap=True, learnable_codebook=True,
                                                               ema_update=False, rotation_trick=False)),
         "vq_heads_proj": lambda: ChannelFirstVQ(VectorQuantize(16, 64, codebook_dim=4, heads=2,

@@ -1,6 +1,6 @@
 """Drop-in replacements for other projects' quantizers, on sgcvq's fused ops.
 
-    from sgcvq.compat import VectorQuantize                       # vector-quantize-pytorch 1.32
+    from sgcvq.compat import VectorQuantize                       # vector-quantize-pytorch 1.34.1
     from sgcvq.compat import VectorQuantizer2 as VectorQuantizer  # taming-transformers' VQGAN
 
 Each mirrors its peer's constructor, defaults, forward outputs, methods and state_dict keys

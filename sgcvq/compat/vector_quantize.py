@@ -1,11 +1,11 @@
-"""vector-quantize-pytorch 1.32's `VectorQuantize`, argument for argument, on sgcvq's fused ops.
+"""vector-quantize-pytorch 1.34.1's `VectorQuantize`, argument for argument, on sgcvq's fused ops.
 
     from sgcvq.compat import VectorQuantize        # instead of: from vector_quantize_pytorch import VectorQuantize
     vq = VectorQuantize(dim=256, codebook_size=512, decay=0.8, commitment_weight=1.0)
     quantized, indices, commit_loss = vq(x)        # x [B, N, 256]
 
 The constructor, its defaults (decay 0.8, commitment_weight 1.0, rotation_trick on for dim > 1,
-no dead-code expiry), the forward outputs (shapes, dtypes, a zero loss in eval,
+no dead-code expiry: dead_code_threshold_ratio 0), the forward outputs (shapes, dtypes, a zero loss in eval,
 `return_loss_breakdown`, `mask` / `lens`), `codebook`, `get_codes_from_indices`,
 `get_output_from_indices` and the state_dict keys (`_codebook.embed`, `_codebook.embed_avg`,
 `_codebook.cluster_size`, `_codebook.initted`, `project_in.*`, `project_out.*`) are the peer's, so
@@ -22,10 +22,22 @@ Options that are not supported raise a ValueError naming the argument (see _UNSU
 other argument of the peer works as in the peer. The one extra is semantic guidance:
 `num_classes=C` at construction and `labels=` token labels in forward restrict each token's search
 to its class's group of codes (single head only).
+
+Release mirrored: 1.34.1 (the EMA codebook of 1.33+: `cluster_size` and `embed_avg` start at zero,
+k-means writes `embed` only, the codebook is `(embed_avg + eps·embed) / (cluster_size + eps)`, dead
+codes are those under `dead_code_threshold_ratio` × the mean cluster size and are re-seeded with
+`reset_cluster_size_ratio` × the mean, the smallest counts first). The deprecated
+`threshold_ema_dead_code` and `reset_cluster_size` are accepted and converted as the peer converts
+them, with a FutureWarning. A checkpoint of 1.32 loads (same keys and shapes) but then trains with
+1.34.1's arithmetic, as the peer's own 1.34.1 would: for 1.32's Laplace-smoothed EMA, use
+`sgcvq.FastSemanticQuantizer` (whose EMA is that one, `sgcvq.reference.ema_update_reference`).
+One deliberate difference: with heads sharing one codebook, `get_output_from_indices` follows
+`forward` (the peer's raises a RuntimeError there, 1.32 and 1.34.1 alike).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections import namedtuple
 
 import torch
@@ -33,13 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import is_distributed
-from ..ops import cluster_stats, ema_update, nearest_code
+from ..ops import cluster_stats, nearest_code
 from ..semantic import class_offsets_from_sizes, group_sizes_for
 from .sqdist_loss import sqdist_loss
 
 __all__ = ["VectorQuantize", "LossBreakdown"]
 
 _NAME = "VectorQuantize"
+PEER_RELEASE = "1.34.1"  # the vector-quantize-pytorch release this class mirrors (tests/test_compat_vq.py)
 
 LossBreakdown = namedtuple("LossBreakdown", ["commitment", "codebook_diversity", "orthogonal_reg", "inplace_optimize"])
 
@@ -64,6 +77,7 @@ class _Codebook(nn.Module):
 
     def __init__(self, dim, codebook_size, num_codebooks, kmeans_init, use_cosine_sim, learnable):
         super().__init__()
+        # NOTE: 1.34.1 starts the statistics at zero (1.32: cluster_size ones, embed_avg = embed)
         if kmeans_init:
             embed = torch.zeros(num_codebooks, codebook_size, dim)
         else:
@@ -72,8 +86,8 @@ class _Codebook(nn.Module):
             if use_cosine_sim:
                 embed = _l2norm(embed)
         self.register_buffer("initted", torch.tensor(not kmeans_init))
-        self.register_buffer("cluster_size", torch.ones(num_codebooks, codebook_size))
-        self.register_buffer("embed_avg", embed.clone())
+        self.register_buffer("cluster_size", torch.zeros(num_codebooks, codebook_size))
+        self.register_buffer("embed_avg", torch.zeros(num_codebooks, codebook_size, dim))
         if learnable:
             self.embed = nn.Parameter(embed)
         else:
@@ -81,7 +95,7 @@ class _Codebook(nn.Module):
 
 
 class VectorQuantize(nn.Module):
-    """vector-quantize-pytorch 1.32's VectorQuantize (same arguments and defaults) on sgcvq's ops.
+    """vector-quantize-pytorch 1.34.1's VectorQuantize (same arguments and defaults) on sgcvq's ops.
 
     Extra, keyword only: num_classes (semantic codebook: class c owns codes
     [class_offsets[c], class_offsets[c+1])), group_sizes ("equal" or C sizes), search_mode
@@ -105,7 +119,10 @@ class VectorQuantize(nn.Module):
         sync_kmeans=True,
         use_cosine_sim=False,
         layernorm_after_project_in=False,
-        threshold_ema_dead_code=0,
+        dead_code_threshold_ratio=0.0,
+        reset_cluster_size_ratio=None,
+        threshold_ema_dead_code=None,
+        reset_cluster_size=None,
         channel_last=True,
         accept_image_fmap=False,
         accept_3d_fmap=False,
@@ -162,14 +179,18 @@ class VectorQuantize(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{_NAME}: {arg} must be an int >= {minimum}, got {value!r}")
 
+        dead_code_threshold_ratio, reset_cluster_size_ratio = _dead_code_ratios(
+            codebook_size, dead_code_threshold_ratio, reset_cluster_size_ratio, threshold_ema_dead_code,
+            reset_cluster_size)
         directional_reparam = bool(directional_reparam)
         ema_update = (not directional_reparam) if ema_update is None else bool(ema_update)
         learnable_codebook = directional_reparam if learnable_codebook is None else bool(learnable_codebook)
         rotation_trick = (not directional_reparam and dim > 1) if rotation_trick is None else bool(rotation_trick)
         if directional_reparam and rotation_trick:
             raise ValueError(f"{_NAME}: directional_reparam and rotation_trick are exclusive (as in the peer)")
-        if directional_reparam and threshold_ema_dead_code == 0:
-            raise ValueError(f"{_NAME}: directional_reparam needs threshold_ema_dead_code > 0 (as in the peer)")
+        if directional_reparam and dead_code_threshold_ratio == 0:
+            raise ValueError(f"{_NAME}: directional_reparam needs dead-code replacement: dead_code_threshold_ratio > 0 "
+                             "(as in the peer)")
         if use_cosine_sim and learnable_codebook:
             raise ValueError(f"{_NAME}: use_cosine_sim is not compatible with learnable_codebook (as in the peer)")
         if ema_update and learnable_codebook:
@@ -210,7 +231,9 @@ class VectorQuantize(nn.Module):
         self.directional_reparam_variance = directional_reparam_variance
         self.route_gradients_to_input = route_gradients_to_input
         self.use_cosine_sim = use_cosine_sim
-        self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.dead_code_threshold_ratio = dead_code_threshold_ratio
+        self.reset_cluster_size_ratio = reset_cluster_size_ratio
+        self.has_dead_code_replacement = dead_code_threshold_ratio > 0.0
         self.kmeans_iters = kmeans_iters
         self.sample_codebook_temp = sample_codebook_temp  # no effect without stochastic sampling, as in the peer
         self._ema_update = ema_update
@@ -255,10 +278,13 @@ class VectorQuantize(nn.Module):
             codes = codes.unsqueeze(0)
         self._codebook.embed.data.copy_(codes)
 
-    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+    def get_codes_from_indices(self, indices: torch.Tensor, project_out: bool = False) -> torch.Tensor:
         """Codes of indices, with the peer's shapes: [..., d] for one codebook (heads sharing one
         codebook: [b, ..., heads, d]); separate codebooks: indices [b, ..., heads] -> [b, ..., heads*d].
-        Channel-first ([b, d, ...]) for channel_last=False and feature maps."""
+        Channel-first ([b, d, ...]) for channel_last=False and feature maps. project_out=True: the
+        codes through project_out, i.e. get_output_from_indices."""
+        if project_out:
+            return self.get_output_from_indices(indices)
         if indices.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"{_NAME}.get_codes_from_indices: indices must be int32/int64, got {indices.dtype}")
         indices = indices.long()
@@ -472,7 +498,7 @@ class VectorQuantize(nn.Module):
         else:
             index = torch.stack(indices).view(c, Bp, n)
             codes = torch.stack(codes).view(c, Bp, n, d).float()
-        updates = self.training and not freeze_codebook and (ema_update or self.threshold_ema_dead_code > 0)
+        updates = self.training and not freeze_codebook and (ema_update or self.has_dead_code_replacement)
         snapshot = cb.embed.detach().float().clone() if updates else None
         if updates:
             self._update_codebook(flat, index.view(c, -1), flat_mask, ema_update)
@@ -508,26 +534,28 @@ class VectorQuantize(nn.Module):
                 bins = K + 1
             counts, sums = cluster_stats(idx, flat[h].contiguous(), bins, check=False)
             counts, sums = counts[:K], sums[:K]
+            cb.cluster_size[h].lerp_(counts, 1.0 - self.decay)
+            cb.embed_avg[h].lerp_(sums, 1.0 - self.decay)
             if ema_update:
-                ema_update_op(cb.cluster_size[h], cb.embed_avg[h], cb.embed.data[h], counts, sums, self.decay, self.eps)
-                if self.use_cosine_sim:
-                    cb.embed.data[h] = _l2norm(cb.embed.data[h])
-            else:  # statistics only (they drive the dead-code expiry)
-                cb.cluster_size[h].lerp_(counts, 1.0 - self.decay)
-                cb.embed_avg[h].lerp_(sums, 1.0 - self.decay)
-        if self.threshold_ema_dead_code > 0:
+                # NOTE: 1.34.1's normalisation (no Laplace smoothing): eps·embed keeps an empty code
+                # where it is instead of collapsing it to zero (1.32 smoothed the counts instead)
+                embed = (cb.embed_avg[h] + cb.embed.data[h] * self.eps) / (cb.cluster_size[h] + self.eps)[:, None]
+                cb.embed.data[h] = _l2norm(embed) if self.use_cosine_sim else embed
+        if self.has_dead_code_replacement:
             self._expire_codes(flat, flat_mask)
 
     @torch.no_grad()
     def _expire_codes(self, flat, flat_mask) -> None:
-        """Codes whose EMA count is under threshold_ema_dead_code get random tokens of the batch
-        (count reset to the threshold), drawn from the generator exactly as the peer draws."""
+        """Codes whose EMA count is under dead_code_threshold_ratio × the mean count (per codebook)
+        get random tokens of the batch, their count reset to reset_cluster_size_ratio × the mean;
+        drawn from the generator exactly as the peer draws. With more dead codes than tokens, the
+        smallest counts go first (ties in a random order), the rest wait for later steps."""
         cb = self._codebook
-        expired = cb.cluster_size < self.threshold_ema_dead_code
+        expired = cb.cluster_size < cb.cluster_size.mean(-1, keepdim=True) * self.dead_code_threshold_ratio
         if not bool(expired.any()):
             return
         samples_all = _l2norm(flat) if self.use_cosine_sim else flat
-        reset = self.threshold_ema_dead_code
+        mean_size = cb.cluster_size.mean(-1).clamp(min=self.eps)  # before any reset, as the peer
         for h in range(flat.shape[0]):
             samples = samples_all[h]
             if flat_mask is not None:
@@ -536,14 +564,18 @@ class VectorQuantize(nn.Module):
                 continue
             dead = expired[h]
             num_samples, num_dead = samples.shape[0], int(dead.sum())
-            if num_dead > num_samples:  # replace a random subset now, the rest at later steps
+            if num_dead == 0:
+                continue
+            if num_dead > num_samples:  # the smallest counts now, the rest at later steps
                 dead_idx = dead.nonzero(as_tuple=True)[0]
-                dead_idx = dead_idx[torch.randperm(num_dead, device=samples.device)[:num_samples]]
+                dead_idx = dead_idx[torch.randperm(num_dead, device=samples.device)]
+                dead_idx = dead_idx[cb.cluster_size[h, dead_idx].argsort(stable=True)[:num_samples]]
                 dead = torch.zeros_like(dead)
                 dead[dead_idx] = True
                 num_dead = num_samples
             pick = torch.randperm(num_samples, device=samples.device)[:num_dead]
             sampled = samples[pick].to(cb.embed.dtype)
+            reset = mean_size[h] * self.reset_cluster_size_ratio
             cb.embed.data[h][dead] = sampled
             cb.cluster_size[h][dead] = reset
             cb.embed_avg[h][dead] = sampled * reset
@@ -551,12 +583,15 @@ class VectorQuantize(nn.Module):
     @torch.no_grad()
     def _kmeans_init(self, flat, flat_mask) -> None:
         """The peer's k-means start (seeds drawn as the peer draws them), on nearest_code and
-        cluster_stats: embed_avg = means · counts, cluster_size = counts, embed from them."""
+        cluster_stats. As in 1.34.1 it writes embed only (the statistics stay at zero), and an
+        empty batch leaves the codebook uninitialised for the next one."""
         cb = self._codebook
         c, K = flat.shape[0], self.codebook_size
         if flat_mask is not None:
             flat = flat[flat_mask].view(c, -1, flat.shape[-1])
         num = flat.shape[1]
+        if num == 0:
+            return
         means, bins = [], []
         for h in range(c):
             samples = flat[h].contiguous()
@@ -578,12 +613,7 @@ class VectorQuantize(nn.Module):
             if self.use_cosine_sim:
                 nm = _l2norm(nm)
             means = torch.where((bins == 0)[..., None], means, nm)
-        cb.embed_avg.copy_(means * bins[..., None])
-        cb.cluster_size.copy_(bins)
-        total = cb.cluster_size.sum(-1, keepdim=True)
-        smoothed = (cb.cluster_size + self.eps) / (total + K * self.eps) * total
-        embed = cb.embed_avg / smoothed[..., None]
-        cb.embed.data.copy_(_l2norm(embed) if self.use_cosine_sim else embed)
+        cb.embed.data.copy_(means)
         cb.initted.fill_(True)
 
     # ------------------------------------------------------------------------------------------
@@ -633,7 +663,27 @@ class VectorQuantize(nn.Module):
         return s + (f", num_classes={self.num_classes}" if self.num_classes is not None else "")
 
 
-ema_update_op = ema_update
+def _dead_code_ratios(codebook_size, ratio, reset_ratio, threshold_ema_dead_code, reset_cluster_size):
+    """The peer's (1.34.1 Codebook) reading of the dead-code arguments: the deprecated absolute
+    threshold and reset size become ratios (a value >= 1 is divided by codebook_size, a smaller one
+    is taken as a ratio already), each with a warning; the reset ratio defaults to the threshold's."""
+    if threshold_ema_dead_code is not None:
+        warnings.warn(f"{_NAME}: threshold_ema_dead_code is deprecated in vector-quantize-pytorch "
+                      f"{PEER_RELEASE}: use dead_code_threshold_ratio (a ratio in [0, 1) of the mean cluster "
+                      "size); converted as the peer converts it", FutureWarning, stacklevel=3)
+        t = threshold_ema_dead_code
+        ratio = t / codebook_size if t >= 1.0 else t
+    if reset_cluster_size is not None:
+        warnings.warn(f"{_NAME}: reset_cluster_size is deprecated in vector-quantize-pytorch {PEER_RELEASE}: "
+                      "use reset_cluster_size_ratio; converted as the peer converts it", FutureWarning, stacklevel=3)
+        r = reset_cluster_size
+        reset_ratio = r / codebook_size if r >= 1.0 else r
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"{_NAME}: dead_code_threshold_ratio must be a number in [0, 1), got {ratio!r}")
+    reset_ratio = ratio if reset_ratio is None else reset_ratio
+    if isinstance(reset_ratio, bool) or not isinstance(reset_ratio, (int, float)) or reset_ratio < 0:
+        raise ValueError(f"{_NAME}: reset_cluster_size_ratio must be a number >= 0, got {reset_ratio!r}")
+    return float(ratio), float(reset_ratio)
 
 
 def _l2norm(t: torch.Tensor) -> torch.Tensor:
