@@ -54,7 +54,7 @@ def make_provider(name: str, K: int, D: int):
         return make_compat_provider(name, K, D)
     if name == "vector_quantize_pytorch":
         vqp = pytest.importorskip("vector_quantize_pytorch")
-        return vqp.VectorQuantize(D, K, decay=DECAY, kmeans_init=False, threshold_ema_dead_code=0,
+        return vqp.VectorQuantize(D, K, decay=DECAY, kmeans_init=False, dead_code_threshold_ratio=0.0,
                                   rotation_trick=False).train()
     if name == "sgcvq":
         return FastSemanticQuantizer(D, K, decay=DECAY, threshold_dead=0).train()

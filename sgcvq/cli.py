@@ -163,6 +163,22 @@ def _keep_saved_run_length(cfg, args) -> None:
               f"(ignored: {ignored or args.config})", file=sys.stderr)
 
 
+def _metrics_table(csv_path) -> str:
+    """The report's metric table (metrics.csv) as aligned text, one column per model."""
+    import csv
+
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if r == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _cmd_train(args) -> int:
     if args.demo:
         from .training import run_demo
@@ -173,6 +189,7 @@ def _cmd_train(args) -> int:
         if args.device:
             overrides.append(f"train.device={args.device}")
         report = run_demo(args.out or "runs/demo", args.max_steps, overrides, progress=not args.no_progress)
+        print(_metrics_table(report.parent / "metrics.csv"))
         print(f"report: {report}")
         return 0
     from .training import train
@@ -300,6 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sgcvq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if exc.name not in _TRAIN_EXTRA:
+            raise
+        print(f"sgcvq {args.command}: error: the training application needs the `train` extra "
+              f"({exc.name} is missing): pip install --no-build-isolation -e '.[train]'", file=sys.stderr)
+        return 2
+
+
+# modules of the `train` extra (pyproject.toml): the library imports none of them
+_TRAIN_EXTRA = {"yaml", "matplotlib", "PIL", "tensorboard"}
 
 
 if __name__ == "__main__":

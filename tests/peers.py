@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import pathlib
 import re
+import warnings
 
 LOCK = pathlib.Path(__file__).resolve().parent.parent / "requirements" / "test.lock"
 
@@ -42,6 +44,9 @@ def require(module: str, distribution: str):
         raise ImportError(f"{distribution}=={want} is a pinned test peer but is not installed: install the test "
                           f"environment from the lock file (`pip install -c requirements/test.lock -e '.[test]'`)") from None
     if have.split("+")[0] != want.split("+")[0]:
+        if os.environ.get("SGCVQ_PEERS_UNPINNED") == "1":  # tools/check_drift.sh only, never CI
+            warnings.warn(f"{distribution} {have} instead of the pinned {want} (SGCVQ_PEERS_UNPINNED=1)")
+            return importlib.import_module(module)
         raise ImportError(f"{distribution} {have} is installed but the tests are pinned to {want}: parity is only "
                           f"checked against the pinned release (tools/check_drift.sh compares a newer one)")
     return importlib.import_module(module)

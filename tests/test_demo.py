@@ -26,3 +26,15 @@ def test_demo_trains_and_reports_every_quantizer(tmp_path):
     assert "group_miou" in metrics["SGC-VQGAN"] and "group_miou" not in metrics["VQGAN"]
     for key, heading, _, _ in FIGURES:
         assert f"<section id='{key}'><h2>{heading}</h2>" in html
+
+
+def test_demo_command_prints_the_four_models_table(tmp_path, capsys):
+    from sgcvq.cli import main
+
+    assert main(["train", "--demo", "--out", str(tmp_path), "--max-steps", "2", "--no-progress",
+                 *[a for kv in SMALL for a in ("--set", kv)]]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    for name, _, _ in DEMO_MODELS:
+        assert name in header
+    assert "PSNR" in out and "report:" in out

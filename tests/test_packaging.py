@@ -36,3 +36,17 @@ def test_extras_pin_the_locked_peers():
         for peer in peers:
             assert pins.get(peer) == lock[peer], f"[{extra}] pins {peer} at {pins.get(peer)}, the lock at {lock[peer]}"
     assert lock["torch"] == "2.13.0"
+
+
+def test_the_library_imports_none_of_the_training_extra():
+    """`import sgcvq` (ops, quantizer, compat drop-ins) must work with the core dependencies alone:
+    the training application's (the `train` extra) are imported only by the trainer, data, reports
+    and the command line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sgcvq, sgcvq.compat, sgcvq.quantizer, sgcvq.reference; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('yaml', 'matplotlib', 'PIL', 'tensorboard')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, f"the library imported: {done.stdout} {done.stderr[-2000:]}"
