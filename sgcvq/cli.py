@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str | None):
-    from .training.distributed import resolve_device
+    from .training.process_group import resolve_device
 
     return resolve_device(name or "auto")
 

@@ -89,7 +89,7 @@ def _device_name(device: torch.device) -> str:
 
 def _demo_device(overrides) -> torch.device:
     from ..config import apply_overrides
-    from .distributed import resolve_device
+    from .process_group import resolve_device
 
     return resolve_device(apply_overrides(demo_config(None, 1), overrides).train.device)
 

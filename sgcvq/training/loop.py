@@ -31,7 +31,7 @@ from ..config import Config, config_from_dict, config_to_dict, save_config
 from ..metrics import psnr
 from .batch_stream import BatchStream, resolve_loader_settings
 from .build import build_models, build_optimizer, build_train_dataset, check_classes, prepare_for_device
-from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, resolve_device
+from .process_group import DistInfo, all_gather_objects, barrier, init_distributed, resolve_device
 from .ema import WeightEMA
 from .precision import autocast_context, make_grad_scaler, resolve_amp
 from .run_log import RunLog
