@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import all_reduce_flat, broadcast_from_rank0
-from .ops import cluster_stats, nearest_code
+from .distributed import broadcast_from_rank0
+from .ema_codebook import lloyd_steps
 from .semantic import sample_class_tokens
 
 __all__ = ["kmeans_per_group"]
@@ -50,10 +50,5 @@ def kmeans_per_group(
     seeds, has_token = sample_class_tokens(x, token_labels, code_class, group_offsets, generator)
     codebook = torch.where(has_token[:, None], seeds, fallback)
     (codebook,) = broadcast_from_rank0([codebook])
-    counts = torch.zeros(K, dtype=torch.float32, device=x.device)
-    for _ in range(iters):  # every rank runs every iteration: the all-reduce must match up
-        index, _ = nearest_code(x, codebook, token_labels, offsets if token_labels is not None else None, check=False)
-        counts, sums = cluster_stats(index, x, K, check=False)
-        counts, sums = all_reduce_flat([counts, sums])
-        codebook = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1.0)[:, None], codebook)
-    return codebook, counts
+    # every rank runs every iteration: the all-reduce inside must match up
+    return lloyd_steps(x, codebook, iters, labels=token_labels, offsets=offsets)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .distributed import all_reduce_flat, broadcast_from_rank0
+from .ema_codebook import CodeUsage, dead_codes
 from .kmeans import kmeans_per_group
 from .ops import MODES, cluster_stats, ema_update, nearest_code
 from .semantic import (
@@ -36,7 +37,7 @@ _NAME = "FastSemanticQuantizer"
 _FLOAT_INPUTS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-class FastSemanticQuantizer(nn.Module):
+class FastSemanticQuantizer(CodeUsage):
     """Semantic-guided clustering VQ with an EMA codebook, fused search and in-class re-seeding.
 
     Args:
@@ -178,10 +179,8 @@ class FastSemanticQuantizer(nn.Module):
         self.register_buffer("class_offsets", offsets)
         self.register_buffer("class_centers", torch.zeros(C, dim))
         self.register_buffer("class_counts", torch.zeros(C))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("code_last_used", torch.zeros(codebook_size, dtype=torch.int64))
+        self._init_usage(codebook_size, metrics_window)  # steps, code_last_used, last_counts
         self.register_buffer("code_last_event", torch.zeros(codebook_size, dtype=torch.int64))
-        self.register_buffer("last_counts", torch.zeros(codebook_size))
         self.register_buffer("codes_reseeded", torch.zeros((), dtype=torch.int64))
         self.register_buffer("kmeans_done", torch.tensor(not self.kmeans_init))
         # derived from the constructor arguments: not part of the state dict
@@ -314,18 +313,9 @@ class FastSemanticQuantizer(nn.Module):
         per_class_usage: active fraction of each class's group (semantic mode);
         codes_reseeded: dead codes re-seeded so far; steps: training steps so far.
         """
-        steps = int(self.steps)
-        active = (self.code_last_used > 0) & (self.steps - self.code_last_used < self.metrics_window)
-        p = self.last_counts / self.last_counts.sum().clamp(min=1e-12)
-        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
-        out = {
-            "steps": steps,
-            "active_fraction": float(active.float().mean()),
-            "active_codes": int(active.sum()),
-            "perplexity": float(torch.exp(entropy)) if steps > 0 else 0.0,
-            "codes_reseeded": int(self.codes_reseeded),
-        }
+        out = {**super().metrics(), "codes_reseeded": int(self.codes_reseeded)}
         if self.semantic:
+            active = self._active_codes()
             per_class = torch.zeros(len(self.group_sizes), device=active.device)
             per_class.index_add_(0, self.code_class, active.float())
             sizes = torch.tensor(self.group_sizes, dtype=torch.float32, device=active.device)
@@ -522,10 +512,8 @@ class FastSemanticQuantizer(nn.Module):
         ema_update(self.cluster_size, self.embed_sum, self.codebook, counts, sums, self.decay, self.eps)
         update_class_centers(self.class_centers, self.class_counts, class_counts, class_sums, self.decay)
 
-        self.steps.add_(1)
-        self.code_last_used.copy_(torch.where(counts > 0, self.steps, self.code_last_used))
+        self._record(counts)
         self.code_last_event.copy_(torch.maximum(self.code_last_event, self.code_last_used))
-        self.last_counts.copy_(counts)
         if self.threshold_dead > 0:
             rms = (err / (n_tokens.clamp(min=1) * self.dim)).sqrt()
             self._reseed(xs, token_labels, rms)
@@ -541,9 +529,8 @@ class FastSemanticQuantizer(nn.Module):
         unused for log(N/threshold) / (1 - decay) steps, ~400 at decay 0.99, before its next
         chance.) Decided on rank 0 and broadcast.
         """
-        dead = self.cluster_size < self.threshold_dead
-        if self.max_idle_steps > 0:
-            dead = dead | (self.steps - self.code_last_event >= self.max_idle_steps)
+        dead = dead_codes(self.cluster_size, threshold=self.threshold_dead,
+                          idle_steps=self.steps - self.code_last_event, max_idle_steps=self.max_idle_steps)
         labels = token_labels if self.semantic else None
         if self.semantic and labels is None:  # unlabelled tokens belong to no group: centres only
             labels = torch.full((xs.shape[0],), -1, dtype=torch.int64, device=xs.device)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import is_distributed
+from ..ema_codebook import codebook_from_statistics, dead_codes, ema_statistics_, lloyd_steps
 from ..ops import cluster_stats, nearest_code
 from ..semantic import class_offsets_from_sizes, group_sizes_for
 from .sqdist_loss import sqdist_loss
@@ -534,12 +535,12 @@ class VectorQuantize(nn.Module):
                 bins = K + 1
             counts, sums = cluster_stats(idx, flat[h].contiguous(), bins, check=False)
             counts, sums = counts[:K], sums[:K]
-            cb.cluster_size[h].lerp_(counts, 1.0 - self.decay)
-            cb.embed_avg[h].lerp_(sums, 1.0 - self.decay)
+            ema_statistics_(cb.cluster_size[h], cb.embed_avg[h], counts, sums, self.decay)
             if ema_update:
                 # NOTE: 1.34.1's normalisation (no Laplace smoothing): eps·embed keeps an empty code
                 # where it is instead of collapsing it to zero (1.32 smoothed the counts instead)
-                embed = (cb.embed_avg[h] + cb.embed.data[h] * self.eps) / (cb.cluster_size[h] + self.eps)[:, None]
+                embed = codebook_from_statistics("vqp_1_34", cb.cluster_size[h], cb.embed_avg[h], cb.embed.data[h],
+                                                 self.eps)
                 cb.embed.data[h] = _l2norm(embed) if self.use_cosine_sim else embed
         if self.has_dead_code_replacement:
             self._expire_codes(flat, flat_mask)
@@ -551,7 +552,7 @@ class VectorQuantize(nn.Module):
         drawn from the generator exactly as the peer draws. With more dead codes than tokens, the
         smallest counts go first (ties in a random order), the rest wait for later steps."""
         cb = self._codebook
-        expired = cb.cluster_size < cb.cluster_size.mean(-1, keepdim=True) * self.dead_code_threshold_ratio
+        expired = dead_codes(cb.cluster_size, ratio_of_mean=self.dead_code_threshold_ratio)
         if not bool(expired.any()):
             return
         samples_all = _l2norm(flat) if self.use_cosine_sim else flat
@@ -592,7 +593,7 @@ class VectorQuantize(nn.Module):
         num = flat.shape[1]
         if num == 0:
             return
-        means, bins = [], []
+        means = []
         for h in range(c):
             samples = flat[h].contiguous()
             if num >= K:
@@ -600,20 +601,11 @@ class VectorQuantize(nn.Module):
             else:
                 seed = torch.randint(0, num, (K,), device=samples.device)
             means.append(samples[seed])
-        means = torch.stack(means)
-        for _ in range(self.kmeans_iters):
-            new_bins, new_means = [], []
-            for h in range(c):
-                idx, _ = nearest_code(flat[h].contiguous(), means[h].contiguous(), mode=self.search_mode, check=False)
-                counts, sums = cluster_stats(idx, flat[h].contiguous(), K, check=False)
-                new_bins.append(counts)
-                new_means.append(sums / counts.clamp(min=1.0)[:, None])
-            bins = torch.stack(new_bins)
-            nm = torch.stack(new_means)
-            if self.use_cosine_sim:
-                nm = _l2norm(nm)
-            means = torch.where((bins == 0)[..., None], means, nm)
-        cb.embed.data.copy_(means)
+        for h in range(c):
+            means[h], _ = lloyd_steps(flat[h].contiguous(), means[h].contiguous(), self.kmeans_iters,
+                                      normalize=self.use_cosine_sim, search_mode=self.search_mode,
+                                      distributed=False)
+        cb.embed.data.copy_(torch.stack(means))
         cb.initted.fill_(True)
 
     # ------------------------------------------------------------------------------------------

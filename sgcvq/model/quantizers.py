@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_flat, broadcast_from_rank0
+from ..ema_codebook import CodeUsage
 from ..ops import cluster_stats, nearest_code
 from ..quantizer import FastSemanticQuantizer
 
@@ -29,39 +30,6 @@ __all__ = ["QUANTIZER_KINDS", "TamingVQ", "ClusteredVQ", "build_quantizer", "res
 QUANTIZER_KINDS = ("sgc", "ema", "vqgan", "cvq")
 
 
-class _UsageTracker(nn.Module):
-    """Code-usage counters and `metrics()` with the keys FastSemanticQuantizer.metrics() uses."""
-
-    def _init_usage(self, codebook_size: int, metrics_window: int) -> None:
-        if isinstance(metrics_window, bool) or not isinstance(metrics_window, int) or metrics_window < 1:
-            raise ValueError(f"{type(self).__name__}: metrics_window must be an int >= 1, got {metrics_window!r}")
-        self.codebook_size = codebook_size
-        self.metrics_window = metrics_window
-        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("code_last_used", torch.zeros(codebook_size, dtype=torch.int64))
-        self.register_buffer("last_counts", torch.zeros(codebook_size))
-
-    @torch.no_grad()
-    def _record(self, counts: torch.Tensor) -> None:
-        """counts [K] float32: tokens per code in this training step."""
-        self.steps.add_(1)
-        self.code_last_used.copy_(torch.where(counts > 0, self.steps, self.code_last_used))
-        self.last_counts.copy_(counts)
-
-    @torch.no_grad()
-    def metrics(self) -> dict:
-        """active_fraction (codes with a token in the last metrics_window training steps), active_codes,
-        perplexity (exp entropy of the last step's counts) and steps."""
-        steps = int(self.steps)
-        active = (self.code_last_used > 0) & (self.steps - self.code_last_used < self.metrics_window)
-        p = self.last_counts / self.last_counts.sum().clamp(min=1e-12)
-        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
-        return {
-            "steps": steps,
-            "active_fraction": float(active.float().mean()),
-            "active_codes": int(active.sum()),
-            "perplexity": float(torch.exp(entropy)) if steps > 0 else 0.0,
-        }
 
 
 def _flat_tokens(x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
@@ -78,7 +46,7 @@ def _no_labels(labels, name: str) -> None:
                          "'sgc' uses them)")
 
 
-class TamingVQ(_UsageTracker):
+class TamingVQ(CodeUsage):
     """taming-transformers' VQGAN quantizer (sgcvq.compat.VectorQuantizer2) behind the model's interface.
 
     x [B, ..., D] channel-last -> (quantized, indices [B, ...], loss). The codebook is the
@@ -115,7 +83,7 @@ class TamingVQ(_UsageTracker):
         return self.codebook[indices.long()]
 
 
-class ClusteredVQ(_UsageTracker):
+class ClusteredVQ(CodeUsage):
     """CVQ-VAE's online clustered codebook on the project's ops (no contrastive term, no semantics).
 
     The codebook is learned by gradient (loss β · ||sg(z_q) − z||² + ||z_q − sg(z)||², CVQ-VAE's
