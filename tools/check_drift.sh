@@ -45,6 +45,7 @@ SGCVQ_PEERS_UNPINNED=1 "$py" -m pytest -q -p no:cacheprovider tests/test_compat_
   tests/test_quantizer_parity.py tests/test_triton.py 2>&1 | tail -25
 
 echo "== quick benchmarks against the newest peers"
+# every provider of the two files (ours beside the peers), so the ratios can be read off side by side
 SGCVQ_PEERS_UNPINNED=1 SGCVQ_BENCH_QUICK=1 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_quantizer.py \
-  benchmarks/test_bench_ops.py -k "compat or vector_quantize or faiss" --benchmark-columns=median 2>&1 | tail -40
+  benchmarks/test_bench_ops.py --benchmark-columns=median 2>&1 | grep -v "^WARNING" | tail -120
 echo "== done: scratch venv and diffs in $scratch"
