@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sgcvq::cpu {
@@ -18,6 +19,11 @@ int64_t last_fast_exact_redo();
 int64_t last_bf16_searched();
 int64_t bf16_search_calls();
 int64_t bf16_bounds_mismatches();
+bool probe_float32_certificate(int64_t D, double max_norm2, bool rounds_to_bf16, float xx, float thr, float best,
+                               double out[4]);
+std::vector<std::pair<const char*, std::string>> cpu_option_values();
+std::vector<const char*> collector_names();
+int64_t last_float32_uncertified();
 }  // namespace sgcvq::cpu
 
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
@@ -44,6 +50,9 @@ static PyObject* cpu_capabilities(PyObject*, PyObject*) {
 static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_fast_exact_redo()));
 }
+static PyObject* last_float32_uncertified(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_float32_uncertified()));
+}
 static PyObject* last_bf16_searched(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_bf16_searched()));
 }
@@ -53,14 +62,49 @@ static PyObject* bf16_search_calls(PyObject*, PyObject*) {
 static PyObject* bf16_bounds_mismatches(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::bf16_bounds_mismatches()));
 }
+// The CPU search's settings as this call would read them (csrc/cpu/options.h: one place), and the
+// collectors of its dispatch table in the order they are tried.
+static PyObject* cpu_options(PyObject*, PyObject*) {
+  PyObject* env = PyDict_New();
+  for (const auto& [name, value] : sgcvq::cpu::cpu_option_values()) {
+    PyObject* v = value.empty() ? Py_NewRef(Py_None) : PyUnicode_FromString(value.c_str());
+    PyDict_SetItemString(env, name, v);
+    Py_DECREF(v);
+  }
+  const std::vector<const char*> names = sgcvq::cpu::collector_names();
+  PyObject* collectors = PyTuple_New(static_cast<Py_ssize_t>(names.size()));
+  for (size_t i = 0; i < names.size(); ++i)
+    PyTuple_SET_ITEM(collectors, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i]));  // steals
+  return Py_BuildValue("{s:N,s:N}", "env", env, "collectors", collectors);
+}
+static PyObject* float32_certificate(PyObject*, PyObject* args) {
+  long long D;
+  double max_norm2, xx, thr, best;
+  int rounds;
+  if (!PyArg_ParseTuple(args, "Ldpddd", &D, &max_norm2, &rounds, &xx, &thr, &best)) return nullptr;
+  double out[4];
+  const bool holds = sgcvq::cpu::probe_float32_certificate(D, max_norm2, rounds != 0, static_cast<float>(xx),
+                                                           static_cast<float>(thr), static_cast<float>(best), out);
+  return Py_BuildValue("{s:d,s:d,s:d,s:d,s:O}", "g", out[0], "max_e2", out[1], "delta", out[2], "floor", out[3],
+                       "holds", holds ? Py_True : Py_False);
+}
 static PyMethodDef kMethods[] = {
     {"cpu_capabilities", cpu_capabilities, METH_NOARGS,
      "{'avx512': the AVX-512 scans run, 'bf16_gemm': modes 'exact' and 'fast_exact' take certified bf16 "
      "candidates, 'bf16_path': which ('amx', 'avx512bf16' or 'off'; SGCVQ_CPU_BF16 forces one), "
      "'bf16_paths': the paths this CPU runs, fastest first, "
      "'bf16_own_pack': the bf16 codebook is packed by sgcvq, not by oneDNN's slower per-block pack}"},
+    {"cpu_options", cpu_options, METH_NOARGS,
+     "{'env': {SGCVQ_CPU_* name: its value as the CPU search reads it now, or None}, 'collectors': the "
+     "candidate collectors of the CPU dispatch table, in the order they are tried}"},
+    {"float32_certificate", float32_certificate, METH_VARARGS,
+     "float32_certificate(D, max_norm2, rounds_to_bf16, xx, thr, best) -> {'g', 'max_e2', 'delta', 'floor', "
+     "'holds'}: the CPU float32 certificate's terms for one token (xx, thr, best rounded to float32), for tests."},
     {"last_fast_exact_redo", last_fast_exact_redo, METH_NOARGS,
      "Tokens the last CPU bf16 call sent to the float32 search (-1: none ran yet)."},
+    {"last_float32_uncertified", last_float32_uncertified, METH_NOARGS,
+     "Tokens the last CPU call with float32 (top-2) candidates could not certify and searched exactly "
+     "(-1: none ran yet)."},
     {"last_bf16_searched", last_bf16_searched, METH_NOARGS,
      "Tokens (times code splits) the last CPU bf16 call searched with bf16 tiles: fewer than N when "
      "it gave up early on near-duplicate codes and sent the rest to the float32 search (-1: none ran yet)."},

@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sgcvq.reference import accumulation_error, centred_margin
+
 __all__ = ["nearest_code", "nearest_code_with_stats", "token_margin", "candidate_kind", "LIST_R"]
 
 _INF = tl.constexpr(float("inf"))  # a global the kernels may read: it must be a constexpr
@@ -74,8 +76,9 @@ _PRODUCT_ERROR = {
 def _sum_error(D: int) -> float:
     """g: relative error of a float32 sum of D non-negative terms (any order), or of a tensor-core
     accumulation over D products. NOTE: tensor cores may truncate instead of rounding, so every
-    accumulation step is charged a full ulp (2u); +16 leaves slack for the final additions."""
-    return (2 * D + 16) * _U
+    accumulation step is charged a full ulp (2u); +16 leaves slack for the final additions.
+    (sgcvq.reference.accumulation_error; csrc/include/sgcvq/certificate.h for the CUDA kernels.)"""
+    return accumulation_error(D)
 
 
 @triton.jit
@@ -93,27 +96,11 @@ def _margin(xx, r2, me2, merr, D, g, dp, passes):
 
 def token_margin(xx: float, r2: float, max_e2: float, max_err: float, D: int, dot: str) -> float:
     """The per-token margin E of the certificate, in float64 (the kernels compute it in float32
-    with the same formula and 1% slack).
-
-    x' = fl(x - mu), e'_k = fl(e_k - mu) (centred, float32); c(.) the candidate rounding;
-    s_k = fl||e'_k||^2 - 2 c(x').c(e'_k) the candidate score; f_k the direct float32 distance on
-    the original inputs. xx = fl||x'||^2, r2 = fl||x' - c(x')||^2, max_e2 >= max_k ||e'_k||^2,
-    max_err >= max_k ||e'_k - c(e'_k)||. With xn, r, me the norms and g = `_sum_error(D)`:
-      2 x'.e' - 2 c(x').c(e')   <= 2 r me + ||2 c(x')|| max_err    (Cauchy-Schwarz on the residuals)
-      dot accumulation, products <= (passes g + delta) ||2 c(x')|| (me + max_err)
-      fl||x'||^2, fl||e'||^2      <= g (xn^2 + me^2)
-      f_k vs ||x - e_k||^2          <= g (xn + me)^2 (and centring moves it by 4u (xn + me)^2)
-    plus roundings of the score arithmetic (8u (xn + me)^2) and flushed subnormals.
+    with the same formula, `_margin`, and 1% slack): `sgcvq.reference.centred_margin` (derivation
+    there and in docs/numerics.md) with this kernel's dot error, passes g + the product error.
     """
-    g = _sum_error(D)
     dp, passes = _PRODUCT_ERROR[dot]
-    xn = math.sqrt(xx * (1 + g)) * 1.0001
-    r = math.sqrt(r2 * (1 + g)) * 1.0001
-    me = math.sqrt(max_e2)
-    ah = 2 * (xn + r)
-    big = (xn + me) ** 2
-    d = 2 * r * me + ah * max_err + (passes * g + dp) * ah * (me + max_err)
-    return (g * (xn * xn + max_e2) + d + (g * 1.01 + 12 * _U) * big + (D + 8) * 2.0**-100) * 1.01
+    return centred_margin(xx, r2, max_e2, max_err, D, passes * _sum_error(D) + dp)
 
 
 # --------------------------------------------------------------------------------------------

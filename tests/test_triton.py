@@ -8,6 +8,7 @@ Every test name contains "triton": `pytest -k triton` selects them.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import pytest
@@ -403,6 +404,62 @@ def test_triton_token_margin_orders_precisions():
         assert 0 < exact < token_margin(*args, D, "ieee") < token_margin(*args, D, "tf32x3")
         assert token_margin(100.0, 1e-4, 120.0, 1e-2, D, "exact_products") > exact  # residuals count
     assert token_margin(*args, 8, "ieee") < token_margin(*args, 256, "ieee")
+
+
+def test_triton_margin_matches_the_float64_model():
+    # The Triton copy of the bound (token_margin, and the prologue kernel's float32 _margin) is the
+    # float64 model sgcvq.reference.centred_margin, the formula the Hopper kernel takes from
+    # csrc/include/sgcvq/certificate.h.
+    from sgcvq.reference import accumulation_error, centred_margin
+
+    D = 48
+    x, e = torch.randn(70, D, device=DEVICE) * 3 + 1, torch.randn(50, D, device=DEVICE) * 3 + 1
+    stats = {}
+    nearest_code_with_stats(x, e, None, None, "exact", stats=stats)
+    mu = stats["centre"].cpu()
+    xc, ec = x.cpu() - mu, e.cpu() - mu
+    xr, er = (t.float().cpu() for t in stats["candidate_operands"])
+    g = accumulation_error(D)
+    xx, r2 = (xc * xc).sum(1), ((xc - xr) ** 2).sum(1)
+    max_e2 = float((ec * ec).sum(1).max()) * (1 + g) * 1.0001
+    max_err = float(((ec - er) ** 2).sum(1).max() * (1 + g)) ** 0.5 * 1.0001
+    want = torch.tensor([centred_margin(float(a), float(b), max_e2, max_err, D) for a, b in zip(xx, r2)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(stats["margin"].cpu().double(), want, rtol=1e-4, atol=0)
+    for dot in ("exact_products", "ieee", "tf32x3"):
+        assert token_margin(3.0, 1e-4, 5.0, 1e-2, D, dot) >= centred_margin(3.0, 1e-4, 5.0, 1e-2, D)
+
+
+def test_triton_runner_up_at_one_and_a_half_margins_is_certified_in_the_first_pass():
+    # The candidate window must be 2E: the best code's own score may sit up to E below its
+    # distance. Here it sits ~E below: x and the best code are the same vector, every feature
+    # 1 + 2^-11 + 2^-20, which the TF32 rounding (to nearest, in the kernel, the same on a GPU and
+    # in the interpreter) moves up by almost half an ulp, so the residuals are as large and as
+    # aligned as the bound allows. The runner-up (TF32-exact features t) scores ~1.5E above the
+    # best: a window of E would leave it out, and with the best's score that low the token could
+    # not be certified without it.
+    D = 16
+    v = 1.0 + 2.0**-11 + 2.0**-20
+    c = 1.0 + 2.0**-10  # tf32(v)
+    margin_args = (D * v * v, D * (c - v) ** 2, D * v * v * (1 + 1e-3), math.sqrt(D) * (c - v) * 1.001, D,
+                   "exact_products")
+    E_model = token_margin(*margin_args)
+
+    def score_gap(t):  # s(t) - s(best), the kernel's scores in exact arithmetic
+        return D * (t - c) ** 2 + D * (c * c - v * v)
+
+    assert 2 * D * (c * c - v * v) > 0.9 * E_model  # the best's score sits ~E below its distance
+    # t below c: the codebook's largest norm stays that of x
+    t = min((c - step * 2.0**-10 for step in range(1, 200)), key=lambda t: abs(score_gap(t) / E_model - 1.5))
+    codebook = torch.tensor([[v] * D, [t] * D, [-v] * D, [-t] * D], device=DEVICE)  # mean 0: nothing to centre
+    x = torch.full((1, D), v, device=DEVICE)
+    stats = {}
+    index, sqdist, _ = nearest_code_with_stats(x, codebook, None, None, "exact", stats=stats, candidates="tf32")
+    assert float(stats["centre"].abs().max()) == 0.0
+    E = float(stats["margin"][0])
+    assert 1.4 < score_gap(t) / E < 1.6
+    assert int(index[0]) == 0 and float(sqdist[0]) == 0.0
+    assert int(stats["uncertified_per_pass"][0]) == 0, "the runner-up fell outside the candidate window"
 
 
 def test_triton_autotune_configs_split_by_dot_family():

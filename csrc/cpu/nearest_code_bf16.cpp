@@ -1,5 +1,6 @@
 // The CPU fast_exact search for D > 16 (see nearest_code_bf16.h).
 #include "nearest_code_bf16.h"
+#include "../include/sgcvq/certificate.h"
 
 #include "bf16_tile_avx512.h"
 #include "nearest_code_scan.h"
@@ -271,10 +272,10 @@ std::vector<Bf16Path> bf16_paths_here() {
   return paths;
 }
 
-Bf16Path bf16_path() {
+Bf16Path bf16_path(const CpuOptions& opts) {
   static const std::vector<Bf16Path> here = bf16_paths_here();
-  const char* env = std::getenv("SGCVQ_CPU_BF16");  // read on every call: tests switch it
-  if (env == nullptr || env[0] == '\0') return here.front();
+  const char* env = opts.bf16.c_str();
+  if (env[0] == '\0') return here.front();
   Bf16Path want;
   if (std::strcmp(env, "amx") == 0) {
     want = Bf16Path::kAmx;
@@ -292,7 +293,6 @@ Bf16Path bf16_path() {
   return want;
 }
 
-bool bf16_gemm_available() { return bf16_path() != Bf16Path::kOff; }
 
 namespace {
 std::atomic<int64_t> g_last_redo{-1}, g_last_searched{-1}, g_calls{0};
@@ -343,7 +343,7 @@ bool pack_layout_matches() {
 }  // namespace
 
 bool bf16_own_pack() {
-  const Bf16Path p = bf16_path();
+  const Bf16Path p = bf16_path(cpu_options());
   if (p == Bf16Path::kAvx512Bf16) return true;
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   return p == Bf16Path::kAmx && pack_layout_matches();
@@ -527,11 +527,11 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values, Bf16Path 
       }
     }
   });
-  // float32 sums of D squares: relative error below g = (2D + 8) 2^-24.
-  const double g = (2.0 * static_cast<double>(D) + 8.0) * std::ldexp(1.0, -24);
+  // float32 sums of D squares: relative error below g.
+  const double g = cert::sum_error(D);
   const double err2 = *std::max_element(block_err2.begin(), block_err2.end());
-  cb.max_err = std::sqrt(err2 * (1.0 + g)) * (1.0 + 1e-9);
-  cb.max_e2 = *std::max_element(block_e2.begin(), block_e2.end()) * (1.001 + 2.0 * g);
+  cb.max_err = cert::norm_up(err2, g);
+  cb.max_e2 = cert::max_norm2_up(*std::max_element(block_e2.begin(), block_e2.end()), g);
   cb.block_err2 = std::move(block_err2);
   cb.block_e2 = std::move(block_e2);
   // Non-finite codes (or norms that overflow): an infinite bound sends every token to the float32
@@ -549,33 +549,12 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E, bool bf16_values, Bf16Path 
 }
 
 Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, double max_err, double value_rel) {
-  // xx = ||x'||^2, r2, max_e2 = max ||e'||^2: float32 sums of D squares, relative error <= g; x' and
-  // e' are the centred rows as float32 (x - c and e - c, each rounded once).
-  const double u = 0x1p-24;
-  const double xn = std::sqrt(static_cast<double>(xx) * (1.0 + g)) * (1.0 + 1e-9);
-  const double r = std::sqrt(static_cast<double>(r2) * (1.0 + g)) * (1.0 + 1e-9);
-  const double max_e = std::sqrt(max_e2), ah = 2.0 * xn + r;  // ||bf16(-2x')|| <= ah
-  // 2g max_e2: fl(||e'||^2) and the norm's share of the add; r max_e + ah max_err: the bf16
-  // roundings of x' and of the code; g ah (max_e + max_err): the float32 accumulation and the add;
-  // 4u (xn + max_e)^2: rounding x - c and e - c (moves ||e'||^2, 2 x'.e' and ||x'||^2 by 2.1u each);
-  // the last term: flushed subnormal inputs, products and partial sums (AMX runs DAZ/FTZ).
-  const double sd = std::sqrt(static_cast<double>(D));
-  double delta = 2.0 * g * max_e2 + r * max_e + ah * max_err + g * ah * (max_e + max_err) +
-                 4.0 * u * (xn + max_e) * (xn + max_e) +
-                 0x1p-120 * (static_cast<double>(D) + sd * (ah + max_e + max_err));
-  if (value_rel > 0.0) {
-    // |computed value| <= ||e'||^2 + ||bf16(-2x')|| ||bf16(e')|| plus its rounding; replacing its
-    // low mantissa bits moves it by less than value_rel of that (and 2^-126 value_rel near zero).
-    const double vmax = (max_e2 + ah * (max_e + max_err)) * (1.0 + 4.0 * g) + delta;
-    delta += value_rel * vmax + value_rel * 0x1p-126;
-  }
-  const double slack = 8.0 * g * ((xn + max_e) * (xn + max_e) + delta) + 0x1p-120;
-  const double margin = 2.0 * delta * (1.0 + 1e-6) + slack;
-  return {delta * (1.0 + 1e-6), margin, xx, next_up(static_cast<float>(margin))};
+  const cert::ListBoundTerms b = cert::bf16_list_bound(xx, r2, D, g, max_e2, max_err, value_rel);
+  return {b.delta, b.margin, xx, next_up(static_cast<float>(b.margin))};
 }
 
 // bf16_bound for n tokens at once, eight in the lanes of an AVX-512 double vector: the same
-// operations in the same order as bf16_bound (no fused multiply-adds: the scalar one is built for
+// operations in the same order as cert::bf16_list_bound (certificate.h) (no fused multiply-adds: the scalar one is built for
 // the x86-64 baseline, which has none; and fp-contract=off, or GCC fuses the intrinsics' multiplies
 // and adds), so the same bits; and margin[t] = next_up(float(margin)).
 // One call per tile instead of a call per token, whose two dependent square roots the loop could
@@ -663,7 +642,7 @@ int64_t bf16_bounds_mismatches() {
   for (const int64_t D : {1, 8, 16, 64, 256})
     for (const double max_e2 : {0.0, 1.0, 37.5, 1e12})
       for (const double value_rel : {0.0, 0x1p-17}) {
-        const double g = (2.0 * static_cast<double>(D) + 8.0) * 0x1p-24, max_err = std::sqrt(max_e2) * 0x1p-8;
+        const double g = cert::sum_error(D), max_err = std::sqrt(max_e2) * 0x1p-8;
         bf16_bounds(xx.data(), r2.data(), n, D, g, max_e2, max_err, value_rel, vec.data(), margin.data());
         for (int64_t t = 0; t < n; ++t) {
           const Bf16Bound s1 = bf16_bound(xx[t], r2[t], D, g, max_e2, max_err, value_rel);
@@ -675,9 +654,9 @@ int64_t bf16_bounds_mismatches() {
   return bad;
 }
 
-bool small_d_window(int64_t codes) {
-  const char* env = std::getenv("SGCVQ_CPU_SMALLD");  // read on every call: tests switch it
-  if (env != nullptr && env[0] != '\0') {
+bool small_d_window(const CpuOptions& opts, int64_t codes) {
+  const char* env = opts.smalld.c_str();
+  if (env[0] != '\0') {
     if (std::strcmp(env, "window") == 0) return true;
     if (std::strcmp(env, "branchy") == 0) return false;
     TORCH_CHECK(false, "SGCVQ_CPU_SMALLD must be 'window' or 'branchy', got '", env, "'");
@@ -685,9 +664,9 @@ bool small_d_window(int64_t codes) {
   return codes <= kSmallWindowMaxCodes;
 }
 
-bool seed_cells_enabled() {
-  const char* env = std::getenv("SGCVQ_CPU_SMALLD_SEED");  // read on every call: tests switch it
-  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "cells") == 0) return true;
+bool seed_cells_enabled(const CpuOptions& opts) {
+  const char* env = opts.smalld_seed.c_str();
+  if (env[0] == '\0' || std::strcmp(env, "cells") == 0) return true;
   if (std::strcmp(env, "first") == 0) return false;
   TORCH_CHECK(false, "SGCVQ_CPU_SMALLD_SEED must be 'cells' or 'first', got '", env, "'");
 }
@@ -701,10 +680,10 @@ void range_maxima(const Bf16Codebook& cb, int64_t k0, int64_t k1, double& max_e2
     e2 = std::max(e2, cb.block_e2[static_cast<size_t>(b)]);
     err2 = std::max(err2, cb.block_err2[static_cast<size_t>(b)]);
   }
-  // The same roundings up as pack_bf16_codebook's (g as there).
-  const double g = (2.0 * static_cast<double>(cb.D) + 8.0) * std::ldexp(1.0, -24);
-  max_err = std::sqrt(static_cast<double>(err2) * (1.0 + g)) * (1.0 + 1e-9);
-  max_e2 = static_cast<double>(e2) * (1.001 + 2.0 * g);
+  // The same roundings up as pack_bf16_codebook's.
+  const double g = cert::sum_error(cb.D);
+  max_err = cert::norm_up(static_cast<double>(err2), g);
+  max_e2 = cert::max_norm2_up(static_cast<double>(e2), g);
 }
 
 int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1, int64_t g0,
@@ -721,7 +700,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   // Decided for the whole call (call_codes: its largest item's code range), so that the bounds of
   // a token searched in several code splits agree (the caller keeps split 0's).
   const int window_bits = small ? bf16_window_bits(call_codes) : 0;
-  const bool window = small && small_d_window(call_codes);
+  const bool window = small && cb.small_window;
   sc.margin.resize(static_cast<size_t>(tpad));
   float* margin = sc.margin.data();
   std::fill(margin + tn, margin + tpad, 0.f);  // the pad rows' (the bounds fill the others)
@@ -741,7 +720,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
   // The orthant seed needs every code in the range (its cells hold the whole codebook).
   SmallSeedCells cells;
   const SmallSeedCells* seed_cells = nullptr;
-  if (small && !window && seed_cells_enabled() && k0 == 0 && k1 == cb.K && cb.cell_bits > 0) {
+  if (small && !window && cb.seed_cells_on && k0 == 0 && k1 == cb.K && cb.cell_bits > 0) {
     cells = {cb.cell_pairs.data(), cb.cell_norms.data(), cb.cell_start.data(), cb.cell_bits};
     seed_cells = &cells;
   }
@@ -846,7 +825,7 @@ void bf16_release(const Bf16Codebook& cb) {
 namespace sgcvq {
 namespace cpu {
 // For cpu_capabilities() (csrc/ops.cpp), which sees no ATen types.
-const char* bf16_path_now() { return bf16_path_name(bf16_path()); }
+const char* bf16_path_now() { return bf16_path_name(bf16_path(cpu_options())); }
 std::vector<const char*> bf16_path_names_here() {
   std::vector<const char*> names;
   for (const Bf16Path p : bf16_paths_here()) names.push_back(bf16_path_name(p));

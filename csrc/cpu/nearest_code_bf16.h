@@ -10,6 +10,9 @@
 // distance lies within 2 * delta (+ slack) of the running best is kept; all others are provably
 // farther than the best, so the re-scored best is the float32 argmin.
 #pragma once
+#include "candidates.h"
+#include "options.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -25,14 +28,12 @@ namespace cpu {
 // Zen 4/5, Intel without AMX), or none (the float32 candidates only).
 enum class Bf16Path { kOff, kAmx, kAvx512Bf16 };
 const char* bf16_path_name(Bf16Path p);
-// The fastest path this CPU runs, unless SGCVQ_CPU_BF16 forces one: "amx", "avx512bf16", or
-// "off" (also "0"), read on every call. Forcing a path this CPU (or this torch build) cannot run
+// The fastest path this CPU runs, unless SGCVQ_CPU_BF16 (opts.bf16) forces one: "amx",
+// "avx512bf16", or "off" (also "0"). Forcing a path this CPU (or this torch build) cannot run
 // raises an error that says so. SGCVQ_CPU_PORTABLE=1 (the portable scans) turns the bf16 paths off.
-Bf16Path bf16_path();
+Bf16Path bf16_path(const CpuOptions& opts);
 // The paths this CPU and torch build can run, fastest first (kOff always last).
 std::vector<Bf16Path> bf16_paths_here();
-// bf16_path() != kOff.
-bool bf16_gemm_available();
 
 // How many tokens the last bf16 call could not certify and re-searched exactly (a statistic for
 // tests and benchmarks; -1 before the first call).
@@ -67,6 +68,11 @@ struct Bf16Codebook {
   // bf16_tile_avx512.h), where it searches a lane holding two codes near the best; empty otherwise.
   std::vector<uint32_t> lane_pairs;  // [ceil(K / 256)][16][Dp / 2][16]
   std::vector<float> lane_norms;     // [ceil(K / 256)][16][16], +inf past K
+  // D <= 16, set by the caller for the whole call (so a token's code splits agree): the
+  // branch-free window (small_d_window) rather than the branchy scan, and the branchy scan's
+  // orthant seed (seed_cells_enabled).
+  bool small_window = false;
+  bool seed_cells_on = true;
 };
 // bf16_values: x and E hold bfloat16 values (centring is then kept for large offsets only);
 // seed_cells: also the orthant cells (D <= 16 on
@@ -78,45 +84,10 @@ Bf16Codebook pack_bf16_codebook(const at::Tensor& E /* float32 [K, D] contiguous
 // checked once against oneDNN's pack, which it uses instead where the layouts differ).
 bool bf16_own_pack();
 
-// A token's candidates from one code range: b is the smallest approximate distance seen, idx[0, n)
-// every code whose approximate distance was below b + margin; n = -1 when more than kMaxCand were
-// (the token then goes to the exact search).
-constexpr int kMaxCand = 12;
-struct CandList {
-  float b;
-  int32_t n;
-  int32_t idx[kMaxCand];
-};
-constexpr int64_t kCandWords = static_cast<int64_t>(sizeof(CandList) / sizeof(int32_t));  // its stride in int32
-static_assert(sizeof(CandList) % sizeof(int32_t) == 0, "CandList must be whole int32 words");
-
-// std::nextafter(x, +inf) without the libm call (it showed in profiles: a call per token).
-inline float next_up(float x) {
-  if (!(x < std::numeric_limits<float>::infinity())) return x;  // +inf, NaN
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  if (x == 0.f)
-    u = 1u;  // the smallest subnormal, from +0 and -0
-  else if (x > 0.f)
-    ++u;
-  else
-    --u;
-  std::memcpy(&x, &u, sizeof(x));
-  return x;
-}
-
-// delta bounds |approximate - exact| of every code's a_k = ||e||^2 - 2 x.e for one token; margin
-// = 2 delta + slack is what the candidate rule adds to the running best, and what the float32
-// certificate (nearest_code_cpu.cpp) needs for the lists to prove the answer.
-// Approximate distances are a_k = ||e'_k||^2 - 2 x'.e'_k (centred), and the certificate then
-// compares ||x'||^2 + a_k with the re-scored float32 distances: xx is the token's ||x'||^2.
-struct Bf16Bound {
-  double delta, margin;
-  float xx;
-  float margin_up;  // margin as a float, rounded up: what the scans and the certificate add to b
-};
-// From the token's float32 sums xx = sum x'^2 and r2 = sum (bf16(-2x') + 2x')^2; g = (2D + 8) 2^-24
-// as in the exact path's certificate, max_e2 = max ||e'_k||^2 (rounded up).
+// The bound of a token's bf16 candidates (candidates.h; the arithmetic is cert::bf16_list_bound).
+using Bf16Bound = ListBound;
+// From the token's float32 sums xx = sum x'^2 and r2 = sum (bf16(-2x') + 2x')^2; g =
+// cert::sum_error(D) as in the float32 certificate, max_e2 = max ||e'_k||^2 (rounded up).
 // value_rel: the scan moves each approximate value by up to value_rel of its size before it is
 // compared (the branch-free window writes the code's place into the low mantissa bits); the bound
 // covers that too.
@@ -129,13 +100,13 @@ Bf16Bound bf16_bound(float xx, float r2, int64_t D, double g, double max_e2, dou
 // when a thread is done with its items.
 // D <= 16: which fused scan searches a token's codes [k0, k1): the branch-free window
 // (bf16_small_window_avx512) up to kSmallWindowMaxCodes codes, the branchy list scan above;
-// SGCVQ_CPU_SMALLD=window / branchy forces one (read on every call).
+// SGCVQ_CPU_SMALLD=window / branchy (opts.smalld) forces one.
 constexpr int64_t kSmallWindowMaxCodes = 4096;
-bool small_d_window(int64_t codes);
+bool small_d_window(const CpuOptions& opts, int64_t codes);
 // The branchy scan over every code seeds each token's best from its orthant cell
-// (SmallSeedCells) unless SGCVQ_CPU_SMALLD_SEED=first (the range's first 256 codes; read on every
-// call; "cells" is the default).
-bool seed_cells_enabled();
+// (SmallSeedCells) unless SGCVQ_CPU_SMALLD_SEED=first (opts.smalld_seed: the range's first 256
+// codes; "cells" is the default).
+bool seed_cells_enabled(const CpuOptions& opts);
 
 // max_e2 and max_err as above over the codes [k0, k1) only (the blocks of 64 codes that hold them),
 // rounded up the same way; the codebook's when it holds a non-finite code.

@@ -8,6 +8,8 @@
 // library still loads on CPUs without AVX-512 and uses the portable loops there.
 #include "nearest_code_scan.h"
 
+#include "options.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -776,11 +778,8 @@ float sum_squares(const float* a, int64_t D) {
 
 // SGCVQ_CPU_PORTABLE=1 forces the portable scans, so tests can cover them on an AVX-512 machine.
 bool scan_uses_avx512() {
-  static const bool yes = [] {
-    const char* force = std::getenv("SGCVQ_CPU_PORTABLE");
-    if (force != nullptr && std::strcmp(force, "") != 0 && std::strcmp(force, "0") != 0) return false;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  }();
+  static const bool yes = !cpu_options().portable && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512dq");
   return yes;
 }
 

@@ -5,15 +5,14 @@
 // caller re-scores those in fp32 and certifies the result (nearest_code_cpu.cpp). Each scan has an
 // AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64.
 #pragma once
+#include "candidates.h"
+
 #include <immintrin.h>
 
 #include <cstdint>
-#include <limits>
 
 namespace sgcvq {
 namespace cpu {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Lane 0 <- the sum of lanes 0-7 and lane 8 <- the sum of lanes 8-15, by three shuffle-adds (4, 2,
 // 1 apart): the last three levels of direct_sqdist's tree for two rows of up to 8 terms at once.
@@ -24,20 +23,6 @@ __attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
 }
 constexpr int64_t kLanes = 16;      // codes per block of the small-D layout
 constexpr int64_t kSmallMaxD = 16;  // at or below this D the register-blocked scan beats the GEMM
-
-// The two smallest (value, index). Codes arrive in increasing index order, so strict '<' keeps the
-// lowest index among equal values.
-struct Top2 {
-  float v1 = kInf, v2 = kInf;
-  int64_t i1 = -1, i2 = -1;
-  inline void push(float v, int64_t i) {
-    if (v < v1) {
-      v2 = v1; i2 = i1; v1 = v; i1 = i;
-    } else if (v < v2) {
-      v2 = v; i2 = i;
-    }
-  }
-};
 
 // The codebook in the small-D layout: blocks of 16 codes, each block [D][16] (codes along the
 // vector lanes), zero-padded to a whole block; norms [blocks][16].

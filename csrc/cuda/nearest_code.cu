@@ -29,6 +29,7 @@
 // re-staged for every code tile, S makes a round trip through shared memory, no wgmma on sm_90a.
 #include "nearest_code.h"
 #include "label_tiles.cuh"
+#include "../include/sgcvq/certificate.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -230,7 +231,7 @@ struct SimtCore {
     float es[kBlockK][kBlockN + 4];
   };
   // NOTE: a sequential fp32 fma chain over D terms: relative error <= D u / (1 - D u), u = 2^-24.
-  __device__ static double dot_rel_error(int D) { return (D + 4) * 0x1p-23; }
+  __device__ static double dot_rel_error(int D) { return cert::sum_error(D); }
 
   float acc[8][8];
 
@@ -425,15 +426,13 @@ __global__ void __launch_bounds__(kThreads) nearest_code_tile_kernel(const Searc
   // best < L strictly, so no such code is better, nor equal with a lower index. Computed in double
   // with a factor 2 of slack in B. a_R = +inf (the range had < R codes, all re-scored) gives L = +inf.
   // Assumes finite inputs whose squared norms fit in fp32 (sgcvq/ops.py checks finiteness).
-  const double gamma = (D + 4) * 0x1p-23;
+  // (csrc/include/sgcvq/certificate.h: the bounds; docs/numerics.md: their derivation.)
+  const double gamma = cert::sum_error(D);
   const double rho = Core::dot_rel_error(D);
   const double nmax = static_cast<double>(__uint_as_float(*args.max_norm_bits)) * (1.0 + gamma);
   const double xd = static_cast<double>(xx);
-  const double p = sqrt(xd * (1.0 + gamma) * nmax);  // >= ||x|| ||e_k|| >= sum_d |x_d e_kd|
-  // The last term covers subnormal products and partial sums that hardware may flush to zero.
-  const double bound =
-      2.0 * (2.0 * gamma * nmax + 2.0 * rho * p + 0x1p-22 * (nmax + 2.0 * p)) + (D + 8) * 0x1p-118;
-  const double lower = (xd * (1.0 - gamma) + static_cast<double>(best_v[R - 1]) - bound) * (1.0 - gamma);
+  const double bound = cert::tile_delta(gamma, rho, nmax, xd, D);
+  const double lower = cert::unlisted_floor(xd, static_cast<double>(best_v[R - 1]), bound, gamma);
   const bool certified = static_cast<double>(best) < lower;
   if (!certified) {
     // Fallback: exact fp32 scan of this block's range for this token (rare: near-ties in the

@@ -30,6 +30,7 @@
 // d[4i + {2,3}].
 #include "nearest_code_sm90.h"
 #include "label_tiles.cuh"
+#include "../include/sgcvq/certificate.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -116,18 +117,13 @@ __global__ void prep_rows_kernel(const T* __restrict__ src, int rows, int D, int
   // NOTE: the certificate's margin (kernels/nearest_code.py token_margin, the same terms):
   // bf16 residuals by Cauchy-Schwarz, exact bf16 products, fp32 accumulation charged a full ulp a
   // step (g), the norms, the direct fp32 re-score, centring and the score arithmetic.
-  const double u = 0x1p-24;
-  const double g = (2.0 * D + 16.0) * u;
+  const double g = cert::accumulation_error(D);
   const double xn = sqrt(static_cast<double>(sq) * (1.0 + g)) * 1.0001;
   const double r = sqrt(static_cast<double>(res) * (1.0 + g)) * 1.0001;
   const double me2 = static_cast<double>(__uint_as_float(bound->max_n2)) * (1.0 + g) * 1.0001;
   const double me = sqrt(me2);
   const double merr = sqrt(static_cast<double>(__uint_as_float(bound->max_r2)) * (1.0 + g)) * 1.0001;
-  const double ah = 2.0 * (xn + r);
-  const double big = (xn + me) * (xn + me);
-  const double dot = 2.0 * r * me + ah * merr + g * ah * (me + merr);
-  const double e = (g * (xn * xn + me2) + dot + (1.01 * g + 12.0 * u) * big + (D + 8) * 0x1p-100) * 1.01;
-  margin[row] = __double2float_ru(e);
+  margin[row] = __double2float_ru(cert::centred_margin(xn, r, me2, me, merr, D, g, g));
 }
 
 // ---- the search (device code only in the sm_90a build) ----

@@ -1,0 +1,39 @@
+// The CPU search's settings from the environment, read in one place (options.cpp).
+//
+// A call reads them once, at its start (cpu_options()), and passes the snapshot down; the tests
+// switch them between calls. Each value is kept as written and interpreted where it is used (an
+// unknown value is an error only when the setting matters for the call, as before). Python sees
+// them through sgcvq._C.cpu_options().
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sgcvq {
+namespace cpu {
+
+struct CpuOptions {
+  // SGCVQ_CPU_PORTABLE (non-empty, not "0"): the portable scans instead of the AVX-512 ones, which
+  // also turns the bf16 paths off. Read once per process: it fixes which scans the library runs.
+  bool portable = false;
+  // SGCVQ_CPU_BF16: "amx", "avx512bf16", "off" (or "0"), or empty: the fastest this CPU runs.
+  std::string bf16;
+  // SGCVQ_CPU_F32_GEMM: "mm" keeps ATen's at::mm for the float32 tiles where brgemm would run.
+  std::string f32_gemm;
+  // SGCVQ_CPU_SMALLD: "window" or "branchy" forces the bf16 small-D scan (empty: by code count).
+  std::string smalld;
+  // SGCVQ_CPU_SMALLD_SEED: "cells" (default) or "first": the branchy small-D scan's seed.
+  std::string smalld_seed;
+  // SGCVQ_CPU_RESEARCH: "loop" re-searches uncertified tokens one at a time (tests, benchmarks).
+  std::string research;
+};
+
+// The settings now (SGCVQ_CPU_PORTABLE as read when the library first asked).
+CpuOptions cpu_options();
+
+// Each setting's environment variable and its value now, in CpuOptions' order (for
+// sgcvq._C.cpu_options; empty: unset).
+std::vector<std::pair<const char*, std::string>> cpu_option_values();
+
+}  // namespace cpu
+}  // namespace sgcvq
