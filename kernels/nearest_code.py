@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sgcvq import options as _options
+
 __all__ = ["nearest_code", "nearest_code_with_stats", "token_margin", "candidate_kind", "LIST_R"]
 
 _INF = tl.constexpr(float("inf"))  # a global the kernels may read: it must be a constexpr
@@ -119,7 +121,7 @@ def token_margin(xx: float, r2: float, max_e2: float, max_err: float, D: int, do
 # --------------------------------------------------------------------------------------------
 # Prologue: centre, round to the candidate dtype, norms, residuals, margins
 # --------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["rows_total", "passes1", "passes2"])  # one compile per D and use
 def _prepare_rows_kernel(
     src_ptr,  # [R, D] float32/bfloat16/float16 rows (tokens or codes)
     mu_ptr,  # [D] float32 centre
@@ -205,7 +207,7 @@ def _search_configs():
         # exercise partial tiles and multi-tile loops at the test shapes.
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 16}, num_warps=4, num_stages=1)]
     shapes = _TENSOR_CORE_SHAPES + _FMA_SHAPES
-    if os.environ.get("SGCVQ_TRITON_AUTOTUNE", "1") == "0":
+    if not _options.current().triton_autotune:
         # No autotuning (fast test runs): the first tile of each family.
         shapes = [_TENSOR_CORE_SHAPES[0], _FMA_SHAPES[0]]
     return [
@@ -259,11 +261,14 @@ def _operand_tile(ptr, mu_ptr, row_off, offs_d, mask, CENTER_IN_KERNEL: tl.const
 
 @triton.autotune(
     configs=_search_configs(),
-    key=["D", "GROUPED", "DOT_PRECISION", "CENTER_IN_KERNEL"],  # not K or N: one tuning per width
+    # One tuning per width and use, and per N_BUCKET: a re-search of the few uncertified tokens
+    # (bucket 0) and a full pass over many tokens want different tiles (32 tokens a program
+    # spreads a handful over the SMs; 128 feeds the tensor cores).
+    key=["D", "GROUPED", "DOT_PRECISION", "CENTER_IN_KERNEL", "N_BUCKET"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.heuristics({"X_RESIDENT": lambda args: args["D"] <= args["BLOCK_D"]})
-@triton.jit
+@triton.jit(do_not_specialize=["N", "K", "NB", "N_BUCKET"])
 def _nearest_code_search_kernel(
     xa_ptr,  # [N, D] x operands: candidate dtype (prepared) or the raw x (CENTER_IN_KERNEL)
     ea_ptr,  # [K, D] code operands, likewise
@@ -283,6 +288,7 @@ def _nearest_code_search_kernel(
     K,
     D,
     NB,
+    N_BUCKET,  # the autotune key's size class (`_n_bucket`); not read by the kernel
     GROUPED: tl.constexpr,
     NB_P2: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -414,7 +420,7 @@ def _nearest_code_search_kernel(
     tl.store(need_ptr + pos, (~certified).to(tl.int32), mask=tok_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])
 def _nearest_code_fallback_kernel(
     x_ptr,  # [N, D]
     e_ptr,  # [K, D]
@@ -487,7 +493,8 @@ def candidate_kind(dtype: torch.dtype, D: int, mode: str) -> str:
 
     float32 inputs: bfloat16 for D >= 32 (twice the TF32 rate; the margin list absorbs its larger
     rounding), TF32 below (the epilogue dominates there, and TF32's 8x tighter margin keeps the
-    lists short); SGCVQ_TRITON_CANDIDATES overrides ("bf16" or "tf32"). bfloat16 / float16 inputs:
+    lists short); the option triton_candidates overrides ("bf16" or "tf32"; SGCVQ_TRITON_CANDIDATES,
+    `sgcvq.set_options`). bfloat16 / float16 inputs:
     their own dtype (their products are exact in float32; bfloat16 data far from the origin is
     centred and rounded again, float16 never, whose centred values could overflow).
     """
@@ -497,15 +504,20 @@ def candidate_kind(dtype: torch.dtype, D: int, mode: str) -> str:
         return "bf16"
     if dtype == torch.float16:
         return "fp16"
-    forced = os.environ.get("SGCVQ_TRITON_CANDIDATES")
-    if forced:
-        if forced not in ("bf16", "tf32"):
-            raise ValueError(f"SGCVQ_TRITON_CANDIDATES must be 'bf16' or 'tf32', got {forced!r}")
+    forced = _options.current().triton_candidates  # validated by sgcvq.options
+    if forced != "auto":
         return forced
     return "bf16" if D >= 32 else "tf32"
 
 
 _CAND_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+
+
+def _n_bucket(N: int) -> int:
+    """The search's autotune size class of a pass over every token: 1 below 16384 tokens (test
+    and inference batches), 2 from there (training batches). 0 is the re-search of the tokens a
+    pass left uncertified (a count only the device knows: usually a few)."""
+    return 1 if N < 16384 else 2
 
 
 def _centre(e: torch.Tensor, kind: str, D: int) -> torch.Tensor:
@@ -563,8 +575,8 @@ def nearest_code_with_stats(
     tokens each search pass left uncertified; read them after the call, that syncs),
     "candidates" (the first pass's operand kind), "margin" ([N] float32, the first pass's E),
     "centre" ([D] float32 mu) and "candidate_operands" (the rounded copies of x and the codes).
-    exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None reads
-    SGCVQ_TRITON_EXACT_FP32_DOT. candidates: force the first pass's kind (see `candidate_kind`).
+    exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None: the
+    option triton_exact_fp32_dot (`sgcvq.options`). candidates: force the first pass's kind (see `candidate_kind`).
     """
     if mode not in ("exact", "fast_exact", "exact_fp32"):
         raise ValueError(f"nearest_code (triton): mode must be 'exact', 'fast_exact' or 'exact_fp32', got {mode!r}")
@@ -578,7 +590,7 @@ def nearest_code_with_stats(
     if max(K, N) * D >= 2**31:
         raise ValueError(f"nearest_code (triton): N * D and K * D must stay below 2^31, got N = {N}, K = {K}, D = {D}")
     if exact_fp32_dot is None:
-        exact_fp32_dot = os.environ.get("SGCVQ_TRITON_EXACT_FP32_DOT", "tf32x3")
+        exact_fp32_dot = _options.current().triton_exact_fp32_dot
     if exact_fp32_dot not in ("ieee", "tf32x3"):
         raise ValueError(f"nearest_code (triton): exact_fp32_dot must be 'ieee' or 'tf32x3', got {exact_fp32_dot!r}")
     kind = candidates or candidate_kind(x.dtype, D, mode)
@@ -644,7 +656,7 @@ def nearest_code_with_stats(
 
         _nearest_code_search_kernel[grid](
             xa, ea, mu_pad, x, e, enorm2, xx, margin, rows, bucket_counts, offs, index, sqdist, need,
-            N, K, D, NB,
+            N, K, D, NB, _n_bucket(N) if first else 0,
             GROUPED=is_grouped,
             NB_P2=triton.next_power_of_2(NB),
             DOT_PRECISION=precision,
