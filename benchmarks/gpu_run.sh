@@ -175,7 +175,11 @@ for step in "${STEPS[@]}"; do
       ;;
     bench)
       export SGCVQ_BENCH_VERIFIED="$MARKS/verified.json"
-      run_step bench 260 env SGCVQ_BENCH_SET="${SGCVQ_BENCH_SET:-floors}" "$PY" -m pytest benchmarks/test_bench_gpu.py \
+      # SGCVQ_TRITON_AUTOTUNE=0: the Triton rows take the first tile of each family, already
+      # compiled by test-triton (the same TRITON_CACHE_DIR); autotuning every key would spend
+      # ~2 minutes compiling here (5 tile shapes x ~8 keys x ~3 s). The record says so (options).
+      run_step bench 260 env SGCVQ_TRITON_AUTOTUNE="${SGCVQ_TRITON_AUTOTUNE:-0}" SGCVQ_BENCH_SET="${SGCVQ_BENCH_SET:-floors}" \
+        "$PY" -m pytest benchmarks/test_bench_gpu.py \
         -q -rs -p no:cacheprovider --benchmark-columns=min,median,max,rounds
       ;;
     ncu)

@@ -46,18 +46,23 @@ def _binder(fn, do_not_specialize, do_not_specialize_on_alignment):
 class CompileCounter:
     """Counts distinct compile keys of the Triton kernels launched inside the `with` block."""
 
-    def __init__(self):
+    def __init__(self, count_specialised: bool = False):
+        self.count_specialised = count_specialised
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("CompileCounter counts under TRITON_INTERPRET=1 (set before triton is imported)")
         self.keys: collections.OrderedDict = collections.OrderedDict()
+        # The same launches keyed as if no argument were do_not_specialize: what they would have
+        # compiled before issue 22 (the count to compare with).
+        self.specialised_keys: collections.OrderedDict = collections.OrderedDict()
         self._binders: dict = {}
 
-    def _key(self, interp, args, kwargs):
+    def _key(self, interp, args, kwargs, honour_do_not_specialize=True):
         fn = interp.fn
-        if fn not in self._binders:
-            self._binders[fn] = _binder(fn, interp.kwargs.get("do_not_specialize"),
-                                        interp.kwargs.get("do_not_specialize_on_alignment"))
-        _, spec, options = self._binders[fn](*args, **kwargs)
+        b = (fn, honour_do_not_specialize)
+        if b not in self._binders:
+            self._binders[b] = _binder(fn, interp.kwargs.get("do_not_specialize") if honour_do_not_specialize else None,
+                                       interp.kwargs.get("do_not_specialize_on_alignment"))
+        _, spec, options = self._binders[b](*args, **kwargs)
         opts = tuple(sorted((k, v) for k, v in options.items() if k in ("num_warps", "num_stages", "num_ctas")))
         return fn.__name__, repr(spec), opts
 
@@ -71,6 +76,9 @@ class CompileCounter:
         def run(interp, *args, grid, warmup, **kwargs):
             key = counter._key(interp, args, kwargs)
             counter.keys[key] = counter.keys.get(key, 0) + 1
+            if counter.count_specialised:
+                k2 = counter._key(interp, args, kwargs, honour_do_not_specialize=False)
+                counter.specialised_keys[k2] = counter.specialised_keys.get(k2, 0) + 1
             return counter._run(interp, *args, grid=grid, warmup=warmup, **kwargs)
 
         InterpretedFunction.run = run
