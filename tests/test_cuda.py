@@ -382,6 +382,8 @@ def test_compute_sanitizer(cuda_backend, tool):
 def test_measured_dispatch_routes_to_triton_with_autograd(cuda_backend, tmp_path):
     if not ops._HAS_TRITON_OP:
         pytest.skip("triton is not installed")
+    if options.current().cuda_kernel != "auto":
+        pytest.skip("a cuda_kernel from the environment ranks above any table")
     ok = "test data"
     table = {"entries": [{"dtype": "float32", "D": 24, "grouped": False, "provider": "triton",
                           "ms": {"cuda-generic": 2.0, "triton": 1.0}, "verified": {"triton": ok}}]}
