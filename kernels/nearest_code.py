@@ -189,15 +189,18 @@ def _prepare_rows_kernel(
 # The search kernel
 # --------------------------------------------------------------------------------------------
 # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32/3xTF32)
-# are H100-oriented: 64-128 tokens x 64-256 codes, D in 32-64 chunks, 3-4 stages. The first is
-# the one used without autotuning: compiled offline for sm_90 (.ci/triton_sm90_check.py, Triton
-# 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA). The float32 FMA dot ("ieee") holds its operands in registers,
-# so it gets smaller tiles.
+# are H100-oriented. The first is the one used without autotuning: BLOCK_D = 256 holds the whole
+# token tile (D <= 256: X_RESIDENT), so it is loaded once and ONE software-pipelined loop streams
+# the codes (with D in 32-wide chunks the pipeline drained and re-read the token tile on every
+# code tile); 64 codes a tile keep 3 stages of [64, 256] bf16 codes plus the tokens in shared
+# memory. At D <= 16 the candidate pass's 128-token tiles take 256 codes (`_prune_configs`).
+# float32 operands (the centred 3xTF32 pass) stay at BLOCK_D = 32 (shared memory).
+# The float32 FMA dot ("ieee") holds its operands in registers, so it gets smaller tiles.
 # The last, 32 tokens a program, is for the re-search of a few compacted tokens: it spreads them
-# over more SMs (each program streams its whole code range); autotuning times it on that launch.
-# Four shapes only: each autotuning key (D, grouping, dot, centring) compiles every one of them,
-# and the device runs are short. 128 x 128 x 64 (280 B spilled) and 128 x 256 (416 B) are out.
-_TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 32, 4, 4), (32, 128, 32, 4, 3)]
+# over more SMs (each program streams its whole code range); autotuning times it on that launch
+# (its own key: N_BUCKET = 0). 128 x 128 x 64 (280 B spilled) and 128 x 256 (416 B) are out.
+_TENSOR_CORE_SHAPES = [(128, 64, 256, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 32, 4, 4),
+                       (32, 128, 32, 4, 3)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
@@ -226,11 +229,13 @@ def _prune_configs(configs, named_args, **kwargs):
     ieee = precision == "ieee"
     # A BLOCK_D wider than D only loads zeros; tl.dot needs at least 16.
     cap = max(16, triton.next_power_of_2(named_args["D"]))
-    if kwargs.get("CENTER_IN_KERNEL", named_args.get("CENTER_IN_KERNEL")) or precision == "tf32x3":
+    centred = kwargs.get("CENTER_IN_KERNEL", named_args.get("CENTER_IN_KERNEL")) or precision == "tf32x3"
+    if centred:
         # float32 operands: 3 stages of [128, 64] + [128, 64] float32 tiles plus the 3xTF32
         # splits need 197-263 KB of shared memory on sm_90 (ptxas, offline), over the 227 KB a
         # block may have; BLOCK_D = 32 halves it.
         cap = min(cap, 32)
+    small_d = named_args["D"] <= 16
     seen, out = set(), []
     for c in configs:
         kw = dict(c.kwargs)
@@ -238,6 +243,10 @@ def _prune_configs(configs, named_args, **kwargs):
         if family != ieee:
             continue
         kw["BLOCK_D"] = min(kw["BLOCK_D"], cap)
+        if small_d and not ieee and not centred and kw["BLOCK_N"] == 128:
+            # D <= 16: the dot is nothing, the per-tile epilogue is everything; 256 codes a tile
+            # halve the number of its reductions and block-wide tests.
+            kw["BLOCK_K"] = 256
         key = (tuple(sorted(kw.items())), c.num_warps, c.num_stages)
         if key not in seen:
             seen.add(key)
@@ -378,10 +387,17 @@ def _nearest_code_search_kernel(
         m, a = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
         worst, wslot = tl.max(lv, 1, return_indices=True, return_indices_tie_break_left=True)
         thr = tl.minimum(worst, tl.min(lv, 1) + window)
-        # Most tiles hold no code that can enter any row's list: one min and this test.
+        # Per row, the codes of this tile under its threshold (list's worst, or best + 2E): an
+        # upper bound on what can enter its list here, since each entry only lowers the threshold.
+        # ONE block-wide test per code tile (the max over rows) sets the number of insertion rounds,
+        # usually 0 (most tiles) or 1; the rounds themselves are masked, branch-free per row.
+        # Unrolled with a uniform `if` rather than a loop of `rounds` trips: Triton's software
+        # pipeliner skips a loop that holds another loop (no cp.async for the code tiles then).
+        hits = tl.sum((s < thr[:, None]).to(tl.int32), 1)
+        rounds = tl.max(hits, 0)
         for _j in tl.static_range(LIST_R):
-            active = m < thr
-            if tl.max(active.to(tl.int32), 0) > 0:
+            if _j < rounds:
+                active = m < thr
                 # The row's tile minimum replaces its worst listed code, which becomes excluded.
                 put = active[:, None] & (slots[None, :] == wslot[:, None])
                 v_excl = tl.minimum(v_excl, tl.where(active, worst, _INF))
@@ -394,8 +410,14 @@ def _nearest_code_search_kernel(
         # Every code of the tile not listed scores >= m.
         v_excl = tl.minimum(v_excl, m)
 
-    # Re-score the listed codes with the direct float32 distance on the original inputs.
-    has = (li >= 0) & tok_mask[:, None]
+    # Re-score the listed codes with the direct float32 distance on the original inputs, only
+    # those inside the window of the list's best: a listed code with s_k >= min s + 2E has
+    # f_k >= s_k + ||x'||^2 - E > f(best) and cannot win; it counts as excluded instead (the
+    # certificate below then holds for it as for any code outside the list).
+    listed = (li >= 0) & tok_mask[:, None]
+    near = lv <= (tl.min(lv, 1) + window)[:, None]
+    v_excl = tl.minimum(v_excl, tl.min(tl.where(listed & ~near, lv, _INF), 1))
+    has = listed & near
     lc = tl.maximum(li, 0).to(tl.int64) * D
     dist = tl.zeros([BLOCK_N, LIST_R], dtype=tl.float32)
     offs_r0 = tl.arange(0, RESCORE_D)

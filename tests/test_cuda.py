@@ -343,6 +343,19 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
     index = torch.randint(0, 70, (300,), device="cuda")
     for det in (False, True):
         ops.cluster_stats(index, x, 70, deterministic=det, backend="cuda", check=False)
+# D = 37 never reaches the Hopper kernel (it needs D % 8 == 0): D = 64, float32 and bfloat16, with
+# the kernel asked for by name (on an sm_90 device with an sm_90a build it runs; elsewhere the
+# generic kernel does). Before 2026-12 this case had D = 37 only, so memcheck never saw it.
+import sgcvq
+with sgcvq.options.options(cuda_kernel="sm90"):
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1000, 64, device="cuda").to(dtype)
+        e = torch.randn(300, 64, device="cuda").to(dtype)
+        labels = torch.randint(-1, 3, (1000,), device="cuda")
+        offsets = torch.tensor([0, 100, 101, 300], device="cuda")
+        ops.nearest_code(x, e, backend="cuda", check=False)
+        ops.nearest_code(x, e, labels, offsets, backend="cuda", check=False)
+        ops.nearest_code(x, e + 3.0, backend="cuda", check=False)  # offset data: the exact fallback
 ops.ema_update(torch.rand(70, device="cuda"), torch.randn(70, 37, device="cuda"),
                torch.randn(70, 37, device="cuda"), torch.rand(70, device="cuda"),
                torch.randn(70, 37, device="cuda"), 0.99, 1e-5, backend="cuda")

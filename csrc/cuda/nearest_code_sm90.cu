@@ -1,6 +1,6 @@
 // nearest_code on Hopper (sm_90a): wgmma bf16 candidates with a per-token margin list, float32
 // re-score, certificate. Verified on an H100 (2026-11-28: every nearest_code test of
-// tests/test_cuda.py, compute-sanitizer memcheck): the float32 default on sm_90 for D >= 16
+// tests/test_cuda.py; memcheck of it is still to run): the float32 default on sm_90 for D >= 16
 // (sgcvq/gpu_dispatch.json). A change to the device code waits for a GPU to verify it again.
 //
 // Pipeline (one stream, no host synchronisation):

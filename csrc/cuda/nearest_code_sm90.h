@@ -1,6 +1,6 @@
 // nearest_code on Hopper (sm_90a): wgmma bf16 candidates, margin lists, float32 re-score.
 // The launcher interface; the kernels live in nearest_code_sm90.cu. Verified on an H100 (2026-11-28:
-// every nearest_code test of tests/test_cuda.py, compute-sanitizer memcheck). nearest_code_launch
+// every nearest_code test of tests/test_cuda.py; memcheck of it is still to run). nearest_code_launch
 // takes it for mode "exact" when the caller asks (sgcvq/gpu_dispatch.json makes it the float32
 // default on sm_90; SGCVQ_CUDA_SM90=1 for the plain op), on a device of compute capability 9.0, for
 // float32 / bfloat16 inputs with 16 <= D <= 256 and D % 8 == 0.
