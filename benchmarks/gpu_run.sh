@@ -22,14 +22,17 @@
 # output), tests.jsonl, verified.json, gpu-<device>.json, gpu_dispatch.json, ncu.txt.
 # After the run: copy gpu-<device>.json to benchmarks/results/ and gpu_dispatch.json to sgcvq/.
 #
-# The device call (from the repository's root; the tool sends the lead's checkout):
-#   run(command="SGCVQ_GPU_BUDGET_S=570 bash benchmarks/gpu_run.sh", timeout_s=590)
+# The device call (the tool sends the session's own checkout, so make it from the merged tree):
+#   run(command="SGCVQ_GPU_BUDGET_S=570 bash benchmarks/gpu_run.sh", timeout_s=590, carry=[".whl"])
 # Estimated: build 65 s, test-cuda 60, test-generic 25, test-triton 150, bench 220, ncu 40 = ~560 s.
 # Carry `.whl` (vector-quantize-pytorch and its missing needs, see below) for the quantizer rows.
 # If a step fails or times out, rerun only it on the still-warm machine, e.g.
 #   run(command="SGCVQ_GPU_BUDGET_S=200 bash benchmarks/gpu_run.sh test-triton bench", timeout_s=220)
-# Wheels (here, once): python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#   --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl vector-quantize-pytorch einx
+# Wheels for the quantizer rows (here, once, in the repository's root; .whl/ is git-ignored, ~350 KB):
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl vector-quantize-pytorch==1.34.1 einx==0.4.3 frozendict==2.5.1 loguru==0.8.0 torch-einops-utils==0.2.9
+# and add carry=[".whl"] to the call. Without them the quantizer rows skip (VectorQuantize missing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
