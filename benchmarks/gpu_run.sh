@@ -134,6 +134,14 @@ ensure_importable() {
     >>"$SUMMARY" 2>&1 || note "import sgcvq FAILED"
 }
 
+# step_ok STEP: the step exited 0 AND its test rows show passes, no failure, and no test skipped
+# for want of a GPU, the CUDA extension or Triton (a build that failed must not verify anything).
+step_ok() {
+  [ "$LAST_RC" -eq 0 ] || return 1
+  "$PY" "$ROOT/benchmarks/gpu_rows.py" "$SGCVQ_TEST_ROWS" "$1" | sed "s/^/    $1: /" | tee -a "$SUMMARY"
+  return "${PIPESTATUS[0]}"
+}
+
 TMO=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && TMO=(-p timeout --timeout=150 --timeout-method=thread)
 XDIST=()
@@ -151,7 +159,7 @@ for step in "${STEPS[@]}"; do
       # searches at 16 <= D <= 256 to the Hopper kernel, so this run is the one that keeps it the
       # default; test_default_kernel_follows_the_table checks which kernel ran (profiler).
       run_step test-cuda 200 "${PYTEST[@]}" tests/test_cuda.py tests/test_gpu_dispatch.py tests/test_options.py "${TMO[@]}"
-      if [ "$LAST_RC" -eq 0 ]; then
+      if step_ok test-cuda; then
         verified cuda-sm90 "tests/test_cuda.py passed with the default options (the Hopper kernel for float32, D >= 16) and compute-sanitizer memcheck, $DEVICE, $TODAY, commit $COMMIT"
       else
         verified cuda-sm90 ""
@@ -159,7 +167,7 @@ for step in "${STEPS[@]}"; do
       ;;
     test-generic)
       run_step test-generic 90 env SGCVQ_CUDA_SM90=0 "${PYTEST[@]}" tests/test_cuda.py -k "nearest_code" "${TMO[@]}"
-      if [ "$LAST_RC" -eq 0 ]; then
+      if step_ok test-generic; then
         verified cuda-generic "tests/test_cuda.py nearest_code tests passed with SGCVQ_CUDA_SM90=0 (the generic kernel), $DEVICE, $TODAY, commit $COMMIT"
       else
         verified cuda-generic ""
@@ -170,7 +178,7 @@ for step in "${STEPS[@]}"; do
       # each shape family compiles (kernels/compile_count.py counts them); 8 workers compile in
       # parallel and share the cache.
       run_step test-triton 240 env SGCVQ_TRITON_AUTOTUNE=0 "${PYTEST[@]}" tests/test_triton.py "${XDIST[@]}" "${TMO[@]}"
-      if [ "$LAST_RC" -eq 0 ]; then
+      if step_ok test-triton; then
         verified triton "tests/test_triton.py passed, $DEVICE, $TODAY, commit $COMMIT"
       else
         verified triton ""
