@@ -160,7 +160,7 @@ for step in "${STEPS[@]}"; do
       # default; test_default_kernel_follows_the_table checks which kernel ran (profiler).
       run_step test-cuda 200 "${PYTEST[@]}" tests/test_cuda.py tests/test_gpu_dispatch.py tests/test_options.py "${TMO[@]}"
       if step_ok test-cuda; then
-        verified cuda-sm90 "tests/test_cuda.py passed with the default options (the Hopper kernel for float32, D >= 16) and compute-sanitizer memcheck, $DEVICE, $TODAY, commit $COMMIT"
+        verified cuda-sm90 "tests/test_cuda.py passed with the default options (the Hopper kernel for float32, D >= 16) and compute-sanitizer memcheck, racecheck and synccheck, $DEVICE, $TODAY, commit $COMMIT"
       else
         verified cuda-sm90 ""
       fi
