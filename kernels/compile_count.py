@@ -10,7 +10,7 @@ launch and, for each launch, computes the key that the compiled runtime would lo
 kernel cache, with Triton's own binder (`create_function_from_signature`, the same code
 `JITFunction.run` uses) for an sm_90 target. Distinct keys = compilations a GPU run would do
 with the same tile configs (under the interpreter the autotuner has one config; on a GPU each
-autotune key compiles every config it keeps, see `compilations_with_autotune`).
+autotune key compiles every config it keeps; `OfflineCompiler` compiles them the same way).
 
     with CompileCounter() as cc:
         sgcvq.nearest_code(x, codebook, backend="triton")
