@@ -24,7 +24,7 @@ __all__ = ["cluster_stats"]
 _PIECE = 1024  # tokens per piece of a segment (deterministic path); tests shrink it
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # sizes vary per call: one compile per D
 def _cluster_stats_fwd_kernel(
     index_ptr,  # [N] int64
     x_ptr,  # [N, D] float32/bfloat16/float16
@@ -51,7 +51,7 @@ def _cluster_stats_fwd_kernel(
         tl.atomic_add(counts_ptr + code, tl.full([BLOCK_N], 1, tl.int32), mask=nmask, sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])  # sizes vary per call: one compile per D
 def _cluster_stats_sorted_kernel(
     order_ptr,  # [N] int64 token rows sorted by index (stable)
     seg_start_ptr,  # [K] int64 first sorted position of each code

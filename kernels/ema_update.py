@@ -17,7 +17,7 @@ import triton.language as tl
 __all__ = ["ema_update"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])  # K varies per codebook: one compile in all
 def _ema_counts_kernel(
     cluster_size_ptr,  # [K] float32 in/out
     counts_ptr,  # [K] float32
@@ -38,7 +38,7 @@ def _ema_counts_kernel(
     tl.store(total_ptr, tl.sum(total, 0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])  # sizes vary per call: one compile per D
 def _ema_update_fwd_kernel(
     cluster_size_ptr,  # [K] float32 (already updated)
     total_ptr,  # [1] float32

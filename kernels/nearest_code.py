@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sgcvq import options as _options
 from sgcvq.reference import accumulation_error, centred_margin
 
 __all__ = ["nearest_code", "nearest_code_with_stats", "token_margin", "candidate_kind", "LIST_R"]
@@ -106,7 +107,7 @@ def token_margin(xx: float, r2: float, max_e2: float, max_err: float, D: int, do
 # --------------------------------------------------------------------------------------------
 # Prologue: centre, round to the candidate dtype, norms, residuals, margins
 # --------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["rows_total", "passes1", "passes2"])  # one compile per D and use
 def _prepare_rows_kernel(
     src_ptr,  # [R, D] float32/bfloat16/float16 rows (tokens or codes)
     mu_ptr,  # [D] float32 centre
@@ -174,15 +175,18 @@ def _prepare_rows_kernel(
 # The search kernel
 # --------------------------------------------------------------------------------------------
 # (BLOCK_N, BLOCK_K, BLOCK_D, num_warps, num_stages). Tensor-core tiles (bf16/fp16/tf32/3xTF32)
-# are H100-oriented: 64-128 tokens x 64-256 codes, D in 32-64 chunks, 3-4 stages. The first is
-# the one used without autotuning: compiled offline for sm_90 (.ci/triton_sm90_check.py, Triton
-# 3.9) it has no spills at D = 256 (255 registers, 16 KB shared memory, HGMMA). The float32 FMA dot ("ieee") holds its operands in registers,
-# so it gets smaller tiles.
+# are H100-oriented. The first is the one used without autotuning: BLOCK_D = 256 holds the whole
+# token tile (D <= 256: X_RESIDENT), so it is loaded once and ONE software-pipelined loop streams
+# the codes (with D in 32-wide chunks the pipeline drained and re-read the token tile on every
+# code tile); 64 codes a tile keep 3 stages of [64, 256] bf16 codes plus the tokens in shared
+# memory. At D <= 16 the candidate pass's 128-token tiles take 256 codes (`_prune_configs`).
+# float32 operands (the centred 3xTF32 pass) stay at BLOCK_D = 32 (shared memory).
+# The float32 FMA dot ("ieee") holds its operands in registers, so it gets smaller tiles.
 # The last, 32 tokens a program, is for the re-search of a few compacted tokens: it spreads them
-# over more SMs (each program streams its whole code range); autotuning times it on that launch.
-# Four shapes only: each autotuning key (D, grouping, dot, centring) compiles every one of them,
-# and the device runs are short. 128 x 128 x 64 (280 B spilled) and 128 x 256 (416 B) are out.
-_TENSOR_CORE_SHAPES = [(128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 32, 4, 4), (32, 128, 32, 4, 3)]
+# over more SMs (each program streams its whole code range); autotuning times it on that launch
+# (its own key: N_BUCKET = 0). 128 x 128 x 64 (280 B spilled) and 128 x 256 (416 B) are out.
+_TENSOR_CORE_SHAPES = [(128, 64, 256, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 8, 3), (64, 128, 32, 4, 4),
+                       (32, 128, 32, 4, 3)]
 _FMA_SHAPES = [(64, 64, 32, 4, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3)]
 
 
@@ -192,7 +196,7 @@ def _search_configs():
         # exercise partial tiles and multi-tile loops at the test shapes.
         return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 16}, num_warps=4, num_stages=1)]
     shapes = _TENSOR_CORE_SHAPES + _FMA_SHAPES
-    if os.environ.get("SGCVQ_TRITON_AUTOTUNE", "1") == "0":
+    if not _options.current().triton_autotune:
         # No autotuning (fast test runs): the first tile of each family.
         shapes = [_TENSOR_CORE_SHAPES[0], _FMA_SHAPES[0]]
     return [
@@ -211,11 +215,13 @@ def _prune_configs(configs, named_args, **kwargs):
     ieee = precision == "ieee"
     # A BLOCK_D wider than D only loads zeros; tl.dot needs at least 16.
     cap = max(16, triton.next_power_of_2(named_args["D"]))
-    if kwargs.get("CENTER_IN_KERNEL", named_args.get("CENTER_IN_KERNEL")) or precision == "tf32x3":
+    centred = kwargs.get("CENTER_IN_KERNEL", named_args.get("CENTER_IN_KERNEL")) or precision == "tf32x3"
+    if centred:
         # float32 operands: 3 stages of [128, 64] + [128, 64] float32 tiles plus the 3xTF32
         # splits need 197-263 KB of shared memory on sm_90 (ptxas, offline), over the 227 KB a
         # block may have; BLOCK_D = 32 halves it.
         cap = min(cap, 32)
+    small_d = named_args["D"] <= 16
     seen, out = set(), []
     for c in configs:
         kw = dict(c.kwargs)
@@ -223,6 +229,10 @@ def _prune_configs(configs, named_args, **kwargs):
         if family != ieee:
             continue
         kw["BLOCK_D"] = min(kw["BLOCK_D"], cap)
+        if small_d and not ieee and not centred and kw["BLOCK_N"] == 128:
+            # D <= 16: the dot is nothing, the per-tile epilogue is everything; 256 codes a tile
+            # halve the number of its reductions and block-wide tests.
+            kw["BLOCK_K"] = 256
         key = (tuple(sorted(kw.items())), c.num_warps, c.num_stages)
         if key not in seen:
             seen.add(key)
@@ -246,11 +256,14 @@ def _operand_tile(ptr, mu_ptr, row_off, offs_d, mask, CENTER_IN_KERNEL: tl.const
 
 @triton.autotune(
     configs=_search_configs(),
-    key=["D", "GROUPED", "DOT_PRECISION", "CENTER_IN_KERNEL"],  # not K or N: one tuning per width
+    # One tuning per width and use, and per N_BUCKET: a re-search of the few uncertified tokens
+    # (bucket 0) and a full pass over many tokens want different tiles (32 tokens a program
+    # spreads a handful over the SMs; 128 feeds the tensor cores).
+    key=["D", "GROUPED", "DOT_PRECISION", "CENTER_IN_KERNEL", "N_BUCKET"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.heuristics({"X_RESIDENT": lambda args: args["D"] <= args["BLOCK_D"]})
-@triton.jit
+@triton.jit(do_not_specialize=["N", "K", "NB", "N_BUCKET"])
 def _nearest_code_search_kernel(
     xa_ptr,  # [N, D] x operands: candidate dtype (prepared) or the raw x (CENTER_IN_KERNEL)
     ea_ptr,  # [K, D] code operands, likewise
@@ -270,6 +283,7 @@ def _nearest_code_search_kernel(
     K,
     D,
     NB,
+    N_BUCKET,  # the autotune key's size class (`_n_bucket`); not read by the kernel
     GROUPED: tl.constexpr,
     NB_P2: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -359,10 +373,17 @@ def _nearest_code_search_kernel(
         m, a = tl.min(s, 1, return_indices=True, return_indices_tie_break_left=True)
         worst, wslot = tl.max(lv, 1, return_indices=True, return_indices_tie_break_left=True)
         thr = tl.minimum(worst, tl.min(lv, 1) + window)
-        # Most tiles hold no code that can enter any row's list: one min and this test.
+        # Per row, the codes of this tile under its threshold (list's worst, or best + 2E): an
+        # upper bound on what can enter its list here, since each entry only lowers the threshold.
+        # ONE block-wide test per code tile (the max over rows) sets the number of insertion rounds,
+        # usually 0 (most tiles) or 1; the rounds themselves are masked, branch-free per row.
+        # Unrolled with a uniform `if` rather than a loop of `rounds` trips: Triton's software
+        # pipeliner skips a loop that holds another loop (no cp.async for the code tiles then).
+        hits = tl.sum((s < thr[:, None]).to(tl.int32), 1)
+        rounds = tl.max(hits, 0)
         for _j in tl.static_range(LIST_R):
-            active = m < thr
-            if tl.max(active.to(tl.int32), 0) > 0:
+            if _j < rounds:
+                active = m < thr
                 # The row's tile minimum replaces its worst listed code, which becomes excluded.
                 put = active[:, None] & (slots[None, :] == wslot[:, None])
                 v_excl = tl.minimum(v_excl, tl.where(active, worst, _INF))
@@ -375,8 +396,14 @@ def _nearest_code_search_kernel(
         # Every code of the tile not listed scores >= m.
         v_excl = tl.minimum(v_excl, m)
 
-    # Re-score the listed codes with the direct float32 distance on the original inputs.
-    has = (li >= 0) & tok_mask[:, None]
+    # Re-score the listed codes with the direct float32 distance on the original inputs, only
+    # those inside the window of the list's best: a listed code with s_k >= min s + 2E has
+    # f_k >= s_k + ||x'||^2 - E > f(best) and cannot win; it counts as excluded instead (the
+    # certificate below then holds for it as for any code outside the list).
+    listed = (li >= 0) & tok_mask[:, None]
+    near = lv <= (tl.min(lv, 1) + window)[:, None]
+    v_excl = tl.minimum(v_excl, tl.min(tl.where(listed & ~near, lv, _INF), 1))
+    has = listed & near
     lc = tl.maximum(li, 0).to(tl.int64) * D
     dist = tl.zeros([BLOCK_N, LIST_R], dtype=tl.float32)
     offs_r0 = tl.arange(0, RESCORE_D)
@@ -401,7 +428,7 @@ def _nearest_code_search_kernel(
     tl.store(need_ptr + pos, (~certified).to(tl.int32), mask=tok_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])
 def _nearest_code_fallback_kernel(
     x_ptr,  # [N, D]
     e_ptr,  # [K, D]
@@ -474,7 +501,8 @@ def candidate_kind(dtype: torch.dtype, D: int, mode: str) -> str:
 
     float32 inputs: bfloat16 for D >= 32 (twice the TF32 rate; the margin list absorbs its larger
     rounding), TF32 below (the epilogue dominates there, and TF32's 8x tighter margin keeps the
-    lists short); SGCVQ_TRITON_CANDIDATES overrides ("bf16" or "tf32"). bfloat16 / float16 inputs:
+    lists short); the option triton_candidates overrides ("bf16" or "tf32"; SGCVQ_TRITON_CANDIDATES,
+    `sgcvq.set_options`). bfloat16 / float16 inputs:
     their own dtype (their products are exact in float32; bfloat16 data far from the origin is
     centred and rounded again, float16 never, whose centred values could overflow).
     """
@@ -484,15 +512,20 @@ def candidate_kind(dtype: torch.dtype, D: int, mode: str) -> str:
         return "bf16"
     if dtype == torch.float16:
         return "fp16"
-    forced = os.environ.get("SGCVQ_TRITON_CANDIDATES")
-    if forced:
-        if forced not in ("bf16", "tf32"):
-            raise ValueError(f"SGCVQ_TRITON_CANDIDATES must be 'bf16' or 'tf32', got {forced!r}")
+    forced = _options.current().triton_candidates  # validated by sgcvq.options
+    if forced != "auto":
         return forced
     return "bf16" if D >= 32 else "tf32"
 
 
 _CAND_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32}
+
+
+def _n_bucket(N: int) -> int:
+    """The search's autotune size class of a pass over every token: 1 below 16384 tokens (test
+    and inference batches), 2 from there (training batches). 0 is the re-search of the tokens a
+    pass left uncertified (a count only the device knows: usually a few)."""
+    return 1 if N < 16384 else 2
 
 
 def _centre(e: torch.Tensor, kind: str, D: int) -> torch.Tensor:
@@ -550,8 +583,8 @@ def nearest_code_with_stats(
     tokens each search pass left uncertified; read them after the call, that syncs),
     "candidates" (the first pass's operand kind), "margin" ([N] float32, the first pass's E),
     "centre" ([D] float32 mu) and "candidate_operands" (the rounded copies of x and the codes).
-    exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None reads
-    SGCVQ_TRITON_EXACT_FP32_DOT. candidates: force the first pass's kind (see `candidate_kind`).
+    exact_fp32_dot: the dot of the float32-grade pass, "tf32x3" (default) or "ieee"; None: the
+    option triton_exact_fp32_dot (`sgcvq.options`). candidates: force the first pass's kind (see `candidate_kind`).
     """
     if mode not in ("exact", "fast_exact", "exact_fp32"):
         raise ValueError(f"nearest_code (triton): mode must be 'exact', 'fast_exact' or 'exact_fp32', got {mode!r}")
@@ -565,7 +598,7 @@ def nearest_code_with_stats(
     if max(K, N) * D >= 2**31:
         raise ValueError(f"nearest_code (triton): N * D and K * D must stay below 2^31, got N = {N}, K = {K}, D = {D}")
     if exact_fp32_dot is None:
-        exact_fp32_dot = os.environ.get("SGCVQ_TRITON_EXACT_FP32_DOT", "tf32x3")
+        exact_fp32_dot = _options.current().triton_exact_fp32_dot
     if exact_fp32_dot not in ("ieee", "tf32x3"):
         raise ValueError(f"nearest_code (triton): exact_fp32_dot must be 'ieee' or 'tf32x3', got {exact_fp32_dot!r}")
     kind = candidates or candidate_kind(x.dtype, D, mode)
@@ -631,7 +664,7 @@ def nearest_code_with_stats(
 
         _nearest_code_search_kernel[grid](
             xa, ea, mu_pad, x, e, enorm2, xx, margin, rows, bucket_counts, offs, index, sqdist, need,
-            N, K, D, NB,
+            N, K, D, NB, _n_bucket(N) if first else 0,
             GROUPED=is_grouped,
             NB_P2=triton.next_power_of_2(NB),
             DOT_PRECISION=precision,

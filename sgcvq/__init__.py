@@ -2,6 +2,8 @@
 from .ops import BACKENDS, MODES, available_backends, cluster_stats, ema_update, nearest_code
 from .reference import cluster_stats_reference, ema_update_reference, nearest_code_reference
 from .quantizer import FastSemanticQuantizer
+from .options import capabilities, set_options
+from . import options
 
 __version__ = "0.1.0"
 
@@ -16,4 +18,7 @@ __all__ = [
     "cluster_stats_reference",
     "ema_update_reference",
     "FastSemanticQuantizer",
+    "capabilities",
+    "set_options",
+    "options",
 ]

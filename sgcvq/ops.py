@@ -8,9 +8,11 @@ The ops live in one namespace, `torch.ops.sgcvq`, with the schema defined once i
   (`sgcvq.kernels`);
 * where neither exists, the pure-torch reference (`sgcvq.reference`), with one warning.
 
-`backend=` on each function, or the environment variable SGCVQ_BACKEND, forces one of
-"reference", "cpu", "cuda", "triton" (for tests and benchmarks); "auto" (default) lets the
-dispatcher choose. Forced backends are called directly and are not differentiable.
+`backend=` on each function, or the option `backend` (`sgcvq.options`: SGCVQ_BACKEND or
+`sgcvq.set_options`), forces one of "reference", "cpu", "cuda", "triton" (for tests and
+benchmarks); "auto" (default) lets the dispatcher choose. Forced backends are called directly and
+are not differentiable. On CUDA tensors the search path (the CUDA extension's generic or Hopper
+kernel, or Triton) comes from `sgcvq.gpu_dispatch`: the options, then the table measured on a GPU.
 
 Inputs are validated here, before any kernel runs, with messages that name the argument. The
 checks that need values (label range, offsets, finiteness) synchronise with the device; they are
@@ -23,6 +25,7 @@ import warnings
 
 import torch
 
+from . import options as _options
 from . import reference
 
 __all__ = ["nearest_code", "cluster_stats", "ema_update", "available_backends", "BACKENDS", "MODES"]
@@ -119,10 +122,28 @@ _register_python_fallbacks()
 
 
 # --------------------------------------------------------------------------------------------
-# CUDA tensors with both GPU backends: the faster one per (dtype, D, grouped), as measured
-# (sgcvq/gpu_dispatch.json, written by benchmarks/test_bench_gpu.py; no entry: the CUDA extension)
+# CUDA tensors: the path per (dtype, D, grouped, device capability) from the options and the table
+# measured on a GPU (sgcvq/gpu_dispatch.json, written by benchmarks/test_bench_gpu.py)
 # --------------------------------------------------------------------------------------------
-from . import gpu_dispatch as _gpu_dispatch  # noqa: E402  (plain Python, reads its table once)
+from . import gpu_dispatch as _gpu_dispatch  # noqa: E402  (plain Python, caches its table)
+
+# The CUDA extension's search with its kernel named per call ("generic" or "sm90"; csrc/cuda/
+# ops_cuda.cpp). An extension built before that op existed has only the plain op.
+_HAS_KERNEL_OP = HAS_CUDA_EXTENSION and hasattr(torch.ops.sgcvq, "nearest_code_kernel")
+_CAPABILITY: dict = {}
+
+
+def _capability(device: torch.device):
+    i = device.index if device.index is not None else torch.cuda.current_device()
+    if i not in _CAPABILITY:
+        _CAPABILITY[i] = tuple(torch.cuda.get_device_capability(i))
+    return _CAPABILITY[i]
+
+
+def gpu_choice(x: torch.Tensor, grouped: bool) -> "_gpu_dispatch.Choice":
+    """The path an "auto" search on these CUDA tensors takes, and why."""
+    return _gpu_dispatch.choose(x.dtype, x.shape[1], grouped, _capability(x.device),
+                                has_cuda_extension=HAS_CUDA_EXTENSION, has_triton=_HAS_TRITON_OP)
 
 _HAS_TRITON_OP = False
 if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
@@ -142,7 +163,16 @@ if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
 def _measured_triton(x: torch.Tensor, labels) -> bool:
     if not _HAS_TRITON_OP or not x.is_cuda:
         return False
-    return _gpu_dispatch.backend_for(x.dtype, x.shape[1], labels is not None) == "triton"
+    return gpu_choice(x, labels is not None).backend == "triton"
+
+
+def _cuda_search(x, codebook, labels, offsets, mode):
+    """The CUDA extension's search with the kernel the options and the table choose."""
+    if not _HAS_KERNEL_OP:
+        return torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, mode)
+    choice = gpu_choice(x, labels is not None)
+    kernel = choice.kernel if choice.backend == "cuda" else "generic"
+    return torch.ops.sgcvq.nearest_code_kernel(x, codebook, labels, offsets, mode, kernel)
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
@@ -163,7 +193,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
 
 
 def _resolve_backend(backend: str | None) -> str:
-    b = backend if backend is not None else os.environ.get("SGCVQ_BACKEND", "auto")
+    b = backend if backend is not None else _options.current().backend
     if b not in BACKENDS:
         raise ValueError(f"sgcvq: backend must be one of {BACKENDS}, got {b!r}")
     return b
@@ -355,7 +385,8 @@ def nearest_code(
             on the CPU bf16 candidates where it has AMX or AVX512_BF16), "fast_exact" (forces
             the low-precision candidates) or "exact_fp32" (forces float32 candidates); all three
             return the same index.
-        backend: force "reference", "cpu", "cuda" or "triton"; None reads SGCVQ_BACKEND.
+        backend: force "reference", "cpu", "cuda" or "triton"; None: the option `backend`
+            (SGCVQ_BACKEND or `sgcvq.set_options`, else "auto").
         check: validate values too (label range, offsets, finiteness): one host sync.
 
     Returns:
@@ -367,7 +398,12 @@ def nearest_code(
     if b == "auto":
         if _measured_triton(x, labels):
             return torch.ops.sgcvq.nearest_code_triton(x, codebook, labels, offsets, mode)
+        if x.is_cuda and HAS_CUDA_EXTENSION:
+            return _cuda_search(x, codebook, labels, offsets, mode)
         return torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, mode)
+    if b == "cuda":
+        _forced("nearest_code", b, x.device)  # the checks and their messages
+        return _cuda_search(x, codebook, labels, offsets, mode)
     return _forced("nearest_code", b, x.device)(x, codebook, labels, offsets, mode)
 
 
@@ -463,6 +499,13 @@ def _nearest_code_backward(ctx, grad_index, grad_sqdist):
 torch.library.register_autograd(
     "sgcvq::nearest_code", _nearest_code_backward, setup_context=_nearest_code_setup_context
 )
+if _HAS_KERNEL_OP:
+    torch.library.register_fake("sgcvq::nearest_code_kernel")(
+        lambda x, codebook, labels=None, offsets=None, mode="exact", kernel="generic":
+        _nearest_code_fake(x, codebook, labels, offsets, mode))
+    torch.library.register_autograd(
+        "sgcvq::nearest_code_kernel", lambda ctx, gi, gs: _nearest_code_backward(ctx, gi, gs) + (None,),
+        setup_context=_nearest_code_setup_context)
 if _HAS_TRITON_OP:
     torch.library.register_fake("sgcvq::nearest_code_triton")(_nearest_code_fake)
     torch.library.register_autograd(

@@ -24,6 +24,17 @@ def _seed_per_test(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _options_follow_the_environment():
+    # sgcvq reads its SGCVQ_* variables once (sgcvq.options). A test that changed os.environ
+    # (monkeypatch, undone before this teardown: autouse fixtures are set up first, torn down
+    # last) must not leave its values behind for the next test.
+    yield
+    from sgcvq import options
+
+    options.reload()
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test: tiny models gain nothing from a second thread, and on a

@@ -7,6 +7,7 @@ torch has CUDA and nvcc, the extension must have been built (`python setup.py bu
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from conftest import requires_cuda
-from sgcvq import ops, reference
+from sgcvq import ops, options, reference
 
 pytestmark = requires_cuda
 
@@ -342,6 +343,19 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
     index = torch.randint(0, 70, (300,), device="cuda")
     for det in (False, True):
         ops.cluster_stats(index, x, 70, deterministic=det, backend="cuda", check=False)
+# D = 37 never reaches the Hopper kernel (it needs D % 8 == 0): D = 64, float32 and bfloat16, with
+# the kernel asked for by name (on an sm_90 device with an sm_90a build it runs; elsewhere the
+# generic kernel does). Before 2026-12 this case had D = 37 only, so memcheck never saw it.
+import sgcvq
+with sgcvq.options.options(cuda_kernel="sm90"):
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1000, 64, device="cuda").to(dtype)
+        e = torch.randn(300, 64, device="cuda").to(dtype)
+        labels = torch.randint(-1, 3, (1000,), device="cuda")
+        offsets = torch.tensor([0, 100, 101, 300], device="cuda")
+        ops.nearest_code(x, e, backend="cuda", check=False)
+        ops.nearest_code(x, e, labels, offsets, backend="cuda", check=False)
+        ops.nearest_code(x, e + 3.0, backend="cuda", check=False)  # offset data: the exact fallback
 ops.ema_update(torch.rand(70, device="cuda"), torch.randn(70, 37, device="cuda"),
                torch.randn(70, 37, device="cuda"), torch.rand(70, device="cuda"),
                torch.randn(70, 37, device="cuda"), 0.99, 1e-5, backend="cuda")
@@ -378,37 +392,94 @@ def test_compute_sanitizer(cuda_backend, tool):
 # --------------------------------------------------------------------------------------------
 # the measured dispatch: a table that names Triton routes the auto backend there, with autograd
 # --------------------------------------------------------------------------------------------
-def test_measured_dispatch_routes_to_triton_with_autograd(cuda_backend, monkeypatch):
+def test_measured_dispatch_routes_to_triton_with_autograd(cuda_backend, tmp_path):
     if not ops._HAS_TRITON_OP:
         pytest.skip("triton is not installed")
-    table = {"entries": [{"dtype": "float32", "D": 24, "grouped": False, "backend": "triton",
-                          "ms": {"cuda": 2.0, "triton": 1.0}}]}
-    monkeypatch.setattr(ops._gpu_dispatch, "_TABLE", table)
-    calls = []
-    real = ops._measured_triton
-    monkeypatch.setattr(ops, "_measured_triton", lambda x, labels: calls.append(real(x, labels)) or calls[-1])
+    if options.current().cuda_kernel != "auto":
+        pytest.skip("a cuda_kernel from the environment ranks above any table")
+    ok = "test data"
+    table = {"entries": [{"dtype": "float32", "D": 24, "grouped": False, "provider": "triton",
+                          "ms": {"cuda-generic": 2.0, "triton": 1.0}, "verified": {"triton": ok}}]}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
     x = torch.randn(300, 24, device="cuda", requires_grad=True)
     codebook = torch.randn(50, 24, device="cuda", requires_grad=True)
-    index, sqdist = ops.nearest_code(x, codebook)
-    assert calls == [True]
-    check_nearest(x.detach(), codebook.detach(), None, None, index, sqdist.detach())
-    sqdist.sum().backward()
-    torch.testing.assert_close(x.grad, 2 * (x - codebook[index]).detach())
-    # bfloat16 has no entry: the CUDA extension answers
-    ops.nearest_code(x.detach().bfloat16(), codebook.detach().bfloat16())
-    assert calls == [True, False]
+    with options.options(gpu_dispatch=str(path)):
+        assert ops.gpu_choice(x, False).backend == "triton"
+        with _kernels_run() as names:
+            index, sqdist = ops.nearest_code(x, codebook)
+        assert not any("nearest_code_tile_kernel" in n for n in names), names  # not the CUDA extension
+        check_nearest(x.detach(), codebook.detach(), None, None, index, sqdist.detach())
+        sqdist.sum().backward()
+        torch.testing.assert_close(x.grad, 2 * (x - codebook[index]).detach())
+        # bfloat16 has no entry: the CUDA extension answers
+        assert ops.gpu_choice(x.detach().bfloat16(), False).backend == "cuda"
+
+
+class _kernels_run:
+    """The names of the CUDA kernels launched inside the block (torch.profiler)."""
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.names: list = []
+        self.prof = profile(activities=[ProfilerActivity.CUDA])
+        self.prof.__enter__()
+        return self.names
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.prof.__exit__(*exc)
+        self.names.extend(e.name for e in self.prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+        return False
+
+
+_GENERIC = "nearest_code_tile_kernel"  # nearest_code.cu's search; the sm90 kernels have other names
+
+
+def _is_sm90_device() -> bool:
+    return torch.cuda.get_device_capability() == (9, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_sm90_switch_is_off_unless_asked(cuda_backend, dtype, monkeypatch):
-    # With SGCVQ_CUDA_SM90 unset every mode is the verified path; gpu_run.sh's `sm90` step runs
-    # this file again with it set (on an sm_90 device the default mode then takes the new kernel).
+def test_cuda_kernel_option(cuda_backend, dtype):
+    # cuda_kernel="generic": every mode takes nearest_code.cu; "sm90": mode "exact" takes the
+    # Hopper kernel where it applies. gpu_run.sh runs this whole file with SGCVQ_CUDA_SM90=0 too.
     x, codebook = sample_inputs(4099, 700, 64, dtype)
-    for mode in MODES:
-        check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, mode=mode, backend="cuda"))
-    monkeypatch.setenv("SGCVQ_CUDA_SM90", "1")
+    with options.options(cuda_kernel="generic"):
+        for mode in MODES:
+            with _kernels_run() as names:
+                out = ops.nearest_code(x, codebook, mode=mode, backend="cuda")
+            check_nearest(x, codebook, None, None, *out)
+            assert any(_GENERIC in n for n in names), names
     x, codebook = sample_inputs(4099, 700, 64, dtype, shift=3.0)
     labels = torch.randint(-1, 5, (4099,), device="cuda")
     offsets = torch.tensor([0, 100, 101, 350, 600, 700], device="cuda")
-    check_nearest(x, codebook, None, None, *ops.nearest_code(x, codebook, backend="cuda"))
-    check_nearest(x, codebook, labels, offsets, *ops.nearest_code(x, codebook, labels, offsets, backend="cuda"))
+    with options.options(cuda_kernel="sm90"):
+        with _kernels_run() as names:
+            out = ops.nearest_code(x, codebook, backend="cuda")
+        check_nearest(x, codebook, None, None, *out)
+        sm90_ran = not any(_GENERIC in n for n in names)
+        check_nearest(x, codebook, labels, offsets, *ops.nearest_code(x, codebook, labels, offsets, backend="cuda"))
+    if _is_sm90_device():
+        assert sm90_ran, ("the Hopper kernel did not run on an sm_90 device: build with "
+                          "TORCH_CUDA_ARCH_LIST=9.0a for its sm_90a code", names)
+    else:
+        assert not sm90_ran, "only an sm_90 device runs the Hopper kernel"
+
+
+def test_default_kernel_follows_the_table(cuda_backend):
+    # The shipped table: float32 at 16 <= D <= 256 on sm_90 takes the Hopper kernel by default
+    # (H100, 2026-11-28: 8.96 ms against 27.2), everything else the generic one.
+    x, codebook = sample_inputs(2000, 300, 64, torch.float32)
+    x.requires_grad_(True)
+    choice = ops.gpu_choice(x, False)
+    with _kernels_run() as names:
+        index, sqdist = ops.nearest_code(x, codebook)
+    check_nearest(x.detach(), codebook, None, None, index, sqdist.detach())
+    if choice.backend == "cuda":
+        assert any(_GENERIC in n for n in names) == (choice.kernel == "generic"), (choice, names)
+    if _is_sm90_device() and os.environ.get("SGCVQ_CUDA_SM90", "") == "" and not os.environ.get("SGCVQ_GPU_DISPATCH"):
+        assert (choice.backend, choice.kernel) == ("cuda", "sm90"), choice
+    sqdist.sum().backward()  # the kernel op's autograd
+    torch.testing.assert_close(x.grad, 2 * (x - codebook[index]).detach())

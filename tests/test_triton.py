@@ -477,6 +477,36 @@ def test_triton_autotune_configs_split_by_dot_family():
     assert len(small) == len({(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in small})
 
 
+requires_interpreter = pytest.mark.skipif(HAS_CUDA, reason="counts compile keys under TRITON_INTERPRET=1")
+
+
+@requires_interpreter
+@pytest.mark.parametrize("grouped", [False, True])
+def test_triton_compiles_once_per_shape_family(grouped):
+    # Triton compiles once per specialisation: constexprs and, for each int argument it may
+    # specialise, "== 1" / "divisible by 16". N, K, the group count and the pass counts are
+    # do_not_specialize, so a new batch or codebook size of the same D, dtype and mode reuses every
+    # compiled kernel (2026-11-28 on an H100: each (N, K) divisibility class compiled the search
+    # kernel again, ~3.4 s of CPU each).
+    from sgcvq.kernels.compile_count import CompileCounter
+
+    def call(N, K, C=3):
+        offsets = [round(K * c / C) for c in range(C + 1)] if grouped else None
+        x, codebook, labels, offs = sample_inputs(N, K, 24, offsets=offsets)
+        sgcvq.nearest_code(x, codebook, labels, offs, backend="triton")
+
+    with CompileCounter() as first:
+        call(37, 21)
+    # the prologue twice (codes, tokens), the search twice (candidates, re-search), the fallback
+    assert first.by_kernel() == {"_prepare_rows_kernel": 2, "_nearest_code_search_kernel": 2,
+                                 "_nearest_code_fallback_kernel": 1}, first.by_kernel()
+    with CompileCounter() as more:
+        for N, K in [(1, 5), (128, 64), (16, 48), (97, 33)]:  # == 1, divisible by 16, neither
+            call(N, K)
+    new = [k[0] for k in more.keys if k not in first.keys]
+    assert not new, f"new sizes of the same shape family compiled again: {new}"
+
+
 def test_triton_backend_through_the_op_layer():
     assert "triton" in sgcvq.ops.available_backends(DEVICE)
     x, codebook, labels, offsets = sample_inputs(64, 30, 12, offsets=[0, 10, 30])

@@ -605,8 +605,8 @@ cudaError_t launch_search(const SearchArgs& args, dim3 grid, cudaStream_t stream
 
 }  // namespace
 
-bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode) {
-  return mode == SearchMode::kFastest && sm90_search_applies(dtype, D);
+bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode, bool want_sm90) {
+  return want_sm90 && mode == SearchMode::kFastest && sm90_search_supported(dtype, D);
 }
 
 size_t nearest_code_workspace_bytes(int64_t N, int64_t K, int64_t C, int64_t D, bool sm90) {

@@ -17,16 +17,17 @@ namespace sgcvq::gpu {
 //   kFastest:      the fastest certified path measured on this backend ("exact", the default):
 //                  the FFMA path for float32 (the TF32 path's certificate fails wholesale on
 //                  post-ReLU data: 80 ms against 27 ms, BASELINE.md), or the Hopper kernel of
-//                  nearest_code_sm90.cu where SGCVQ_CUDA_SM90=1 opts in (unverified on a GPU).
+//                  nearest_code_sm90.cu where the caller asks for it (want_sm90 below).
 // bfloat16 / float16 inputs take their tensor-core path in every mode (the products are exact).
 // Every path re-scores its candidates in fp32 and certifies them, so all modes return the argmin
 // of the same fp32 distances.
 enum class SearchMode { kFloat32, kLowPrecision, kFastest };
 
-// Whether a search takes the opt-in Hopper kernel (nearest_code_sm90.h): mode kFastest, and
-// sm90_search_applies (SGCVQ_CUDA_SM90=1, an sm_90 device, float32 / bfloat16, 16 <= D <= 256).
+// Whether a search takes the Hopper kernel (nearest_code_sm90.h): the caller wants it (the
+// op's `kernel` argument, chosen by sgcvq/gpu_dispatch.py; SGCVQ_CUDA_SM90 for the plain op), mode
+// kFastest, and sm90_search_supported (an sm_90 device, float32 / bfloat16, 16 <= D <= 256).
 // Decide once per call and pass the answer to both functions below.
-bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode);
+bool nearest_code_uses_sm90(ScalarKind dtype, int64_t D, SearchMode mode, bool want_sm90);
 
 // Bytes of device scratch nearest_code_launch needs: code norms, the packed (distance, index)
 // results, with labels (C > 0) the counting sort of tokens by class, and the sm90 path's own.

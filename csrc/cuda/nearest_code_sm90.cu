@@ -1,7 +1,7 @@
 // nearest_code on Hopper (sm_90a): wgmma bf16 candidates with a per-token margin list, float32
-// re-score, certificate. OPT-IN (SGCVQ_CUDA_SM90=1) and UNVERIFIED: it compiles here (nvcc 13.0,
-// SASS holds HGMMA) but has not run on a GPU; benchmarks/gpu_run.sh runs the exactness tests and
-// the benchmarks with it on. Until that passes it is never the default dispatch.
+// re-score, certificate. Verified on an H100 (2026-11-28: every nearest_code test of
+// tests/test_cuda.py; memcheck of it is still to run): the float32 default on sm_90 for D >= 16
+// (sgcvq/gpu_dispatch.json). A change to the device code waits for a GPU to verify it again.
 //
 // Pipeline (one stream, no host synchronisation):
 //  1. mu = the codebook mean (float32 inputs; bfloat16 inputs are not centred: their products are
@@ -568,9 +568,7 @@ bool built_with_sm90a() {
 
 }  // namespace
 
-bool sm90_search_applies(ScalarKind dtype, int64_t D) {
-  const char* env = std::getenv("SGCVQ_CUDA_SM90");
-  if (env == nullptr || std::strcmp(env, "1") != 0) return false;
+bool sm90_search_supported(ScalarKind dtype, int64_t D) {
   if (dtype != ScalarKind::kFloat32 && dtype != ScalarKind::kBFloat16) return false;
   if (D < 16 || D > kMaxDp || D % 8 != 0) return false;
   int device = 0, major = 0, minor = 0;

@@ -1,7 +1,9 @@
 // nearest_code on Hopper (sm_90a): wgmma bf16 candidates, margin lists, float32 re-score.
-// The launcher interface; the kernels live in nearest_code_sm90.cu. OPT-IN and UNVERIFIED on a GPU:
-// nearest_code_launch takes this path only for mode "exact" when SGCVQ_CUDA_SM90=1, on a device of
-// compute capability 9.0, for float32 / bfloat16 inputs with 16 <= D <= 256 and D % 8 == 0.
+// The launcher interface; the kernels live in nearest_code_sm90.cu. Verified on an H100 (2026-11-28:
+// every nearest_code test of tests/test_cuda.py; memcheck of it is still to run). nearest_code_launch
+// takes it for mode "exact" when the caller asks (sgcvq/gpu_dispatch.json makes it the float32
+// default on sm_90; SGCVQ_CUDA_SM90=1 for the plain op), on a device of compute capability 9.0, for
+// float32 / bfloat16 inputs with 16 <= D <= 256 and D % 8 == 0.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -12,9 +14,9 @@
 
 namespace sgcvq::gpu {
 
-// True when the opt-in path can run this search: SGCVQ_CUDA_SM90=1, the current device is sm_90,
-// this build holds sm_90a code, and the dtype and D fit.
-bool sm90_search_applies(ScalarKind dtype, int64_t D);
+// True when this path can run the search: the current device is sm_90, this build holds sm_90a
+// code, and the dtype and D fit. Whether it is wanted is the caller's choice (nearest_code.h).
+bool sm90_search_supported(ScalarKind dtype, int64_t D);
 
 // Bytes of device scratch the sm90 path needs on top of nearest_code_workspace_bytes' own.
 size_t sm90_workspace_bytes(int64_t N, int64_t K, int64_t D);

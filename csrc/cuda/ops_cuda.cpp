@@ -19,6 +19,7 @@
 
 #include "../checks.h"
 #include "cluster_stats.h"
+#include "cuda_options.h"
 #include "ema_update.h"
 #include "nearest_code.h"
 
@@ -56,10 +57,12 @@ void check_cuda(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.is_cuda(), op, " (CUDA kernel): ", name, " is on ", t.device(), ", expected a CUDA device");
 }
 
-std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const at::Tensor& codebook,
-                                                     const std::optional<at::Tensor>& labels,
-                                                     const std::optional<at::Tensor>& offsets,
-                                                     c10::string_view mode) {
+// The search with its kernel chosen by the caller: want_sm90 takes the Hopper kernel where it
+// applies (nearest_code.h, nearest_code_uses_sm90), else the generic one.
+std::tuple<at::Tensor, at::Tensor> nearest_code_search(const at::Tensor& x, const at::Tensor& codebook,
+                                                       const std::optional<at::Tensor>& labels,
+                                                       const std::optional<at::Tensor>& offsets,
+                                                       c10::string_view mode, bool want_sm90) {
   check_nearest_code_shapes(x, codebook, labels, offsets, mode);
   check_cuda("nearest_code", "x", x);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -80,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const 
     C = off.size(0) - 1;
   }
   const gpu::SearchMode smode = search_mode(mode);
-  const bool sm90 = gpu::nearest_code_uses_sm90(scalar_kind(x.scalar_type()), D, smode);
+  const bool sm90 = gpu::nearest_code_uses_sm90(scalar_kind(x.scalar_type()), D, smode, want_sm90);
   auto workspace = at::empty({static_cast<int64_t>(gpu::nearest_code_workspace_bytes(N, K, C, D, sm90))},
                              x.options().dtype(at::kByte));
   SGCVQ_CHECK_LAUNCH(
@@ -91,6 +94,25 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const 
                                workspace.data_ptr(), index.data_ptr<int64_t>(), sqdist.data_ptr<float>(),
                                c10::cuda::getCurrentCUDAStream().stream()));
   return {index, sqdist};
+}
+
+// The plain op (C++ callers): the Hopper kernel only where SGCVQ_CUDA_SM90=1 (cuda_options.h).
+std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& x, const at::Tensor& codebook,
+                                                     const std::optional<at::Tensor>& labels,
+                                                     const std::optional<at::Tensor>& offsets,
+                                                     c10::string_view mode) {
+  TORCH_CHECK(*gpu::cuda_options_error() == '\0', "sgcvq: ", gpu::cuda_options_error());
+  return nearest_code_search(x, codebook, labels, offsets, mode, gpu::cuda_options().sm90);
+}
+
+// The op sgcvq/ops.py calls: kernel "generic" or "sm90", chosen per call by sgcvq/gpu_dispatch.py.
+std::tuple<at::Tensor, at::Tensor> nearest_code_kernel_cuda(const at::Tensor& x, const at::Tensor& codebook,
+                                                            const std::optional<at::Tensor>& labels,
+                                                            const std::optional<at::Tensor>& offsets,
+                                                            c10::string_view mode, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "generic" || kernel == "sm90",
+              "nearest_code (CUDA kernel): kernel must be 'generic' or 'sm90', got '", kernel, "'");
+  return nearest_code_search(x, codebook, labels, offsets, mode, kernel == "sm90");
 }
 
 std::tuple<at::Tensor, at::Tensor> cluster_stats_cuda(const at::Tensor& index, const at::Tensor& x, int64_t K,
@@ -136,7 +158,15 @@ void ema_update_cuda(const at::Tensor& cluster_size, const at::Tensor& embed_sum
 
 }  // namespace
 
+// Defined here, not in csrc/ops.cpp: only a build with the CUDA backend has it (sgcvq/ops.py
+// checks for it and registers its fake and autograd).
+TORCH_LIBRARY_FRAGMENT(sgcvq, m) {
+  m.def("nearest_code_kernel(Tensor x, Tensor codebook, Tensor? labels=None, Tensor? offsets=None, "
+        "str mode='exact', str kernel='generic') -> (Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(sgcvq, CUDA, m) {
+  m.impl("nearest_code_kernel", &nearest_code_kernel_cuda);
   m.impl("nearest_code", &nearest_code_cuda);
   m.impl("cluster_stats", &cluster_stats_cuda);
   m.impl("ema_update", &ema_update_cuda);
