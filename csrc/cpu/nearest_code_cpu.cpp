@@ -15,6 +15,7 @@
 // that fails the check (true near-ties, non-finite values) is re-searched exactly. The result is
 // therefore the argmin of the direct fp32 distance, ties to the lowest index, on every path.
 #include "../checks.h"
+#include "avx2/int16_search_avx2.h"
 #include "bf16_tile_avx512.h"
 #include "nearest_code_bf16.h"
 #include "nearest_code_scan.h"
@@ -265,7 +266,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
   cpu::Bf16Path path = cands == Candidates::kFp32 || N < kBf16MinTokens || work < min_codes * N
                            ? cpu::Bf16Path::kOff
                            : cpu::bf16_path();
-  if (small && !cpu::cpu_has_avx512_bf16()) path = cpu::Bf16Path::kOff;
+  // At D <= 16 the AVX2 CPUs take the float32 scan (avx2/small_scan_avx2.h).
+  if (small && (path == cpu::Bf16Path::kAvx2Int16 || !cpu::cpu_has_avx512_bf16())) path = cpu::Bf16Path::kOff;
   const bool bf16 = path != cpu::Bf16Path::kOff;
   // ||e_k||^2 in float32 (any summation order is within the certificate's g), for the float32
   // path (the bf16 path packs its own, of the centred codes); for D <= 16 padded to whole 16-code
@@ -302,7 +304,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_impl(const at::Tensor& x_in, con
                        std::any_of(items.begin(), items.end(), [&](const WorkItem& it) { return it.k0 == 0 && it.k1 == K; });
     // The lane-by-lane codes for the branch-free window (item ranges up to kSmallWindowMaxCodes).
     const bool lane_codes = small && cpu::small_d_window(item_codes);
-    cb16 = cpu::pack_bf16_codebook(E, bf16_input, path, cells, lane_codes);
+    cb16 = path == cpu::Bf16Path::kAvx2Int16 ? cpu::pack_int16_codebook(E)
+                                             : cpu::pack_bf16_codebook(E, bf16_input, path, cells, lane_codes);
   }
 
   // ---- candidates per code split: top-2 by the approximate distance (bf16: margin lists) ----
