@@ -11,6 +11,7 @@
 #include "avx2/cpu_kind.h"
 #include "avx2/exact_lanes_avx2.h"
 #include "avx2/small_scan_avx2.h"
+#include "avx2/sums_avx2.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -775,6 +776,7 @@ float direct_sqdist(const float* a, const float* b, int64_t D) {
 #if SGCVQ_X86
   if (sums_use_avx512()) return direct_sqdist_avx512(a, b, D);
 #endif
+  if (cpu_has_avx2()) return direct_sqdist_avx2(a, b, D);  // the portable bits, faster
   return direct_sqdist_portable(a, b, D);
 }
 
@@ -816,6 +818,7 @@ float sum_squares(const float* a, int64_t D) {
 #if SGCVQ_X86
   if (sums_use_avx512()) return sum_squares_avx512(a, D);
 #endif
+  if (cpu_has_avx2()) return sum_squares_avx2(a, D);  // the portable bits, faster
   return sum_squares_portable(a, D);
 }
 
