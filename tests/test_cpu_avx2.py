@@ -227,3 +227,30 @@ def test_forced_path_is_reported():
     caps = sgcvq._C.cpu_capabilities()
     assert caps["avx512"] is False  # the AVX-512 scans stand down under SGCVQ_CPU_AVX2=1
     assert caps["bf16_path"] == "avx2int16"
+
+
+def portable_sqdist(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """The portable direct_sqdist in torch float32 ops (each correctly rounded, as in C++): lane
+    d % 16 sums t_d * t_d (a multiply, then an add), then the tree 8, 4, 2, 1."""
+    t = x - e
+    q = t * t
+    q = torch.nn.functional.pad(q, (0, (-q.shape[1]) % 16))
+    acc = torch.zeros(q.shape[0], 16)
+    for c in range(0, q.shape[1], 16):
+        acc = acc + q[:, c : c + 16]
+    for w in (8, 4, 2, 1):
+        acc = acc[:, :w] + acc[:, w : 2 * w]
+    return acc[:, 0]
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "AVX512",
+                    reason="an AVX-512 CPU keeps its own distance sums (FMA), whatever kernels run")
+@pytest.mark.parametrize("D", [1, 3, 8, 15, 16, 17, 40, 64, 300])
+def test_distances_have_the_portable_bits(D):
+    # On CPUs without AVX-512 the returned distances come from direct_sqdist_avx2, which must give
+    # the portable loop's bits (every caller in a process, and the portable fallback, agree).
+    g = torch.Generator().manual_seed(D)
+    x, codebook = torch.randn(N, D, generator=g), torch.randn(2000, D, generator=g)
+    index, sqdist = nearest(x, codebook, None, None, "exact")
+    want = portable_sqdist(x, codebook[index])
+    assert torch.equal(sqdist, want)

@@ -28,15 +28,22 @@ inline float tree(__m256 lo, __m256 hi) {
 }
 
 // Lanes past D hold t = 0: acc + 0 * 0 == acc for every acc >= +0 and NaN (no partial sum is -0).
+// 8 lanes from p, lanes at or past n zero: a plain load when all 8 are in the row (the masked
+// load is slower, and was half of a grouped search's re-score), none when n <= 0.
+inline __m256 load8(const float* p, int64_t n) {
+  if (n >= 8) return _mm256_loadu_ps(p);
+  if (n <= 0) return _mm256_setzero_ps();
+  return _mm256_maskload_ps(p, lanes_below(n));
+}
+
 template <bool kDiff>
 inline float sums(const float* a, const float* b, int64_t D) {
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
   for (int64_t d = 0; d < D; d += 16) {
-    const __m256i m0 = lanes_below(D - d), m1 = lanes_below(D - d - 8);
-    __m256 t0 = _mm256_maskload_ps(a + d, m0), t1 = _mm256_maskload_ps(a + d + 8, m1);
+    __m256 t0 = load8(a + d, D - d), t1 = load8(a + d + 8, D - d - 8);
     if (kDiff) {
-      t0 = _mm256_sub_ps(t0, _mm256_maskload_ps(b + d, m0));
-      t1 = _mm256_sub_ps(t1, _mm256_maskload_ps(b + d + 8, m1));
+      t0 = _mm256_sub_ps(t0, load8(b + d, D - d));
+      t1 = _mm256_sub_ps(t1, load8(b + d + 8, D - d - 8));
     }
     lo = _mm256_add_ps(lo, _mm256_mul_ps(t0, t0));
     hi = _mm256_add_ps(hi, _mm256_mul_ps(t1, t1));
