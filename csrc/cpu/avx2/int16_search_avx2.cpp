@@ -52,6 +52,17 @@ float pow2_scale(float m, int32_t q) {
   return static_cast<float>(std::ldexp(1.0, e));
 }
 
+}  // namespace
+}  // namespace cpu
+}  // namespace sgcvq
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+namespace sgcvq {
+namespace cpu {
+namespace {
+
 // Drops a list's entries at or above thr (keeping their order); returns the new size.
 int32_t drop_at_or_above(int32_t* idx, float* val, int32_t n, float thr) {
   int32_t m = 0;
@@ -84,9 +95,6 @@ T* at_least(at::Tensor& t, int64_t n, at::ScalarType dt) {
 }  // namespace
 }  // namespace cpu
 }  // namespace sgcvq
-
-#if defined(__x86_64__)
-#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
