@@ -7,6 +7,7 @@
 """
 import glob
 import os
+import platform
 import warnings
 
 from setuptools import setup
@@ -20,12 +21,28 @@ def _rel(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+# The AVX-512 kernels: x86-64 only. Elsewhere (aarch64: Graviton, Grace, Apple silicon)
+# csrc/cpu/portable/ stands in for them (the bf16 search off) and the portable scans serve.
+X86_ONLY = ["csrc/cpu/bf16_tile_avx512.cpp", "csrc/cpu/nearest_code_bf16.cpp"]
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def cpu_sources():
+    sources = _rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp") + _rel("csrc/cpu/avx2/*.cpp")
+    if is_x86():
+        return sources
+    return [s for s in sources if s not in X86_ONLY] + _rel("csrc/cpu/portable/*.cpp")
+
+
 def cpu_extension():
     # -fopenmp: at::parallel_for is inlined into our code and uses OpenMP pragmas.
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     return cpp_extension.CppExtension(
         "sgcvq._C",
-        sources=_rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp"),
+        sources=cpu_sources(),
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
     )

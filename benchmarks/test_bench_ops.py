@@ -6,6 +6,9 @@ Groups (one pytest-benchmark group each, providers side by side in one run):
                          exact_fp32: float32 candidates; a path this CPU lacks is skipped) vs
                          torch.cdist+argmin, torch.addmm+argmin, faiss IndexFlatL2.search(k=1) (skipped if
                          faiss is missing); the machine record names the CPU model and its bf16 flags;
+* nearest-code N,K,D <data>: the three data kinds (randn; post-ReLU + 1; tokens near codes: x = a
+                         code + 0.01 randn) for ours (default mode), ours exact_fp32, the AVX2 kernels
+                         forced (SGCVQ_CPU_AVX2=1, both modes: csrc/cpu/avx2/) and FAISS;
 * nearest-code ... 1 thread, CPU time: ours vs FAISS vs addmm, each on one thread, timed in the
                          calling thread's CPU time (robust to other load on a shared machine);
 * semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes vs a
@@ -18,7 +21,10 @@ Groups (one pytest-benchmark group each, providers side by side in one run):
 
 Every provider's answer is checked against ours before it is timed, so a wrong provider fails
 instead of being fast. Peak extra memory comes from a fresh process per provider (conftest.py).
-Run as a script with `--memprobe KIND PROVIDER N K D` it is that child process.
+Run as a script with `--memprobe KIND PROVIDER N K D` it is that child process; with
+`--side-by-side [N,K,D ...]` it prints the table of benchmarks/RESULTS.md's CPU sections: every
+provider in one process, alternating, medians of 5 (SGCVQ_BENCH_KIND=randn|relu|near, 2 threads
+unless SGCVQ_BENCH_THREADS says otherwise).
 """
 from __future__ import annotations
 
@@ -46,7 +52,11 @@ TAMING_SHAPES = [(4096, 4096, 8), (1024, 2048, 256)] if QUICK else [(16384, 1638
 TAMING_PROVIDERS = ["ours", "ours exact_fp32", "ours re-search=loop", "torch.addmm+argmin"]
 
 # "ours bf16=<path>": the default mode with SGCVQ_CPU_BF16 forcing that path (csrc/cpu/nearest_code_bf16.h).
-OUR_PATHS = ["ours bf16=amx", "ours bf16=avx512bf16", "ours exact_fp32"]
+OUR_PATHS = ["ours bf16=amx", "ours bf16=avx512bf16", "ours bf16=avx2int16", "ours exact_fp32"]
+# The AVX2 kernels forced (SGCVQ_CPU_AVX2=1: an AVX-512 CPU runs them too), in both modes.
+AVX2_PROVIDERS = ["ours avx2", "ours avx2 exact_fp32"]
+DATA_KINDS = ["randn", "relu+1", "near codes"]
+DATA_PROVIDERS = ["ours", "ours exact_fp32", *AVX2_PROVIDERS, "faiss.IndexFlatL2"]
 NEAREST_PROVIDERS = ["ours", *OUR_PATHS, "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
 SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "masked full matrix"]
 STATS_PROVIDERS = ["ours", "one-hot matmul", "index_add_"]
@@ -62,6 +72,20 @@ def search_inputs(N: int, K: int, D: int) -> dict:
     labels = torch.randint(0, C, (N,), generator=g)
     offsets = torch.arange(C + 1) * K // C
     return {"x": x, "codebook": codebook, "labels": labels, "offsets": offsets}
+
+
+def data_inputs(N: int, K: int, D: int, kind: str) -> dict:
+    """randn tokens and codes; "relu+1": both post-ReLU plus 1 (a large common offset); "near
+    codes": each token a code plus 0.01 randn (what a trained codebook sees)."""
+    g = torch.Generator().manual_seed(N * 7 + K * 3 + D)
+    x, codebook = torch.randn(N, D, generator=g), torch.randn(K, D, generator=g)
+    if kind == "relu+1":
+        x, codebook = torch.relu(x) + 1.0, torch.relu(codebook) + 1.0
+    elif kind == "near codes":
+        x = codebook[torch.randint(K, (N,), generator=g)] + 0.01 * x
+    elif kind != "randn":
+        raise ValueError(f"unknown data kind {kind!r}")
+    return {"x": x, "codebook": codebook}
 
 
 def taming_inputs(N: int, K: int, D: int) -> dict:
@@ -101,6 +125,23 @@ def forced_bf16_path(path: str | None):
             os.environ["SGCVQ_CPU_BF16"] = old
 
 
+def avx2_here() -> bool:
+    """The AVX2 kernels can run on this CPU (x86-64 with AVX2 + FMA + F16C)."""
+    if not sgcvq.ops.HAS_CPU_EXTENSION:
+        return False
+    old = os.environ.get("SGCVQ_CPU_AVX2")
+    os.environ["SGCVQ_CPU_AVX2"] = "1"
+    try:
+        return "avx2int16" in sgcvq._C.cpu_capabilities()["bf16_paths"]
+    except RuntimeError:
+        return False
+    finally:
+        if old is None:
+            os.environ.pop("SGCVQ_CPU_AVX2", None)
+        else:
+            os.environ["SGCVQ_CPU_AVX2"] = old
+
+
 def nearest_provider(name: str, inp: dict):
     """A no-argument callable returning index [N] int64; setup that is not search (index build) done here."""
     x, e = inp["x"], inp["codebook"]
@@ -132,6 +173,23 @@ def nearest_provider(name: str, inp: dict):
         return loop
     if name == "ours exact_fp32":  # the same answer from float32 candidates
         return lambda: sgcvq.nearest_code(x, e, mode="exact_fp32", check=False)[0]
+    if name in AVX2_PROVIDERS:  # the AVX2 kernels forced (csrc/cpu/avx2/cpu_kind.h)
+        if not avx2_here():
+            pytest.skip("this CPU has no AVX2 + FMA + F16C")
+        mode = "exact_fp32" if name.endswith("exact_fp32") else "exact"
+
+        def avx2():
+            old = os.environ.get("SGCVQ_CPU_AVX2")
+            os.environ["SGCVQ_CPU_AVX2"] = "1"
+            try:
+                return sgcvq.nearest_code(x, e, mode=mode, check=False)[0]
+            finally:
+                if old is None:
+                    os.environ.pop("SGCVQ_CPU_AVX2", None)
+                else:
+                    os.environ["SGCVQ_CPU_AVX2"] = old
+
+        return avx2
     if name == "torch.cdist+argmin":
         return lambda: torch.cdist(x, e).argmin(1)
     if name == "torch.addmm+argmin":
@@ -239,6 +297,26 @@ def test_nearest_code(benchmark, matmul_gflops, bench_record, peak_memory_mb, sh
                  flops=2.0 * N * K * D, extra_mb=peak_memory_mb(__file__, "nearest", provider, N, K, D))
 
 
+@pytest.mark.parametrize("provider", DATA_PROVIDERS)
+@pytest.mark.parametrize("kind", DATA_KINDS)
+@pytest.mark.parametrize("shape", NEAREST_SHAPES, ids=_ids(NEAREST_SHAPES))
+def test_nearest_code_data_kinds(benchmark, matmul_gflops, bench_record, shape, kind, provider):
+    """Each path on the three data kinds: the certified low-precision candidates must stay ahead of
+    exact_fp32 where the data is not randn (post-ReLU offsets, near-duplicate distances)."""
+    N, K, D = shape
+    inp = data_inputs(N, K, D, kind)
+    fn = nearest_provider(provider, inp)
+    ours = sgcvq.nearest_code(inp["x"], inp["codebook"], check=False)[0]
+    if provider != "faiss.IndexFlatL2":  # every path of ours: the float32 argmin, exactly
+        assert torch.equal(fn(), ours), f"{provider} disagrees with sgcvq.nearest_code"
+    else:  # FAISS expands the distance too: near-ties may go the other way
+        assert _agreement(fn(), ours) > 0.99, f"{provider} disagrees with sgcvq.nearest_code"
+    benchmark.group = f"nearest-code {N}x{K}x{D} {kind}"
+    benchmark.pedantic(fn, rounds=2 if QUICK else 5, iterations=1, warmup_rounds=1)
+    bench_record(benchmark, group=benchmark.group, provider=provider, reference=provider == "ours",
+                 flops=2.0 * N * K * D)
+
+
 @pytest.mark.benchmark(timer=time.thread_time)
 @pytest.mark.parametrize("provider", ["ours", "ours exact_fp32", "faiss.IndexFlatL2", "torch.addmm+argmin"])
 @pytest.mark.parametrize("shape", NEAREST_SHAPES, ids=_ids(NEAREST_SHAPES))
@@ -339,5 +417,43 @@ def _memprobe(argv: list[str]) -> None:
     common.child_measure_peak(build(provider, inputs))
 
 
+def _side_by_side(argv: list[str]) -> None:
+    """The RESULTS.md table: each provider once per round, alternating, medians of 5 rounds."""
+    import statistics
+
+    pytest.importorskip("faiss")
+    threads = int(os.environ.get("SGCVQ_BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
+    sys.modules["faiss"].omp_set_num_threads(threads)
+    kind = os.environ.get("SGCVQ_BENCH_KIND", "randn")
+    kind = {"relu": "relu+1", "near": "near codes"}.get(kind, kind)
+    shapes = [tuple(map(int, a.split(","))) for a in argv] or [(65536, 1024, 256), (16384, 8192, 64), (65536, 16384, 8)]
+    names = ["ours", "ours exact_fp32", "faiss.IndexFlatL2", "torch.addmm+argmin"]
+    print(f"| (N, K, D) {kind} | sgcvq `exact` | `exact_fp32` | FAISS | torch addmm+argmin | FAISS / sgcvq | "
+          f"sgcvq redo |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for N, K, D in shapes:
+        inp = data_inputs(N, K, D, kind)
+        fns = {n: nearest_provider(n, inp) for n in names}
+        calls = sgcvq._C.bf16_search_calls()
+        ours = fns["ours"]()
+        # Tokens the low-precision candidates left to the float32 search ("-": none ran, D <= 16).
+        redo = sgcvq._C.last_fast_exact_redo() if sgcvq._C.bf16_search_calls() > calls else "-"
+        assert torch.equal(fns["ours exact_fp32"](), ours)
+        times = {n: [] for n in names}
+        for r in range(5):
+            for n in names:
+                if n == "torch.addmm+argmin" and r >= 1 and N * K >= 2**28:
+                    continue  # one round of the slow baseline
+                t = time.perf_counter()
+                fns[n]()
+                times[n].append(time.perf_counter() - t)
+        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        print(f"| ({N}, {K}, {D}) | {med['ours']:.0f} ms | {med['ours exact_fp32']:.0f} | {med['faiss.IndexFlatL2']:.0f} | "
+              f"{med['torch.addmm+argmin']:.0f} | **{med['faiss.IndexFlatL2'] / med['ours']:.2f}x** | {redo} |", flush=True)
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--memprobe":
     _memprobe(sys.argv[2:])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--side-by-side":
+    _side_by_side(sys.argv[2:])

@@ -16,7 +16,10 @@ namespace {
 
 constexpr int64_t kPiece = 2048;
 
+// AVX-512 and AVX2 clones next to the baseline one on x86-64 (ifunc); one plain loop elsewhere.
+#if defined(__x86_64__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 void add_row(float* __restrict__ acc, const float* __restrict__ row, int64_t D) {
   for (int64_t d = 0; d < D; ++d) acc[d] += row[d];
 }

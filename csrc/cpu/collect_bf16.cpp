@@ -1,7 +1,9 @@
 // List collector from bfloat16 candidates (nearest_code_bf16.h): AMX tiles through oneDNN's
-// brgemm, or our AVX512_BF16 tiles; at D <= 16 a fused AVX512_BF16 scan (the branch-free window
+// brgemm, or our AVX512_BF16 tiles, or on AVX2 CPUs int16 tiles with the same contract
+// (avx2/int16_search_avx2.h, D > 16 only); at D <= 16 a fused AVX512_BF16 scan (the branch-free window
 // for code ranges up to kSmallWindowMaxCodes, the branchy scan above). Where the CPU has bf16 dot
 // products this is the default mode's path, from the sizes where it beats the float32 candidates.
+#include "avx2/int16_search_avx2.h"
 #include "bf16_tile_avx512.h"
 #include "collector.h"
 #include "nearest_code_bf16.h"
@@ -30,7 +32,9 @@ class Bf16Collector final : public ListCollector {
     // them); the lane-by-lane codes serve the branch-free window (item ranges up to
     // kSmallWindowMaxCodes).
     const bool cells = small && !window && s.plan.any_item_over_all_codes();
-    cb_ = pack_bf16_codebook(s.E, s.bf16_values, bf16_path(s.opts), cells, window);
+    const Bf16Path path = bf16_path(s.opts);
+    cb_ = path == Bf16Path::kAvx2Int16 ? pack_int16_codebook(s.E)
+                                       : pack_bf16_codebook(s.E, s.bf16_values, path, cells, window);
     cb_.small_window = window;
     cb_.seed_cells_on = seed_cells_enabled(s.opts);
   }
@@ -51,8 +55,10 @@ bool bf16_serves(const CollectorSetup& s) {
   const bool small = s.D <= kSmallMaxD;
   if (!low_precision_pays(s, small ? kBf16MinCodesSmallD : kBf16MinCodes)) return false;
   // bf16_path raises for an SGCVQ_CPU_BF16 this CPU cannot run. At D <= 16 the candidates come
-  // from a fused AVX512_BF16 scan (AMX machines all have AVX512_BF16), no GEMM tiles.
-  return bf16_path(s.opts) != Bf16Path::kOff && !(small && !cpu_has_avx512_bf16());
+  // from a fused AVX512_BF16 scan (AMX machines all have AVX512_BF16), no GEMM tiles; AVX2 CPUs
+  // take the float32 scan there (avx2/small_scan_avx2.h).
+  const Bf16Path path = bf16_path(s.opts);
+  return path != Bf16Path::kOff && !(small && (path == Bf16Path::kAvx2Int16 || !cpu_has_avx512_bf16()));
 }
 
 std::unique_ptr<ListCollector> make_bf16_collector(const CollectorSetup& s) {

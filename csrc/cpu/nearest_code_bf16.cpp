@@ -2,6 +2,8 @@
 #include "nearest_code_bf16.h"
 #include "../include/sgcvq/certificate.h"
 
+#include "avx2/cpu_kind.h"
+#include "avx2/int16_search_avx2.h"
 #include "bf16_tile_avx512.h"
 #include "nearest_code_scan.h"
 
@@ -258,6 +260,7 @@ const char* bf16_path_name(Bf16Path p) {
   switch (p) {
     case Bf16Path::kAmx: return "amx";
     case Bf16Path::kAvx512Bf16: return "avx512bf16";
+    case Bf16Path::kAvx2Int16: return "avx2int16";
     default: return "off";
   }
 }
@@ -268,12 +271,14 @@ std::vector<Bf16Path> bf16_paths_here() {
     if (amx_brgemm_here()) paths.push_back(Bf16Path::kAmx);
     if (cpu_has_avx512_bf16()) paths.push_back(Bf16Path::kAvx512Bf16);
   }
+  if (avx2_kernels_on()) paths.push_back(Bf16Path::kAvx2Int16);
   paths.push_back(Bf16Path::kOff);
   return paths;
 }
 
 Bf16Path bf16_path(const CpuOptions& opts) {
-  static const std::vector<Bf16Path> here = bf16_paths_here();
+  // not cached: SGCVQ_CPU_AVX2 (avx2_kernels_on) may switch the list between calls
+  const std::vector<Bf16Path> here = bf16_paths_here();
   const char* env = opts.bf16.c_str();
   if (env[0] == '\0') return here.front();
   Bf16Path want;
@@ -281,10 +286,12 @@ Bf16Path bf16_path(const CpuOptions& opts) {
     want = Bf16Path::kAmx;
   } else if (std::strcmp(env, "avx512bf16") == 0) {
     want = Bf16Path::kAvx512Bf16;
+  } else if (std::strcmp(env, "avx2int16") == 0) {
+    want = Bf16Path::kAvx2Int16;
   } else if (std::strcmp(env, "off") == 0 || std::strcmp(env, "0") == 0) {
     return Bf16Path::kOff;
   } else {
-    TORCH_CHECK(false, "SGCVQ_CPU_BF16 must be 'amx', 'avx512bf16' or 'off', got '", env, "'");
+    TORCH_CHECK(false, "SGCVQ_CPU_BF16 must be 'amx', 'avx512bf16', 'avx2int16' or 'off', got '", env, "'");
   }
   std::string have;
   for (const Bf16Path p : here) have += std::string(have.empty() ? "" : ", ") + bf16_path_name(p);
@@ -344,7 +351,7 @@ bool pack_layout_matches() {
 
 bool bf16_own_pack() {
   const Bf16Path p = bf16_path(cpu_options());
-  if (p == Bf16Path::kAvx512Bf16) return true;
+  if (p == Bf16Path::kAvx512Bf16 || p == Bf16Path::kAvx2Int16) return true;
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
   return p == Bf16Path::kAmx && pack_layout_matches();
 #else
@@ -688,6 +695,7 @@ void range_maxima(const Bf16Codebook& cb, int64_t k0, int64_t k1, double& max_e2
 
 int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, int64_t k0, int64_t k1, int64_t g0,
                          int64_t g1, int64_t call_codes, double g, CandList* out, Bf16Bound* bounds) {
+  if (cb.path == Bf16Path::kAvx2Int16) return int16_search_item(xs, tn, cb, k0, k1, g0, g1, g, out, bounds);
   const int64_t D = cb.D, Dp = cb.Dp;
   ItemScratch& sc = scratch();
   const int64_t lda = (Dp + kLanes - 1) / kLanes * kLanes;

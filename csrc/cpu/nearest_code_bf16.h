@@ -26,10 +26,12 @@ namespace cpu {
 // Which GEMM gives the bf16 candidates: AMX tiles through oneDNN's brgemm ukernel (ATen's
 // cpublas; Intel Sapphire Rapids and later), our own AVX512_BF16 tiles (bf16_tile_avx512.h: AMD
 // Zen 4/5, Intel without AMX), or none (the float32 candidates only).
-enum class Bf16Path { kOff, kAmx, kAvx512Bf16 };
+// On AVX2 CPUs without AVX-512 the same contract comes from int16 tiles (kAvx2Int16,
+// avx2/int16_search_avx2.h: per-token and per-code power-of-two scales, exact int32 sums).
+enum class Bf16Path { kOff, kAmx, kAvx512Bf16, kAvx2Int16 };
 const char* bf16_path_name(Bf16Path p);
 // The fastest path this CPU runs, unless SGCVQ_CPU_BF16 (opts.bf16) forces one: "amx",
-// "avx512bf16", or "off" (also "0"). Forcing a path this CPU (or this torch build) cannot run
+// "avx512bf16", "avx2int16", or "off" (also "0"). Forcing a path this CPU (or this torch build) cannot run
 // raises an error that says so. SGCVQ_CPU_PORTABLE=1 (the portable scans) turns the bf16 paths off.
 Bf16Path bf16_path(const CpuOptions& opts);
 // The paths this CPU and torch build can run, fastest first (kOff always last).
@@ -73,6 +75,8 @@ struct Bf16Codebook {
   // orthant seed (seed_cells_enabled).
   bool small_window = false;
   bool seed_cells_on = true;
+  // kAvx2Int16: `packed` holds int16 codes, code_scale[k] the power of two s_k (int16_search_avx2.h).
+  std::vector<float> code_scale;  // [Kp]
 };
 // bf16_values: x and E hold bfloat16 values (centring is then kept for large offsets only);
 // seed_cells: also the orthant cells (D <= 16 on

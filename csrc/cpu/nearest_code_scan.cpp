@@ -9,8 +9,10 @@
 #include "nearest_code_scan.h"
 
 #include "options.h"
-
-#include <immintrin.h>
+#include "avx2/cpu_kind.h"
+#include "avx2/exact_lanes_avx2.h"
+#include "avx2/small_scan_avx2.h"
+#include "avx2/sums_avx2.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -23,6 +25,13 @@
 // deliberately undefined temporaries; our code has no uninitialised reads it would catch.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+
+// The portable loops: an AVX2 clone next to the baseline one on x86-64 (ifunc), plain elsewhere.
+#if SGCVQ_X86
+#define SGCVQ_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SGCVQ_CLONES
+#endif
 
 namespace sgcvq {
 namespace cpu {
@@ -45,6 +54,7 @@ inline void push_lanes(Top2& b, const float* vals, uint32_t hit, int64_t base) {
   }
 }
 
+#if SGCVQ_X86
 // Top-2 of a fresh token straight from its first nv <= 4 vectors of 16 values (vector n holds
 // codes base + 16n ..; lanes outside valid[n] and NaN lanes excluded, as the strict compare
 // excludes them): vector reductions instead of up to 64 mispredicted scalar pushes. Every code
@@ -228,12 +238,14 @@ __attribute__((target("avx512f,avx512dq"))) void small_d_scan_avx512(const float
   }
 }
 
+#endif  // SGCVQ_X86
+
 // GCC vector extensions pin the layout (codes along the lanes); left to itself the
 // auto-vectoriser vectorises over d with permutes. Two 8-float halves, not one 16-float vector:
 // GCC keeps a 64-byte vector on the stack under AVX2 and stalls on store forwarding.
 typedef float Half __attribute__((vector_size(8 * sizeof(float))));
 
-__attribute__((target_clones("avx2", "default"))) void small_d_scan_portable(
+SGCVQ_CLONES void small_d_scan_portable(
     const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0, int64_t k1,
     Top2* best) {
   const int64_t b0 = k0 / kLanes, b1 = (k1 + kLanes - 1) / kLanes;
@@ -267,6 +279,7 @@ __attribute__((target_clones("avx2", "default"))) void small_d_scan_portable(
   }
 }
 
+#if SGCVQ_X86
 using SmallFn = void (*)(const float*, int64_t, const SmallDCodebook&, int64_t, int64_t, Top2*);
 
 template <int... Ds>
@@ -328,7 +341,9 @@ __attribute__((target("avx512f,avx512dq"))) void top2_rows_avx512(const float* S
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void top2_rows_portable(
+#endif  // SGCVQ_X86
+
+SGCVQ_CLONES void top2_rows_portable(
     const float* S, int64_t ld, int64_t tn, int64_t kn, const float* norms, int64_t kbase,
     Top2* best) {
   for (int64_t t = 0; t < tn; ++t) {
@@ -355,6 +370,7 @@ inline float reduce_lanes(float* acc) {
 // The sums behind "the fp32 distance" (nearest_code_scan.h). The AVX-512 versions keep the 16
 // partial sums in one register (acc <- fma(t, t, acc), the masked tail adds exact zeros) and add
 // them by the same 8, 4, 2, 1 tree with shuffles; the portable ones spell it out with arrays.
+#if SGCVQ_X86
 __attribute__((target("avx512f"))) inline float tree16(__m512 acc) {
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc),
                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
@@ -392,7 +408,9 @@ __attribute__((target("avx512f"))) float sum_squares_avx512(const float* a, int6
   return tree16(acc);
 }
 
-__attribute__((target_clones("avx2", "default"))) float direct_sqdist_portable(const float* a,
+#endif  // SGCVQ_X86
+
+SGCVQ_CLONES float direct_sqdist_portable(const float* a,
                                                                                 const float* b,
                                                                                 int64_t D) {
   float acc[kLanes] = {};
@@ -409,7 +427,7 @@ __attribute__((target_clones("avx2", "default"))) float direct_sqdist_portable(c
   return reduce_lanes(acc);
 }
 
-__attribute__((target_clones("avx2", "default"))) float sum_squares_portable(const float* a, int64_t D) {
+SGCVQ_CLONES float sum_squares_portable(const float* a, int64_t D) {
   float acc[kLanes] = {};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes)
@@ -425,6 +443,7 @@ __attribute__((target_clones("avx2", "default"))) float sum_squares_portable(con
 // operations on the same operands for every code. Terms past D are +0 and are not added
 // (x + (+0) == x for every x >= +0 and NaN; no term is ever -0), which D being a compile-time
 // constant makes free. fma, not mul + add: -ffp-contract would fuse a mul into the add above it.
+#if SGCVQ_X86
 template <int D>
 __attribute__((target("avx512f"))) void exact_lanes_avx512(const float* xs, int64_t T, const SmallDCodebook& cb,
                                                           int64_t k0, int64_t k1, float* val, int64_t* arg) {
@@ -486,8 +505,10 @@ ExactLanesFn pick_exact_lanes(int64_t D, std::integer_sequence<int, Ds...>) {
 // Any D: micro-tiles of 4 tokens x 4 codes (16 accumulators in registers, 8 loads per 16 fma),
 // the codes from a block that stays in L2; each pair summed exactly as direct_sqdist_avx512 does
 // (its chunks in order, the masked tail, tree16).
+#endif  // SGCVQ_X86
 constexpr int64_t kExactRows = 4, kExactCols = 4;
 constexpr int64_t kExactBlockBytes = 192 << 10;
+#if SGCVQ_X86
 // tree16 of 16 accumulators at once, transposed: each step adds the same two values tree16 adds
 // (lane l and l + 8, then + 4, + 2, + 1), for several accumulators per instruction: 15 adds and 30
 // shuffles instead of 16 x 8 ops. Lane 4c + j of the result is tree16(a[j][c]).
@@ -571,15 +592,22 @@ __attribute__((target("avx512f"))) void exact_rows_avx512(const float* xs, int64
   }
 }
 
+#endif  // SGCVQ_X86
+
 // The CPU's features alone pick the version (not SGCVQ_CPU_PORTABLE): every caller in a process
 // must get the same bits, and the re-score, the exact fallback and sqdist all come through here.
 bool sums_use_avx512() {
+#if SGCVQ_X86
   static const bool yes = __builtin_cpu_supports("avx512f");
   return yes;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
 
+#if SGCVQ_X86
 namespace {
 // direct_sqdist of 16 (token, code) pairs, D <= 8, as one vector: lane j is the distance of row
 // xs + tok[j] D to row e + code[j] D, with direct_sqdist_avx512's bits. The squares two pairs a
@@ -724,11 +752,14 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) void rescore_lists_small(co
   for (int64_t t = 0; t < T; ++t) rescore_token16(xs, t, D, e, idx, n, stride, val, arg);
 }
 }  // namespace
+#endif  // SGCVQ_X86
 
 void rescore_lists(const float* xs, int64_t T, int64_t D, const float* e, const int32_t* idx, const int32_t* n,
                    int64_t stride, float* val, int64_t* arg) {
+#if SGCVQ_X86
   static const bool vl = __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (sums_use_avx512() && vl && D <= kLanes) return rescore_lists_small(xs, T, D, e, idx, n, stride, val, arg);
+#endif
   for (int64_t t = 0; t < T; ++t) {
     float bv = std::numeric_limits<float>::infinity();
     int64_t bi = -1;
@@ -743,7 +774,11 @@ void rescore_lists(const float* xs, int64_t T, int64_t D, const float* e, const 
 }
 
 float direct_sqdist(const float* a, const float* b, int64_t D) {
-  return sums_use_avx512() ? direct_sqdist_avx512(a, b, D) : direct_sqdist_portable(a, b, D);
+#if SGCVQ_X86
+  if (sums_use_avx512()) return direct_sqdist_avx512(a, b, D);
+#endif
+  if (cpu_has_avx2()) return direct_sqdist_avx2(a, b, D);  // the portable bits, faster
+  return direct_sqdist_portable(a, b, D);
 }
 
 void exact_search(const float* xs, int64_t T, int64_t D, const float* e, const SmallDCodebook* lanes, int64_t k0,
@@ -751,12 +786,20 @@ void exact_search(const float* xs, int64_t T, int64_t D, const float* e, const S
   if (T <= 0 || k1 <= k0) return;
   // The AVX-512 kernels reproduce direct_sqdist_avx512, so they run only where that is the one.
   if (sums_use_avx512() && scan_uses_avx512()) {
+#if SGCVQ_X86
     if (lanes != nullptr && D <= kSmallMaxD) {
       const ExactLanesFn fn = pick_exact_lanes(D, std::make_integer_sequence<int, kSmallMaxD>{});
       if (fn != nullptr) return fn(xs, T, *lanes, k0, k1, val, arg);
     }
+#endif
+#if SGCVQ_X86
     return exact_rows_avx512(xs, T, D, e, k0, k1, val, arg);
+#endif
   }
+  // AVX2 CPUs: the portable bits, 8 codes a vector (D <= 16, the small-D layout).
+  if (lanes != nullptr && lanes->blocks != nullptr && D <= kSmallMaxD && !sums_use_avx512() &&
+      exact_lanes_avx2(xs, T, D, *lanes, k0, k1, val, arg))
+    return;
   // Portable: direct_sqdist itself per pair, in the same cache-sized tiles.
   const int64_t kb_len = std::max<int64_t>(16, kExactBlockBytes / (D * static_cast<int64_t>(sizeof(float))));
   for (int64_t kb = k0; kb < k1; kb += kb_len) {
@@ -773,28 +816,43 @@ void exact_search(const float* xs, int64_t T, int64_t D, const float* e, const S
 }
 
 float sum_squares(const float* a, int64_t D) {
-  return sums_use_avx512() ? sum_squares_avx512(a, D) : sum_squares_portable(a, D);
+#if SGCVQ_X86
+  if (sums_use_avx512()) return sum_squares_avx512(a, D);
+#endif
+  if (cpu_has_avx2()) return sum_squares_avx2(a, D);  // the portable bits, faster
+  return sum_squares_portable(a, D);
 }
 
-// SGCVQ_CPU_PORTABLE=1 forces the portable scans, so tests can cover them on an AVX-512 machine.
+// SGCVQ_CPU_PORTABLE=1 forces the portable scans, so tests can cover them on an AVX-512 machine;
+// SGCVQ_CPU_AVX2=1 the AVX2 ones (avx2/cpu_kind.h; read on every call).
 bool scan_uses_avx512() {
+  if (avx2_forced()) return false;
+#if SGCVQ_X86
   static const bool yes = !cpu_options().portable && __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512dq");
+#else
+  static const bool yes = false;
+#endif
   return yes;
 }
 
 void small_d_scan(const float* xs, int64_t T, int64_t D, const SmallDCodebook& cb, int64_t k0,
                   int64_t k1, Top2* best) {
+#if SGCVQ_X86
   if (scan_uses_avx512()) {
     const SmallFn fn = pick_small(D, std::make_integer_sequence<int, kSmallMaxD>{});
     if (fn != nullptr) return fn(xs, T, cb, k0, k1, best);
   }
+#endif
+  if (small_d_scan_avx2(xs, T, D, cb, k0, k1, best)) return;
   small_d_scan_portable(xs, T, D, cb, k0, k1, best);
 }
 
 void top2_rows(const float* S, int64_t ld, int64_t tn, int64_t kn, const float* norms,
                int64_t kbase, Top2* best) {
+#if SGCVQ_X86
   if (scan_uses_avx512()) return top2_rows_avx512(S, ld, tn, kn, norms, kbase, best);
+#endif
   top2_rows_portable(S, ld, tn, kn, norms, kbase, best);
 }
 

@@ -3,17 +3,24 @@
 // Both scans see x already scaled by -2 (exact in floating point), so the approximate distance of
 // code k is norms[k] + (-2x).e_k. They keep the two smallest approximate values per token; the
 // caller re-scores those in fp32 and certifies the result (nearest_code_cpu.cpp). Each scan has an
-// AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64.
+// AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64 (and,
+// without the x86 kernels, on other architectures: SGCVQ_X86 is 0 there).
 #pragma once
 #include "candidates.h"
 
+#if defined(__x86_64__)
+#define SGCVQ_X86 1
 #include <immintrin.h>
+#else
+#define SGCVQ_X86 0
+#endif
 
 #include <cstdint>
 
 namespace sgcvq {
 namespace cpu {
 
+#if SGCVQ_X86
 // Lane 0 <- the sum of lanes 0-7 and lane 8 <- the sum of lanes 8-15, by three shuffle-adds (4, 2,
 // 1 apart): the last three levels of direct_sqdist's tree for two rows of up to 8 terms at once.
 __attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
@@ -21,6 +28,7 @@ __attribute__((target("avx512f"))) inline __m512 sum_halves(__m512 s) {
   s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4E));
   return _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
 }
+#endif
 constexpr int64_t kLanes = 16;      // codes per block of the small-D layout
 constexpr int64_t kSmallMaxD = 16;  // at or below this D the register-blocked scan beats the GEMM
 

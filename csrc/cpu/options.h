@@ -26,6 +26,9 @@ struct CpuOptions {
   std::string smalld_seed;
   // SGCVQ_CPU_RESEARCH: "loop" re-searches uncertified tokens one at a time (tests, benchmarks).
   std::string research;
+  // SGCVQ_CPU_AVX2: "1" forces the AVX2 kernels (also on an AVX-512 CPU), "0" turns them off,
+  // empty: the CPU's features decide (avx2/cpu_kind.h).
+  std::string avx2;
 };
 
 // The settings now (SGCVQ_CPU_PORTABLE as read when the library first asked).
