@@ -189,3 +189,18 @@ def test_bf32_gemm_near_ties_give_the_float64_argmin():
         assert not ((index != want) & required).any()
     finally:
         torch.set_float32_matmul_precision(prev)
+
+
+# --------------------------------------------------------------------------------------------
+# The CPU search's options, read in one place (csrc/cpu/options.cpp)
+# --------------------------------------------------------------------------------------------
+def test_cpu_options_report_what_the_search_reads(monkeypatch):
+    monkeypatch.setenv("SGCVQ_CPU_RESEARCH", "loop")
+    monkeypatch.delenv("SGCVQ_CPU_F32_GEMM", raising=False)
+    got = sgcvq._C.cpu_options()
+    assert got["env"]["SGCVQ_CPU_RESEARCH"] == "loop"
+    assert got["env"]["SGCVQ_CPU_F32_GEMM"] is None
+    assert set(got["env"]) == {"SGCVQ_CPU_PORTABLE", "SGCVQ_CPU_BF16", "SGCVQ_CPU_F32_GEMM", "SGCVQ_CPU_SMALLD",
+                               "SGCVQ_CPU_SMALLD_SEED", "SGCVQ_CPU_RESEARCH"}
+    # The dispatch table, tried in order: the low-precision lists first, at::mm (serves every call) last.
+    assert got["collectors"][0] == "bf16" and got["collectors"][-1] == "f32_mm"
