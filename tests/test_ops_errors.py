@@ -99,6 +99,8 @@ CASES = [
     ("label-on-empty-group", nearest_code(labels=torch.tensor([0, 1, 2, 2, 0, -1])), ValueError,
      "nearest_code: label 1 points to an empty code group (offsets give it 0 codes)"),
     ("nan-x", nearest_code(x=nan_at(torch.randn(N, D))), ValueError, "nearest_code: x contains NaN or Inf"),
+    ("nan-x-unlabelled", nearest_code(x=nan_at(torch.randn(N, D)), labels=None, offsets=None), ValueError,
+     "nearest_code: x contains NaN or Inf"),
     ("inf-codebook-unlabelled", nearest_code(codebook=nan_at(torch.randn(K, D), float("inf")), labels=None,
                                              offsets=None), ValueError, "nearest_code: codebook contains NaN or Inf"),
     ("bad-mode", nearest_code(mode="fast"), ValueError,

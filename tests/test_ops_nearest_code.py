@@ -21,7 +21,7 @@ BACKENDS = ("auto", "cpu", "reference")
 # where the CPU has bf16 dot products (AMX or AVX512_BF16) and at least 256 tokens come in;
 # "exact_fp32" always takes float32 candidates.
 MODES = ("exact", "fast_exact", "exact_fp32")
-DIRECT_MAX_D = 16  # csrc/cpu/nearest_code_cpu.cpp: D <= 16 takes the direct loop, larger D the GEMM path
+DIRECT_MAX_D = 16  # csrc/cpu/collectors.cpp: D <= 16 takes the small-D scan, larger D the GEMM tiles
 
 # (N, K, D): every N in {1, 7, 1023}, K in {1, 3, 1000}, D in {1, 3, 8, 65, 256} appears, on both
 # sides of DIRECT_MAX_D, without the full cross product (the float64 oracle is the slow part).

@@ -2,7 +2,7 @@
 // bfloat16 GEMM tiles on AMX (oneDNN's brgemm ukernel through ATen's cpublas) or on AVX512_BF16
 // (our own vdpbf16ps tiles, bf16_tile_avx512.h; at D <= 16 a fused scan there), candidates
 // chosen with a per-token rigorous error margin, then the same float32 re-score and certificate
-// as the float32 path (nearest_code_cpu.cpp).
+// as the float32 path (certify.h; collect_bf16.cpp is its collector).
 //
 // Why a margin and not a top-2: rounding x and the codes to bfloat16 moves a dot product by up to
 // ||x - bf16(x)|| ||e|| + ||x|| ||e - bf16(e)||, about 2^-9 of ||x|| ||e||, which on spread-out

@@ -2,7 +2,7 @@
 //
 // Both scans see x already scaled by -2 (exact in floating point), so the approximate distance of
 // code k is norms[k] + (-2x).e_k. They keep the two smallest approximate values per token; the
-// caller re-scores those in fp32 and certifies the result (nearest_code_cpu.cpp). Each scan has an
+// caller re-scores those in fp32 and certifies the result (certify.h). Each scan has an
 // AVX-512 version (chosen at run time) and a portable one, so the library runs on any x86-64 (and,
 // without the x86 kernels, on other architectures: SGCVQ_X86 is 0 there).
 #pragma once
