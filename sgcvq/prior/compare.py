@@ -32,10 +32,11 @@ __all__ = ["CompareSettings", "run_comparison"]
 class CompareSettings:
     """Sizes of the comparison; the defaults fit ~20 minutes of a quiet 2-core CPU for four tokenizers."""
 
-    prior_steps: int = 1200
-    video_steps: int = 800
-    layout_prior_steps: int = 1200
+    prior_steps: int = 1000
+    video_steps: int = 600
+    layout_prior_steps: int = 1000
     batch_size: int = 32
+    video_batch_size: int = 16  # windows of three frames: 3x the tokens of an image sequence
     dim: int = 64
     layers: int = 3
     layouts: int = 128  # held-out label maps requested
@@ -169,7 +170,7 @@ def _video_part(name: str, tok: Tokenizer, data: _Data, judge, s: CompareSetting
     B, T = data.clip_frames.shape[:2]
     grids = tok.encode(data.clip_frames.flatten(0, 1), data.clip_labels.flatten(0, 1)).view(B, T, n)
     seqs = clip_windows(grids, 3)
-    train = PriorTrainConfig(steps=s.video_steps, batch_size=s.batch_size, seed=s.prior_seed + 1)
+    train = PriorTrainConfig(steps=s.video_steps, batch_size=s.video_batch_size, seed=s.prior_seed + 1)
     empty = torch.zeros(tok.num_classes, tok.num_codes, dtype=torch.bool)
     with _timed(log, f"{name}: next-frame prior, {s.video_steps} steps on {seqs.shape[0]} windows"):
         bundle = fit_prior(tok, "video", seqs, empty, torch.zeros(tok.num_codes, C, dtype=torch.long), train,

@@ -31,7 +31,7 @@ class JudgeConfig:
     width: int = 16
     resolution: int = 32
     scenes: int = 3072
-    steps: int = 700
+    steps: int = 500
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = JUDGE_SEED
