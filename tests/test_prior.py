@@ -307,3 +307,40 @@ def test_cli_bad_input_is_named(tokenizers, capsys):
     assert main(["prior", "edit", "--prior", str(root / "p_img"), "--image", str(root / "zeros.png"), "--box",
                  "0,0,4,4", "--paint", "spaceship", "--out", str(root / "x")]) == 2
     assert "spaceship" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ table and report
+def _fake_results(sgc_miou, base_miou):
+    def model(kind, m):
+        nf = [{"horizon": h, "miou": 0.5, "psnr": 15.0, "copy_miou": 0.4, "copy_psnr": 14.0} for h in (1, 2)]
+        r = {"kind": kind, "ceiling_miou": 0.6, "prior_parameters": 1000, "prior_train_s": 1.0,
+             "layout": {"miou": m, "frechet": 2.0, "row_tv": 0.1},
+             "context_free": {"miou": m - 0.1, "frechet": 3.0, "row_tv": 0.2},
+             "unconditional": {"miou": 0.1, "frechet": 2.5, "row_tv": 0.15},
+             "edit": {"iou_inside": 0.5, "psnr_outside": 20.0}, "bits": {"bits": 5.0},
+             "next_frame": {"context_2": nf, "context_1": nf}}
+        if kind == "ema":
+            r["layout_conditioned_prior"] = {"conditioned": {"miou": 0.58, "frechet": 2.1, "row_tv": 0.1},
+                                             "prior_parameters": 1200, "prior_train_s": 2.0}
+        return r
+    return {"models": {"SGC": model("sgc", sgc_miou), "VQ": model("ema", base_miou)}, "judge_miou_real": 0.9,
+            "wall_s": 1.0}
+
+
+def test_floor_checks_and_table(tmp_path):
+    from sgcvq.prior.outputs import COND, floor_checks, table_rows
+    from sgcvq.report import write_prior_report
+
+    good = floor_checks(_fake_results(0.58, 0.40))
+    assert good[0].startswith("met: SGC layout mIoU 0.580 >= 0.9 x its ceiling")
+    assert any(line.startswith("met: SGC layout mIoU 0.580 >= best baseline (VQ, 0.400)") for line in good)
+    bad = floor_checks(_fake_results(0.45, 0.42))
+    assert bad[0].startswith("NOT met") and any("comes within 0.05 mIoU of SGC" in line for line in bad)
+    assert any(line.startswith("NOT met: SGC zero-shot layout mIoU 0.450 within 0.03") for line in bad)
+    header, rows = table_rows(_fake_results(0.58, 0.40))
+    assert header == ["SGC", "VQ", COND]
+    first = dict(rows)["judge mIoU, layout-controlled samples"]
+    assert first == ["0.580", "0.400", "0.580"]
+    page = write_prior_report(tmp_path, header, rows, [("Edits", "caption", "edits.png")], ["a note"])
+    text = page.read_text()
+    assert "edits.png" in text and "0.580" in text and COND in text

@@ -121,7 +121,7 @@ def train_judge(cfg: JudgeConfig | None = None, log=print, log_every: int = 100)
         opt.step()
         sched.step()
         if log_every and (step + 1) % log_every == 0:
-            log(f"judge step {step + 1}/{cfg.steps}: cross-entropy {float(loss):.3f}")
+            log(f"judge step {step + 1}/{cfg.steps}: cross-entropy {float(loss.detach()):.3f}")
     judge.config = cfg
     return judge.eval()
 
