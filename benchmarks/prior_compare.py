@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--publish", default=None, help="copy table.md and the figures here")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline, not the numbers")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--fresh", action="store_true", help="recompute every tokenizer (default: keep those an "
+                    "earlier run in --out finished with the same settings, judge and checkpoint)")
     args = ap.parse_args(argv)
 
     from sgcvq.prior.compare import CompareSettings, run_comparison
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     print(f"prior comparison: {len(runs)} tokenizers, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average at start {os.getloadavg()[0]:.1f}", file=sys.stderr)
-    run_comparison(runs, args.out, settings, judge_path=args.judge, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run_comparison(runs, args.out, settings, judge_path=args.judge, resume=not args.fresh, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"total {time.perf_counter() - start:.0f} s, load average at end {os.getloadavg()[0]:.1f}", file=sys.stderr)
     print((Path(args.out) / "table.md").read_text())
     if args.publish:

@@ -218,17 +218,41 @@ def _conditioned_part(tok: Tokenizer, data: _Data, judge, ref: _Judged, grids, t
             "prior_train_s": bundle.info["train_wall_s"]}, shown
 
 
+def _judge_for(s: CompareSettings, out: Path, judge_path, log):
+    """(judge, its file): the given file, else <out>/judge.safetensors from an earlier run, else a new one."""
+    path = Path(judge_path) if judge_path is not None else out / "judge.safetensors"
+    if path.is_file():
+        return load_judge(path), path
+    if judge_path is not None:
+        raise FileNotFoundError(f"judge weights {str(judge_path)!r} do not exist")
+    with _timed(log, f"training the judge ({s.judge.steps} steps on {s.judge.scenes} scenes, seed {s.judge.seed})"):
+        judge = train_judge(s.judge, log=log, log_every=0)
+    save_judge(judge, path)
+    return judge, path
+
+
+def _run_key(s: CompareSettings, judge_file: Path) -> str:
+    """What must match for an earlier run's per-tokenizer results to be reused: settings and judge bytes."""
+    import hashlib
+
+    digest = hashlib.sha1(judge_file.read_bytes()).hexdigest()
+    return json.dumps({"settings": asdict(s), "judge": digest}, sort_keys=True, default=str)
+
+
 def run_comparison(runs: list[tuple[str, str]], out: str | Path, settings: CompareSettings | None = None,
-                   judge_path: str | Path | None = None, conditioned_on: str | None = "ema", log=print) -> dict:
+                   judge_path: str | Path | None = None, conditioned_on: str | None = "ema", resume: bool = True,
+                   log=print) -> dict:
     """Run the comparison for tokenizer runs [(name, run folder)]; returns the results dict.
 
-    judge_path: reuse a trained judge (else one is trained and saved as <out>/judge.safetensors).
+    judge_path: reuse a trained judge (else <out>/judge.safetensors, trained there on the first run).
     conditioned_on: the tokenizer kind the layout-conditioned baseline prior is trained on.
+    resume: keep the results of tokenizers an earlier run in `out` finished with the same settings,
+    judge and checkpoint (<out>/partial.pt; written after every tokenizer), and run only the others.
     """
     s = settings or CompareSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     toks = [(name, load_prior_tokenizer(path)) for name, path in runs]
     if not toks:
         raise ValueError("run_comparison: no tokenizer runs given")
@@ -237,32 +261,46 @@ def run_comparison(runs: list[tuple[str, str]], out: str | Path, settings: Compa
         if (tok.resolution, tok.cfg.data.seed, tok.cfg.data.length) != data.setting:
             raise ValueError(f"run_comparison: {name} was trained on other data ({tok.resolution} px, seed "
                              f"{tok.cfg.data.seed}) than {toks[0][0]}; compare tokenizers of one data setting")
-    if judge_path is not None and Path(judge_path).is_file():
-        judge = load_judge(judge_path)
-    else:
-        with _timed(log, f"training the judge ({s.judge.steps} steps on {s.judge.scenes} scenes, seed {s.judge.seed})"):
-            judge = train_judge(s.judge, log=log, log_every=0)
-        save_judge(judge, out / "judge.safetensors")
+    judge, judge_file = _judge_for(s, out, judge_path, log)
+    key = _run_key(s, judge_file)
+    partial_file = out / "partial.pt"
+    done = {}
+    if resume and partial_file.is_file():
+        saved = torch.load(partial_file, weights_only=False)
+        if saved.get("key") == key:
+            done = saved["models"]
     C = toks[0][1].num_classes
     ref = _Judged(judge, data.ref_images)
-    results = {"settings": asdict(s), "tokenizers": {name: tok.path for name, tok in toks},
-               "judge_miou_real": miou(ref.labels, data.ref_labels, C), "models": {}}
+    results = {"settings": asdict(s), "judge": str(judge_file), "tokenizers": {name: tok.path for name, tok in toks},
+               "judge_miou_real": miou(ref.labels, data.ref_labels, C), "models": {},
+               "setup_wall_s": time.perf_counter() - start, "setup_cpu_s": time.process_time() - cpu0}
     figs = {"maps": data.layout_labels[:8], "real": data.layout_images[:8], "models": {},
             "truth": [data.eval_frames[:3, 1 + h] for h in range(1, s.horizon + 1)],
             "context": data.eval_frames[:3, 1]}
     for name, tok in toks:
+        checkpoint = str(tok.model_checkpoint)
+        if name in done and done[name][0].get("checkpoint") == checkpoint:
+            log(f"{name}: kept from the earlier run in {out}")
+            results["models"][name], figs["models"][name] = done[name]
+            continue
         log(f"{name} ({tok.kind}, K = {tok.num_codes}, grid {tok.grid[0]}x{tok.grid[1]})")
+        t0, c0 = time.perf_counter(), time.process_time()
         r, f_img, grids, tl, class_codes, counts = _image_part(name, tok, data, judge, ref, s, log)
         r["next_frame"], f_vid = _video_part(name, tok, data, judge, s, log)
         if conditioned_on is not None and tok.kind == conditioned_on:
             cond, shown = _conditioned_part(tok, data, judge, ref, grids, tl, class_codes, counts, s, log)
             r["layout_conditioned_prior"] = cond
             f_img["conditioned"] = shown
+        r.update(checkpoint=checkpoint, wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
         results["models"][name] = r
         figs["models"][name] = {**f_img, **f_vid}
-    results["wall_s"] = time.perf_counter() - start
+        done[name] = (r, figs["models"][name])
+        torch.save({"key": key, "models": done}, partial_file)
+    models = results["models"].values()
+    results["wall_s"] = results["setup_wall_s"] + sum(r["wall_s"] for r in models)
+    results["cpu_s"] = results["setup_cpu_s"] + sum(r["cpu_s"] for r in models)
     from .outputs import write_prior_outputs
 
     write_prior_outputs(out, results, figs)
-    log(f"comparison done in {results['wall_s']:.0f} s: {out / 'table.md'}")
+    log(f"comparison done: {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU: {out / 'table.md'}")
     return results

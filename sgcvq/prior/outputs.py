@@ -71,6 +71,7 @@ def table_rows(results: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
         row("  texture bits (code in class)", only(lambda r: r["bits"].get("texture_bits")), "{:.2f}"),
         row("prior parameters", lambda r, c: r["layout_conditioned_prior"]["prior_parameters"] if c is not None
             else r["prior_parameters"], "{:,d}"),
+        row("this column's comparison: CPU s", only(lambda r: r.get("cpu_s")), "{:.0f}"),
         row("prior training (s)", lambda r, c: r["layout_conditioned_prior"]["prior_train_s"] if c is not None
             else r["prior_train_s"], "{:.0f}"),
     ]
@@ -163,7 +164,8 @@ def write_prior_outputs(out: str | Path, results: dict, figs: dict) -> Path:
     md = ["| metric | " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(header)]
     md += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in rows]
     md += ["", f"Judge mIoU on real held-out scenes: {results['judge_miou_real']:.3f}. "
-               f"Whole comparison: {results['wall_s']:.0f} s.", ""] + [f"- {line}" for line in floors]
+               f"Whole comparison: {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU "
+               "(tokenizers kept from an earlier run count with their own times).", ""] + [f"- {line}" for line in floors]
     (out / "table.md").write_text("\n".join(md) + "\n")
     figures = _figures(out, figs)
     notes = [f"Judge mIoU on real held-out scenes: {results['judge_miou_real']:.3f}.", *floors]

@@ -19,6 +19,7 @@ class Tokenizer:
     model: torch.nn.Module
     cfg: object
     path: str
+    model_checkpoint: str = ""  # the checkpoint folder the weights came from
 
     @property
     def kind(self) -> str:
@@ -85,4 +86,4 @@ def load_prior_tokenizer(path: str | Path, device: str | torch.device = "cpu") -
     from ..tokenizer_io import load_tokenizer
 
     model, cfg, state = load_tokenizer(path, device)
-    return Tokenizer(model, cfg, str(path))
+    return Tokenizer(model, cfg, str(path), state["path"])
