@@ -218,6 +218,15 @@ def _conditioned_part(tok: Tokenizer, data: _Data, judge, ref: _Judged, grids, t
             "prior_train_s": bundle.info["train_wall_s"]}, shown
 
 
+def _write(out: Path, results: dict, figs: dict) -> None:
+    from .outputs import write_prior_outputs
+
+    models = results["models"].values()
+    results["wall_s"] = results["setup_wall_s"] + sum(r["wall_s"] for r in models)
+    results["cpu_s"] = results["setup_cpu_s"] + sum(r["cpu_s"] for r in models)
+    write_prior_outputs(out, results, figs)
+
+
 def _judge_for(s: CompareSettings, out: Path, judge_path, log):
     """(judge, its file): the given file, else <out>/judge.safetensors from an earlier run, else a new one."""
     path = Path(judge_path) if judge_path is not None else out / "judge.safetensors"
@@ -296,11 +305,7 @@ def run_comparison(runs: list[tuple[str, str]], out: str | Path, settings: Compa
         figs["models"][name] = {**f_img, **f_vid}
         done[name] = (r, figs["models"][name])
         torch.save({"key": key, "models": done}, partial_file)
-    models = results["models"].values()
-    results["wall_s"] = results["setup_wall_s"] + sum(r["wall_s"] for r in models)
-    results["cpu_s"] = results["setup_cpu_s"] + sum(r["cpu_s"] for r in models)
-    from .outputs import write_prior_outputs
-
-    write_prior_outputs(out, results, figs)
+        _write(out, results, figs)  # the table so far: a run cut short still leaves its finished columns
+    _write(out, results, figs)
     log(f"comparison done: {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU: {out / 'table.md'}")
     return results
