@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--publish", default=None, help="copy table.md and the figures here")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline, not the numbers")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                    help="first take the finished tokenizers of these comparison folders (same settings and judge)")
     ap.add_argument("--fresh", action="store_true", help="recompute every tokenizer (default: keep those an "
                     "earlier run in --out finished with the same settings, judge and checkpoint)")
     args = ap.parse_args(argv)
@@ -55,6 +57,10 @@ def main(argv=None) -> int:
         settings = CompareSettings(prior_steps=20, video_steps=20, layout_prior_steps=20, layouts=32, reference=64,
                                    seeds=(0,), edit_scenes=8, clips_train=16, eval_clips=8, bits_grids=8,
                                    judge=JudgeConfig(scenes=128, steps=20))
+    if args.merge:
+        from sgcvq.prior.compare import merge_partials
+
+        print(f"merged: {merge_partials(args.out, args.merge)}", file=sys.stderr)
     start = time.perf_counter()
     print(f"prior comparison: {len(runs)} tokenizers, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average at start {os.getloadavg()[0]:.1f}", file=sys.stderr)

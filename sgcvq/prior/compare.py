@@ -25,16 +25,16 @@ from .tokens import Tokenizer, load_prior_tokenizer
 from .training import PriorTrainConfig
 from .video import clip_windows, predict_frames
 
-__all__ = ["CompareSettings", "run_comparison"]
+__all__ = ["CompareSettings", "run_comparison", "merge_partials"]
 
 
 @dataclass
 class CompareSettings:
     """Sizes of the comparison; the defaults fit ~20 minutes of a quiet 2-core CPU for four tokenizers."""
 
-    prior_steps: int = 1000
-    video_steps: int = 600
-    layout_prior_steps: int = 1000
+    prior_steps: int = 600
+    video_steps: int = 400
+    layout_prior_steps: int = 600
     batch_size: int = 32
     video_batch_size: int = 16  # windows of three frames: 3x the tokens of an image sequence
     dim: int = 64
@@ -216,6 +216,28 @@ def _conditioned_part(tok: Tokenizer, data: _Data, judge, ref: _Judged, grids, t
         shown = imgs[:8] if shown is None else shown
     return {"conditioned": _mean_over_seeds(per), "prior_parameters": bundle.info["parameters"],
             "prior_train_s": bundle.info["train_wall_s"]}, shown
+
+
+def merge_partials(out: str | Path, sources: list[str | Path]) -> list[str]:
+    """Combine the finished tokenizers of other comparison folders (run with the same settings and judge,
+    e.g. one process per tokenizer) into <out>/partial.pt; returns the tokenizer names now there."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    merged, key = {}, None
+    for src in [out, *map(Path, sources)]:
+        f = src / "partial.pt"
+        if not f.is_file():
+            if src != out:
+                raise FileNotFoundError(f"merge: {str(f)!r} does not exist")
+            continue
+        saved = torch.load(f, weights_only=False)
+        if key is not None and saved["key"] != key:
+            raise ValueError(f"merge: {str(src)!r} ran with other settings or another judge than the others")
+        key = saved["key"]
+        merged.update(saved["models"])
+    if key is not None:
+        torch.save({"key": key, "models": merged}, out / "partial.pt")
+    return list(merged)
 
 
 def _write(out: Path, results: dict, figs: dict) -> None:
