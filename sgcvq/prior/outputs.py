@@ -57,7 +57,7 @@ def table_rows(results: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
     ]
     horizons = len(next(iter(results["models"].values()))["next_frame"]["context_2"])
     for h in range(horizons):
-        rows.append(row(f"next frame h={h + 1}: judge mIoU, prior / copy-last",
+        rows.append(row(f"next frame h={h + 1}: judge mIoU, prior",
                         only(lambda r, h=h: r["next_frame"]["context_2"][h]["miou"])))
         rows.append(row(f"  copy-last frame, h={h + 1}", only(lambda r, h=h: r["next_frame"]["context_2"][h]["copy_miou"])))
         rows.append(row(f"next frame h={h + 1}: PSNR (dB), prior", only(lambda r, h=h: r["next_frame"]["context_2"][h]["psnr"]),
