@@ -1,4 +1,4 @@
-"""The `sgcvq` command line: train, eval, report, compare, study, encode, decode.
+"""The `sgcvq` command line: train, eval, report, compare, study, encode, decode, prior.
 
 A thin layer: each subcommand builds a Config (defaults < --config YAML < --set overrides <
 explicit flags) or loads a checkpoint, then calls one library function.
@@ -108,7 +108,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the PNG images")
     p.add_argument("--batch-size", type=int, default=16)
     _add_device(p)
+    _add_prior_parser(sub)
     return parser
+
+
+def _add_prior_parser(sub) -> None:
+    """`sgcvq prior train | sample | edit | predict` (sgcvq/prior/commands.py)."""
+    p = sub.add_parser("prior", help="a masked-token prior over a tokenizer's tokens: layout-controlled samples, "
+                                     "edits, next-frame prediction")
+    psub = p.add_subparsers(dest="prior_command", metavar="ACTION", required=True)
+    q = psub.add_parser("train", help="train a prior on the tokens of a tokenizer run")
+    q.add_argument("--tokenizer", required=True, help="tokenizer run folder or checkpoint")
+    q.add_argument("--out", required=True, help="folder for prior.safetensors and prior.json")
+    q.add_argument("--task", choices=["image", "video", "layout"], default="image",
+                   help="image: one grid (layout control by restriction); video: next frame from two; "
+                        "layout: conditioned on the label map's tokens (the trained baseline)")
+    q.add_argument("--head", choices=["auto", "flat", "factorised"], default="auto",
+                   help="factorised (class, then code in its group) needs a grouped (SGC) tokenizer; auto picks it there")
+    q.add_argument("--steps", type=int, default=1200)
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--dim", type=int, default=64)
+    q.add_argument("--layers", type=int, default=3)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-images", type=int, default=None, help="encode at most N training images")
+    q.add_argument("--clips", type=int, default=512, help="training clips for --task video")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--prior", required=True, help="a prior folder (sgcvq prior train --out)")
+    common.add_argument("--tokenizer", default=None, help="tokenizer run (default: the one the prior was trained on)")
+    common.add_argument("--out", required=True, help="folder for the PNG images")
+    common.add_argument("--steps", type=int, default=8, help="decoding steps")
+    common.add_argument("--seed", type=int, default=0)
+    q = psub.add_parser("sample", parents=[common], help="samples, each token restricted to its class's codes")
+    q.add_argument("--labels", default=None, help="a label-map PNG (class ids at the tokenizer's size) or a folder")
+    q.add_argument("--num", type=int, default=8, help="unconditional samples when no --labels")
+    q.add_argument("--temperature", type=float, default=1.0)
+    q.add_argument("--no-restrict", action="store_true", help="ignore the layout (sample unconditionally)")
+    q = psub.add_parser("edit", parents=[common], help="paint a box with a class and resample only its tokens")
+    q.add_argument("--image", required=True)
+    q.add_argument("--labels", default=None, help="the image's label map (an SGC tokenizer encodes with it)")
+    q.add_argument("--box", required=True, metavar="Y0,X0,Y1,X1", help="pixel box, end exclusive")
+    q.add_argument("--paint", required=True, metavar="CLASS", help="class name (e.g. vehicle) or id")
+    q.add_argument("--temperature", type=float, default=1.0)
+    q = psub.add_parser("predict", parents=[common], help="predict the next frames of a clip")
+    q.add_argument("--frames", required=True, nargs="+", help="1 or 2 context frames, oldest first")
+    q.add_argument("--labels", nargs="+", default=None, help="their label maps (an SGC tokenizer encodes with them)")
+    q.add_argument("--horizon", type=int, default=4)
+    q.add_argument("--temperature", type=float, default=0.0, help="0: the most likely code at each position")
 
 
 def _device(name: str | None):
@@ -300,8 +345,30 @@ def _cmd_decode(args) -> int:
     return 0
 
 
+def _cmd_prior(args) -> int:
+    from .prior import commands as pc
+
+    a = args
+    if a.prior_command == "train":
+        path = pc.cmd_train(a.tokenizer, a.out, a.task, a.head, a.steps, a.batch_size, a.dim, a.layers, a.seed,
+                            a.max_images, a.clips, log=lambda m: print(m, file=sys.stderr))
+        print(f"prior: {path}")
+        return 0
+    if a.prior_command == "sample":
+        files = pc.cmd_sample(a.prior, a.out, a.labels, a.num, a.tokenizer, a.seed, a.steps, a.temperature,
+                              not a.no_restrict)
+    elif a.prior_command == "edit":
+        files = pc.cmd_edit(a.prior, a.image, a.box, a.paint, a.out, a.labels, a.tokenizer, a.seed, a.steps,
+                            a.temperature)
+    else:
+        files = pc.cmd_predict(a.prior, a.frames, a.out, a.horizon, a.labels, a.tokenizer, a.steps, a.temperature,
+                               a.seed)
+    print(f"wrote {len(files)} image(s) to {a.out}")
+    return 0
+
+
 _COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "compare": _cmd_compare, "study": _cmd_study,
-             "encode": _cmd_encode, "decode": _cmd_decode}
+             "encode": _cmd_encode, "decode": _cmd_decode, "prior": _cmd_prior}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,3 +290,40 @@ def write_report(out_dir: str | Path, results: dict, extra: dict[str, dict] | No
     report = out / "report.html"
     report.write_text("\n".join(parts))
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# The prior's section (sgcvq.prior: layout-controlled samples, edits, next-frame prediction)
+# --------------------------------------------------------------------------------------------
+def prior_section_html(header: list[str], rows: list[tuple[str, list[str]]],
+                       figures: list[tuple[str, str, str]], notes: list[str] | None = None) -> str:
+    """The HTML of the prior section: the table (one column per tokenizer) and figures
+    [(heading, caption, file name)]."""
+    esc = html.escape
+    parts = ["<section id='prior'><h2>Masked-token prior: layout control, edits, next frame</h2>"]
+    parts += [f"<p>{esc(n)}</p>" for n in notes or []]
+    parts.append("<table><tr><th>metric</th>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+    for label, vals in rows:
+        parts.append(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{esc(v)}</td>" for v in vals) + "</tr>")
+    parts.append("</table>")
+    for heading, caption, fname in figures:
+        parts.append(f"<h3>{esc(heading)}</h3><p class='caption'>{esc(caption)}</p>"
+                     f"<img src='{esc(fname)}' alt='{esc(heading)}'>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def write_prior_report(out_dir: str | Path, header: list[str], rows: list[tuple[str, list[str]]],
+                       figures: list[tuple[str, str, str]], notes: list[str] | None = None,
+                       title: str = "sgcvq: a masked-token prior on each tokenizer") -> Path:
+    """report.html holding the prior section alone (figures already written into out_dir)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = ["<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+            "td:first-child{text-align:left}img{max-width:100%}.caption{color:#444}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>", prior_section_html(header, rows, figures, notes), "</body></html>"]
+    report = out / "report.html"
+    report.write_text("\n".join(page))
+    return report
