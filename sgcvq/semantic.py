@@ -178,6 +178,7 @@ def sample_class_tokens(
     offsets: torch.Tensor,
     generator: torch.Generator | None = None,
     select: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every code, a random token of the code's class; distinct tokens within a group.
 
@@ -195,6 +196,10 @@ def sample_class_tokens(
     count gets has_token False instead of a token another code of its group already took (two
     codes on one token: the higher index never wins a tie, so it would be re-seeded again and again).
 
+    weights [N] >= 0 (re-seeding by splits, sgcvq/codebook_rebalance.py): tokens are drawn without
+    replacement with probability ∝ weight (Efraimidis-Spirakis keys u^(1/w)), e.g. their squared
+    error (k-means++'s D² rule); None: uniformly.
+
     Returns (tokens [K, D] float32, has_token [K] bool); rows whose class has no token are filled
     with some token (or zeros) and must be replaced by the caller where has_token is False.
     """
@@ -209,6 +214,10 @@ def sample_class_tokens(
         key = torch.where(token_labels < 0, torch.full_like(token_labels, C), token_labels)
     # class-major order, random within a class (u in [0, 1) never reaches the next class)
     u = torch.rand(N, generator=generator, device=x.device, dtype=torch.float64)
+    if weights is not None:
+        # the largest u^(1/w) first; kept in [0, 1) so a key never reaches the next class
+        w = weights.to(torch.float64).clamp(min=1e-30)
+        u = (1.0 - u.pow(1.0 / w)).clamp(max=1.0 - 1e-9)
     order = torch.argsort(key.to(torch.float64) + u)
     per_class = torch.zeros(C + 1, dtype=torch.int64, device=x.device)
     per_class.index_add_(0, key, torch.ones_like(key))

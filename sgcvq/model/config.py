@@ -63,6 +63,11 @@ class ModelConfig:
     commitment_weight: float = 0.25
     threshold_dead: float = 2.0
     max_idle_steps: int = 100  # a code that wins no token for this many steps is re-seeded too
+    # issue 24: re-seeds that split a loaded cell (D² rule), and group sizes that follow each group's
+    # error mass (every this many steps; 0 = fixed groups). See FastSemanticQuantizer.
+    reseed_split: bool = False
+    rebalance_every: int = 0
+    rebalance_rate: float = 0.5
     kmeans_init: bool = True
     kmeans_iters: int = 10
     semantic_loss_weight: float = 0.0
