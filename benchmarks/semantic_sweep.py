@@ -102,6 +102,11 @@ VARIANTS = {
     "rebal_split": (["model.rebalance_every=10", "model.reseed_split=true"], "SGC, rebalance every 10 + split re-seeds"),
     "rebal5_split": (["model.rebalance_every=5", "model.rebalance_rate=0.25", "model.reseed_split=true"],
                      "SGC, rebalance every 5 at rate 0.25 + split re-seeds"),
+    "mixed0.75": (["model.label_min_share=0.75"], "SGC, boundary tokens (majority < 75%) search all codes"),
+    "mixed0.75_rebal_split": (["model.label_min_share=0.75", "model.rebalance_every=10", "model.reseed_split=true"],
+                              "SGC, boundary tokens search all codes + rebalance every 10 + split re-seeds"),
+    "mixed1_rebal_split": (["model.label_min_share=1.0", "model.rebalance_every=10", "model.reseed_split=true"],
+                           "SGC, only pure cells search their group + rebalance every 10 + split re-seeds"),
     "ema_split": ([*_EMA, "model.reseed_split=true"], "EMA-VQ, re-seeds split a loaded cell (D² rule)"),
 }
 

@@ -25,13 +25,16 @@ __all__ = [
 ]
 
 
-def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, ignore_label: int = 255) -> torch.Tensor:
+def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, ignore_label: int = 255,
+                min_share: float = 0.0) -> torch.Tensor:
     """Token labels [B, h, w] int64 from pixel label maps [B, h*f, w*f] by majority vote.
 
     Each token takes the most frequent class among the pixels of its f x f cell; pixels equal to
     `ignore_label` (or, when the caller skipped the value check, outside [0, num_classes)) do not
     vote; a cell without a voting pixel gets -1 (search all codes).
     Ties go to the lowest class index (torch.argmax returns the first maximum).
+    min_share: a cell whose winning class holds less than this share of its voting pixels (a
+    boundary cell, a blend of classes) gets -1 too; 0 keeps every majority.
     Cost: one scatter-add over the pixels into a [B*h*w, C+1] count table; nothing of size
     pixels x C is materialised.
     """
@@ -54,7 +57,10 @@ def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, i
     votes.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
     votes = votes.view(B * h * w, C + 1)[:, :C]
     winner = votes.argmax(dim=1)  # NOTE: first maximum -> lowest class on ties
-    has_vote = votes.sum(dim=1) > 0
+    total = votes.sum(dim=1)
+    has_vote = total > 0
+    if min_share > 0:
+        has_vote = has_vote & (votes.gather(1, winner[:, None])[:, 0] >= min_share * total)
     return torch.where(has_vote, winner, torch.full_like(winner, -1)).view(B, h, w)
 
 

@@ -129,3 +129,32 @@ def test_bad_rebalance_arguments():
         FastSemanticQuantizer(4, 8, num_classes=2, rebalance_every=-1)
     with pytest.raises(ValueError, match="rebalance_rate"):
         FastSemanticQuantizer(4, 8, num_classes=2, rebalance_every=5, rebalance_rate=0.0)
+
+
+def test_boundary_cells_search_all_codes_with_label_min_share():
+    from sgcvq.semantic import pool_labels
+
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 1], [2, 2, 255, 255]]])  # [1, 4, 4]
+    assert pool_labels(labels, (2, 2), 3).tolist() == [[[0, 1], [2, 1]]]
+    # the bottom-right cell is 1 of 2 voting pixels (50%); the others are pure
+    assert pool_labels(labels, (2, 2), 3, min_share=0.75).tolist() == [[[0, 1], [2, -1]]]
+    assert pool_labels(labels, (2, 2), 3, min_share=0.5).tolist() == [[[0, 1], [2, 1]]]
+
+
+def test_model_searches_all_codes_for_boundary_tokens_only():
+    from sgcvq.config import smoke_config
+    from sgcvq.model import SGCVQGAN
+
+    cfg = smoke_config(9).model
+    cfg.label_min_share = 0.75
+    model = SGCVQGAN(cfg).eval()
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    labels = torch.randint(0, 9, (2, 32, 32))
+    labels[0] = 3  # image 0: every cell pure
+    idx = model.encode(images, labels)
+    code_class = model.quantizer.code_class
+    assert (code_class[idx[0]] == 3).all()
+    majority = model.token_labels(labels, tuple(idx.shape[-2:]))
+    search = model._search_labels(labels, majority)
+    assert (search[1] == -1).any() and (search[0] == 3).all()
