@@ -158,3 +158,18 @@ def test_model_searches_all_codes_for_boundary_tokens_only():
     majority = model.token_labels(labels, tuple(idx.shape[-2:]))
     search = model._search_labels(labels, majority)
     assert (search[1] == -1).any() and (search[0] == 3).all()
+
+
+def test_a_rebalance_permutes_the_codebook_its_ema_state_and_counters_together():
+    vq = _trained(12, rebalance_every=1000, reseed_split=True)  # no scheduled rebalance yet
+    names = ("codebook", "cluster_size", "embed_sum", "code_last_used", "code_last_event", "last_counts")
+    before = {n: getattr(vq, n).clone() for n in names}
+    offsets = vq.class_offsets.clone()
+    vq.group_error.copy_(torch.tensor([0.1, 10.0]))  # class 1 holds nearly all the error
+    moved = vq._rebalance()
+    assert moved is not None and int(moved.sum()) > 0
+    perm, new_offsets, again = rebalance_permutation(before["cluster_size"], offsets, vq.group_sizes)
+    assert torch.equal(vq.class_offsets, new_offsets) and torch.equal(moved, again)
+    for n in names:
+        assert torch.equal(getattr(vq, n), before[n][perm]), n
+    assert (vq.code_class == code_classes(new_offsets)).all()
