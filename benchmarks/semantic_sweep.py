@@ -107,6 +107,8 @@ VARIANTS = {
                               "SGC, boundary tokens search all codes + rebalance every 10 + split re-seeds"),
     "mixed1_rebal_split": (["model.label_min_share=1.0", "model.rebalance_every=10", "model.reseed_split=true"],
                            "SGC, only pure cells search their group + rebalance every 10 + split re-seeds"),
+    "rebal_split_l0": (["model.rebalance_every=10", "model.reseed_split=true", "model.group_loss_weight=0.0"],
+                       "SGC, rebalance every 10 + split re-seeds, no group loss"),
     "ema_split": ([*_EMA, "model.reseed_split=true"], "EMA-VQ, re-seeds split a loaded cell (D² rule)"),
 }
 
