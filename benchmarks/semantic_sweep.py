@@ -95,13 +95,28 @@ VARIANTS = {
                         "SGC, no group loss, group sizes ∝ frequency (α = 1)"),
     "group_l0.05_alpha1": (["model.group_loss_margin=null", "model.group_sizes=[48, 5, 30, 2, 9, 3, 24, 2, 5]"],
                            "group loss λ=0.05, group sizes ∝ frequency (α = 1)"),
+    # issue 24 (every row with today's default group loss: hinge λ = 0.05, m = 1)
+    "sgc": ([], "SGC, today's defaults (fixed groups, token re-seeds)"),
+    "split": (["model.reseed_split=true"], "SGC, re-seeds split a loaded cell (D² rule)"),
+    "rebal": (["model.rebalance_every=10"], "SGC, group sizes follow error mass (every 10 steps)"),
+    "rebal_split": (["model.rebalance_every=10", "model.reseed_split=true"], "SGC, rebalance every 10 + split re-seeds"),
+    "rebal5_split": (["model.rebalance_every=5", "model.rebalance_rate=0.25", "model.reseed_split=true"],
+                     "SGC, rebalance every 5 at rate 0.25 + split re-seeds"),
+    "mixed0.75": (["model.label_min_share=0.75"], "SGC, boundary tokens (majority < 75%) search all codes"),
+    "mixed0.75_rebal_split": (["model.label_min_share=0.75", "model.rebalance_every=10", "model.reseed_split=true"],
+                              "SGC, boundary tokens search all codes + rebalance every 10 + split re-seeds"),
+    "mixed1_rebal_split": (["model.label_min_share=1.0", "model.rebalance_every=10", "model.reseed_split=true"],
+                           "SGC, only pure cells search their group + rebalance every 10 + split re-seeds"),
+    "rebal_split_l0": (["model.rebalance_every=10", "model.reseed_split=true", "model.group_loss_weight=0.0"],
+                       "SGC, rebalance every 10 + split re-seeds, no group loss"),
+    "ema_split": ([*_EMA, "model.reseed_split=true"], "EMA-VQ, re-seeds split a loaded cell (D² rule)"),
 }
 
-KEYS = ("token_purity", "group_miou", "psnr", "psnr_label_free", "active_code_fraction", "perplexity")
+KEYS = ("token_purity", "group_miou", "psnr", "psnr_label_free", "ssim", "active_code_fraction", "perplexity")
 
 
 def run_variant(args: tuple) -> dict:
-    name, steps, out, extra = args
+    name, steps, out, extra, seed = args
     import torch
 
     torch.set_num_threads(1)
@@ -112,16 +127,19 @@ def run_variant(args: tuple) -> dict:
     from sgcvq.training.loop import Trainer
 
     # a pool worker is a daemon process: it may not start DataLoader workers of its own
-    overrides = VARIANTS[name][0] + list(extra) + ["data.num_workers=0"]
+    overrides = VARIANTS[name][0] + list(extra) + ["data.num_workers=0"] + ([f"train.seed={seed}"] if seed else [])
     cfg = apply_overrides(demo_config(len(CLASS_NAMES), steps), overrides)
     cfg.log.progress = False
     cfg.log.tensorboard = False
     start = time.perf_counter()
-    result = Trainer(cfg, Path(out) / f"{name}_{steps}", overwrite=True).run()
+    result = Trainer(cfg, Path(out) / (f"{name}_{steps}" + (f"_s{seed}" if seed else "")), overwrite=True).run()
     model, cfg, _ = load_tokenizer(result.checkpoint)
     ev = evaluate(model, cfg, torch.device("cpu"), max_images=128)
-    row = {"variant": name, "steps": steps, "overrides": overrides, "wall_s": time.perf_counter() - start}
+    row = {"variant": name, "steps": steps, "seed": seed, "overrides": overrides, "wall_s": time.perf_counter() - start}
     row.update({k: ev.metrics.get(k) for k in KEYS})
+    offsets = getattr(model.quantizer, "class_offsets", None)
+    if offsets is not None and offsets.numel() > 2:  # the group sizes at the end (they move with rebalancing)
+        row["group_sizes"] = (offsets[1:] - offsets[:-1]).tolist()
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -133,6 +151,7 @@ def _fmt(v, f):
 def write_curve(out: Path, rows: list[dict]) -> None:
     """curve.csv and curve.png: PSNR − EMA-VQ, purity and mIoU against steps, for every variant that
     ran at two or more step counts with the EMA-VQ baseline beside it."""
+    rows = [r for r in rows if r.get("seed", 0) == 0]  # one curve per variant: the first seed
     ema = {r["steps"]: r["psnr"] for r in rows if r["variant"] == "ema"}
     series = {}
     for r in rows:
@@ -177,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--curve", default=None, help="alias of --steps for a metric-vs-steps curve")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
+    p.add_argument("--seeds", default="0", help="comma list of train.seed values (paired seeds: same for every variant)")
     p.add_argument("--set", dest="extra", nargs="*", default=[], help="extra overrides for every variant")
     p.add_argument("--out", default="benchmarks/results/semantic_sweep")
     args = p.parse_args(argv)
@@ -187,7 +207,8 @@ def main(argv=None) -> int:
             p.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(n, s, str(out / "runs"), args.extra) for s in steps for n in names]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    jobs = [(n, s, str(out / "runs"), args.extra, seed) for seed in seeds for s in steps for n in names]
     start = time.perf_counter()
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs) as pool:
@@ -198,17 +219,18 @@ def main(argv=None) -> int:
     meta = {"cpu": platform.processor() or platform.machine(), "load_before": os.getloadavg(),
             "jobs": args.jobs, "wall_s": wall, "extra_overrides": args.extra}
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
-    kept = [r for r in previous.get("rows", []) if (r["variant"], r["steps"]) not in {(x["variant"], x["steps"])
-                                                                                         for x in rows}]
-    all_rows = sorted(kept + rows, key=lambda r: (r["steps"], list(VARIANTS).index(r["variant"])))
+    ran = {(x["variant"], x["steps"], x.get("seed", 0)) for x in rows}
+    kept = [r for r in previous.get("rows", []) if (r["variant"], r["steps"], r.get("seed", 0)) not in ran]
+    all_rows = sorted(kept + rows, key=lambda r: (r["steps"], r.get("seed", 0), list(VARIANTS).index(r["variant"])))
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": all_rows}, indent=1))
-    psnr_ema = {r["steps"]: r["psnr"] for r in all_rows if r["variant"] == "ema"}
-    lines = ["| variant | what | steps | label-free purity | group mIoU | PSNR (dB) | PSNR − EMA-VQ | "
+    psnr_ema = {(r["steps"], r.get("seed", 0)): r["psnr"] for r in all_rows if r["variant"] == "ema"}
+    lines = ["| variant | what | steps | seed | label-free purity | group mIoU | PSNR (dB) | PSNR − EMA-VQ | "
              "PSNR label-free | active | perplexity |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in all_rows:
-        gap = r["psnr"] - psnr_ema[r["steps"]] if r["steps"] in psnr_ema else None
-        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][1]} | {r['steps']} | "
+        key = (r["steps"], r.get("seed", 0))
+        gap = r["psnr"] - psnr_ema[key] if key in psnr_ema else None
+        lines.append(f"| {r['variant']} | {VARIANTS[r['variant']][1]} | {r['steps']} | {r.get('seed', 0)} | "
                      f"{_fmt(r['token_purity'], '{:.3f}')} | {_fmt(r['group_miou'], '{:.3f}')} | "
                      f"{r['psnr']:.2f} | {_fmt(gap, '{:+.2f}')} | {_fmt(r['psnr_label_free'], '{:.2f}')} | "
                      f"{r['active_code_fraction']:.1%} | {r['perplexity']:.1f} |")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import codebook_rebalance as rebalance
 from .distributed import all_reduce_flat, broadcast_from_rank0
 from .ema_codebook import CodeUsage, dead_codes
 from .kmeans import kmeans_per_group
@@ -78,6 +79,17 @@ class FastSemanticQuantizer(CodeUsage):
             decay (hundreds at 0.99). 0 turns this criterion off.
         reseed_noise: std of the noise added to μ_c when a class has no token in the batch,
             relative to the batch's RMS quantization error per channel.
+        reseed_split: a dead code takes the midpoint between a token of its class and that token's
+            code, the token drawn with probability ∝ its squared error (k-means++'s D² rule): it
+            splits a loaded cell; its count restarts at threshold_dead / decay^max_idle_steps, so it
+            has max_idle_steps steps to win a token. False: a uniformly drawn token of the class,
+            count restarting at threshold_dead (DESIGN.md §1.8).
+        rebalance_every: semantic mode: every this many training steps, codes move between class
+            groups toward sizes ∝ each group's quantization error per step (EMA), a donor's least
+            used codes first, re-seeded in their new group; the codebook, its EMA state and
+            class_offsets are permuted together so groups stay contiguous (sgcvq/codebook_rebalance.py).
+            0: group sizes fixed at construction (DESIGN.md §1.2).
+        rebalance_rate: the fraction of the gap to the target sizes closed at each rebalance.
 
     Buffers (float32 unless said): codebook [K, D], cluster_size [K], embed_sum [K, D],
     class_offsets [C+1] int64, class_centers [C, D], class_counts [C] (EMA of tokens per step),
@@ -113,6 +125,9 @@ class FastSemanticQuantizer(CodeUsage):
         search_mode: str = "exact",
         max_idle_steps: int = 100,
         reseed_noise: float = 0.1,
+        reseed_split: bool = False,
+        rebalance_every: int = 0,
+        rebalance_rate: float = 0.5,
     ):
         super().__init__()
         _check_int("dim", dim, 1)
@@ -132,6 +147,9 @@ class FastSemanticQuantizer(CodeUsage):
         _check_int("kmeans_iters", kmeans_iters, 0)
         _check_int("metrics_window", metrics_window, 1)
         _check_int("max_idle_steps", max_idle_steps, 0)
+        _check_int("rebalance_every", rebalance_every, 0)
+        if not 0.0 < rebalance_rate <= 1.0:
+            raise ValueError(f"{_NAME}: rebalance_rate must be in (0, 1], got {rebalance_rate}")
         if search_mode not in MODES:
             raise ValueError(f"{_NAME}: search_mode must be one of {MODES}, got {search_mode!r}")
 
@@ -160,6 +178,10 @@ class FastSemanticQuantizer(CodeUsage):
         self.search_mode = search_mode
         self.max_idle_steps = max_idle_steps
         self.reseed_noise = float(reseed_noise)
+        self.reseed_split = bool(reseed_split)
+        self.rebalance_every = rebalance_every if self.semantic and num_classes > 1 else 0
+        self.rebalance_rate = float(rebalance_rate)
+        self.min_codes_per_class = min_codes_per_class
 
         C = num_classes if self.semantic else 1
         if self.semantic:
@@ -183,6 +205,8 @@ class FastSemanticQuantizer(CodeUsage):
         self.register_buffer("code_last_event", torch.zeros(codebook_size, dtype=torch.int64))
         self.register_buffer("codes_reseeded", torch.zeros((), dtype=torch.int64))
         self.register_buffer("kmeans_done", torch.tensor(not self.kmeans_init))
+        if self.rebalance_every:  # only then: the state_dict keys of fixed groups stay as they were
+            self.register_buffer("group_error", torch.zeros(C))  # EMA of each group's error per step
         # derived from the constructor arguments: not part of the state dict
         self.register_buffer("code_class", code_classes(offsets), persistent=False)
         self.register_buffer("channel_scale", scale, persistent=False)
@@ -190,7 +214,9 @@ class FastSemanticQuantizer(CodeUsage):
         # Python mirror of kmeans_done, so the training step does not read a buffer on the host;
         # None = "read the buffer once" (after construction or load_state_dict)
         self._kmeans_pending: bool | None = self.kmeans_init
+        self._host_steps: int | None = None  # Python mirror of steps for the rebalance schedule
         self.register_load_state_dict_post_hook(_forget_kmeans_flag)
+        self.register_load_state_dict_post_hook(_groups_from_offsets)
 
     # ----------------------------------------------------------------------------------------
     # Public API
@@ -318,7 +344,7 @@ class FastSemanticQuantizer(CodeUsage):
             active = self._active_codes()
             per_class = torch.zeros(len(self.group_sizes), device=active.device)
             per_class.index_add_(0, self.code_class, active.float())
-            sizes = torch.tensor(self.group_sizes, dtype=torch.float32, device=active.device)
+            sizes = (self.class_offsets[1:] - self.class_offsets[:-1]).float()  # groups may move
             out["per_class_usage"] = (per_class / sizes).tolist()
         return out
 
@@ -505,21 +531,54 @@ class FastSemanticQuantizer(CodeUsage):
             class_sums = xs.sum(dim=0, keepdim=True)
         err = sqdist.sum().view(1)
         n_tokens = xs.new_full((1,), float(xs.shape[0]))
+        stats = [counts, sums, class_counts, class_sums, err, n_tokens]
+        if self.rebalance_every:
+            stats.append(rebalance.group_errors(index, sqdist, self.code_class, C))
         # ONE all-reduce per step for every statistic (DESIGN.md §4)
-        counts, sums, class_counts, class_sums, err, n_tokens = all_reduce_flat(
-            [counts, sums, class_counts, class_sums, err, n_tokens]
-        )
+        counts, sums, class_counts, class_sums, err, n_tokens, *group_err = all_reduce_flat(stats)
         ema_update(self.cluster_size, self.embed_sum, self.codebook, counts, sums, self.decay, self.eps)
         update_class_centers(self.class_centers, self.class_counts, class_counts, class_sums, self.decay)
 
         self._record(counts)
         self.code_last_event.copy_(torch.maximum(self.code_last_event, self.code_last_used))
-        if self.threshold_dead > 0:
+        # split seeds from this step's assignment (before a rebalance renumbers the codes)
+        seeds = rebalance.split_targets(xs, index, self.codebook) if self.reseed_split else xs
+        moved = None
+        if self.rebalance_every:
+            # a fast EMA: a group's error mass sums hundreds of tokens a step, it is not noisy
+            self.group_error.mul_(0.9).add_(group_err[0], alpha=0.1)
+            if self._host_steps is None:  # after construction or a load: read the buffer once
+                self._host_steps = int(self.steps)
+            else:
+                self._host_steps += 1
+            if self._host_steps % self.rebalance_every == 0:  # one host read every rebalance_every steps
+                moved = self._rebalance()
+        if self.threshold_dead > 0 or moved is not None:
             rms = (err / (n_tokens.clamp(min=1) * self.dim)).sqrt()
-            self._reseed(xs, token_labels, rms)
+            self._reseed(seeds, token_labels, rms, sqdist if self.reseed_split else None, moved)
 
     @torch.no_grad()
-    def _reseed(self, xs: torch.Tensor, token_labels: torch.Tensor | None, rms_error: torch.Tensor) -> None:
+    def _rebalance(self) -> torch.Tensor | None:
+        """Move codes between class groups toward sizes ∝ error mass; [K] bool of the moved codes
+        (in the new order), or None when nothing moved. Deterministic from buffers that are equal
+        on every rank."""
+        sizes = (self.class_offsets[1:] - self.class_offsets[:-1]).tolist()
+        new_sizes = rebalance.group_targets(sizes, self.group_error.tolist(), self.min_codes_per_class,
+                                            self.rebalance_rate)
+        if new_sizes == sizes:
+            return None
+        perm, offsets, moved = rebalance.rebalance_permutation(self.cluster_size, self.class_offsets, new_sizes)
+        for name in ("codebook", "cluster_size", "embed_sum", "code_last_used", "code_last_event", "last_counts"):
+            buf = getattr(self, name)
+            buf.copy_(buf[perm])
+        self.class_offsets.copy_(offsets)
+        self.code_class.copy_(code_classes(offsets))
+        self.group_sizes = new_sizes
+        return moved
+
+    @torch.no_grad()
+    def _reseed(self, xs: torch.Tensor, token_labels: torch.Tensor | None, rms_error: torch.Tensor,
+                weights: torch.Tensor | None = None, moved: torch.Tensor | None = None) -> None:
         """Dead codes of group c get a random token of class c from the batch (or μ_c + noise).
 
         Reset: N_k = threshold_dead and M_k = e_k · N_k, so e_k is the seed (up to Laplace
@@ -529,13 +588,17 @@ class FastSemanticQuantizer(CodeUsage):
         unused for log(N/threshold) / (1 - decay) steps, ~400 at decay 0.99, before its next
         chance.) Decided on rank 0 and broadcast.
         """
-        dead = dead_codes(self.cluster_size, threshold=self.threshold_dead,
-                          idle_steps=self.steps - self.code_last_event, max_idle_steps=self.max_idle_steps)
+        # idle codes count as dead only where re-seeding is on (threshold_dead > 0)
+        dead = dead_codes(self.cluster_size, threshold=self.threshold_dead, idle_steps=self.steps - self.code_last_event,
+                          max_idle_steps=self.max_idle_steps if self.threshold_dead > 0 else 0)
+        if moved is not None:  # codes that changed group start over in their new group
+            dead = dead | moved
         labels = token_labels if self.semantic else None
         if self.semantic and labels is None:  # unlabelled tokens belong to no group: centres only
             labels = torch.full((xs.shape[0],), -1, dtype=torch.int64, device=xs.device)
         # distinct tokens for the dead codes of a group; dead codes beyond the class's tokens take μ_c + noise
-        seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets, select=dead)
+        seeds, has_token = sample_class_tokens(xs, labels, self.code_class, self.class_offsets, select=dead,
+                                               weights=weights)
         center_known = (self.class_counts > 0)[self.code_class]
         noise = torch.randn_like(self.codebook) * (self.reseed_noise * rms_error)
         fallback = self.class_centers[self.code_class] + noise
@@ -545,7 +608,13 @@ class FastSemanticQuantizer(CodeUsage):
         dead_f, new = broadcast_from_rank0([dead.float(), new])
         dead = dead_f > 0.5
 
-        reset = self.threshold_dead
+        reset = self.threshold_dead if self.threshold_dead > 0 else 1.0
+        if self.reseed_split and self.max_idle_steps > 0:
+            # NOTE: a split seed gets the idle window as grace: its count decays to the threshold in
+            # max_idle_steps steps without a token, so both dead criteria agree. At K = 8192 a good
+            # code wins a token in only ~1 step of 8; reset at the threshold it was torn away after
+            # its first empty step (260k re-seeds in 300 steps, benchmarks/RESULTS.md).
+            reset = reset * self.decay ** -self.max_idle_steps
         self.codebook.copy_(torch.where(dead[:, None], new, self.codebook))
         self.cluster_size.masked_fill_(dead, reset)
         self.embed_sum.copy_(torch.where(dead[:, None], new * reset, self.embed_sum))
@@ -589,6 +658,15 @@ class _StraightThrough(torch.autograd.Function):
 
 def _forget_kmeans_flag(module: FastSemanticQuantizer, incompatible_keys) -> None:
     module._kmeans_pending = None if module.kmeans_init else False
+
+
+def _groups_from_offsets(module: FastSemanticQuantizer, incompatible_keys) -> None:
+    # rebalanced checkpoints carry their own group sizes in class_offsets
+    offsets = module.class_offsets
+    if int(offsets[-1]) == module.codebook_size and bool((offsets[1:] >= offsets[:-1]).all()):
+        module.code_class.copy_(code_classes(offsets))
+        module.group_sizes = (offsets[1:] - offsets[:-1]).tolist()
+    module._host_steps = None
 
 
 def _check_int(name: str, value, minimum: int) -> None:

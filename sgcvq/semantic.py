@@ -25,13 +25,16 @@ __all__ = [
 ]
 
 
-def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, ignore_label: int = 255) -> torch.Tensor:
+def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, ignore_label: int = 255,
+                min_share: float = 0.0) -> torch.Tensor:
     """Token labels [B, h, w] int64 from pixel label maps [B, h*f, w*f] by majority vote.
 
     Each token takes the most frequent class among the pixels of its f x f cell; pixels equal to
     `ignore_label` (or, when the caller skipped the value check, outside [0, num_classes)) do not
     vote; a cell without a voting pixel gets -1 (search all codes).
     Ties go to the lowest class index (torch.argmax returns the first maximum).
+    min_share: a cell whose winning class holds less than this share of its voting pixels (a
+    boundary cell, a blend of classes) gets -1 too; 0 keeps every majority.
     Cost: one scatter-add over the pixels into a [B*h*w, C+1] count table; nothing of size
     pixels x C is materialised.
     """
@@ -54,7 +57,10 @@ def pool_labels(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, i
     votes.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
     votes = votes.view(B * h * w, C + 1)[:, :C]
     winner = votes.argmax(dim=1)  # NOTE: first maximum -> lowest class on ties
-    has_vote = votes.sum(dim=1) > 0
+    total = votes.sum(dim=1)
+    has_vote = total > 0
+    if min_share > 0:
+        has_vote = has_vote & (votes.gather(1, winner[:, None])[:, 0] >= min_share * total)
     return torch.where(has_vote, winner, torch.full_like(winner, -1)).view(B, h, w)
 
 
@@ -178,6 +184,7 @@ def sample_class_tokens(
     offsets: torch.Tensor,
     generator: torch.Generator | None = None,
     select: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every code, a random token of the code's class; distinct tokens within a group.
 
@@ -195,6 +202,10 @@ def sample_class_tokens(
     count gets has_token False instead of a token another code of its group already took (two
     codes on one token: the higher index never wins a tie, so it would be re-seeded again and again).
 
+    weights [N] >= 0 (re-seeding by splits, sgcvq/codebook_rebalance.py): tokens are drawn without
+    replacement with probability ∝ weight (Efraimidis-Spirakis keys u^(1/w)), e.g. their squared
+    error (k-means++'s D² rule); None: uniformly.
+
     Returns (tokens [K, D] float32, has_token [K] bool); rows whose class has no token are filled
     with some token (or zeros) and must be replaced by the caller where has_token is False.
     """
@@ -209,6 +220,10 @@ def sample_class_tokens(
         key = torch.where(token_labels < 0, torch.full_like(token_labels, C), token_labels)
     # class-major order, random within a class (u in [0, 1) never reaches the next class)
     u = torch.rand(N, generator=generator, device=x.device, dtype=torch.float64)
+    if weights is not None:
+        # the largest u^(1/w) first; kept in [0, 1) so a key never reaches the next class
+        w = weights.to(torch.float64).clamp(min=1e-30)
+        u = (1.0 - u.pow(1.0 / w)).clamp(max=1.0 - 1e-9)
     order = torch.argsort(key.to(torch.float64) + u)
     per_class = torch.zeros(C + 1, dtype=torch.int64, device=x.device)
     per_class.index_add_(0, key, torch.ones_like(key))

@@ -41,8 +41,9 @@ def _train(rank: int, out_dir: str, semantic_on: bool) -> None:
 
     torch.manual_seed(0)  # identical construction on every rank
     if semantic_on:
+        # group sizes that move (every 2 steps) and split re-seeds: decided from all-reduced state
         vq = FastSemanticQuantizer(8, 48, num_classes=3, threshold_dead=1.5, kmeans_init=True, kmeans_iters=3,
-                                   semantic_loss_weight=0.1)
+                                   semantic_loss_weight=0.1, rebalance_every=2, reseed_split=True)
     else:
         vq = FastSemanticQuantizer(8, 48, threshold_dead=0)
     torch.manual_seed(100 + rank)  # different data (and different local RNG) per rank
@@ -50,6 +51,8 @@ def _train(rank: int, out_dir: str, semantic_on: bool) -> None:
     for step in range(STEPS):
         x = torch.randn(2, 40, 8) + rank
         labels = torch.randint(-1, 3, (2, 40)) if semantic_on else None
+        if semantic_on:  # class 2 spread wider: the rebalance moves codes to it
+            x = torch.where(labels[..., None] == 2, 4 * x, x)
         before = dict(calls)
         vq(x, labels)
         per_step.append({k: calls[k] - before[k] for k in calls})
@@ -78,6 +81,7 @@ def test_ddp_codebooks_bit_identical_with_reseeding_and_kmeans(ddp_run):
         assert torch.equal(value, r1["state"][name]), name
     assert int(r0["state"]["codes_reseeded"]) > 0  # the broadcast decisions were exercised
     assert bool(r0["state"]["kmeans_done"])
+    assert r0["state"]["class_offsets"].tolist() != [0, 16, 32, 48]  # the groups moved, alike on both ranks
     # ONE all-reduce per training step (after the k-means step), one broadcast for re-seeding
     for calls in r0["calls"][1:]:
         assert calls == {"all_reduce": 1, "broadcast": 1}, r0["calls"]

@@ -63,6 +63,11 @@ class ModelConfig:
     commitment_weight: float = 0.25
     threshold_dead: float = 2.0
     max_idle_steps: int = 100  # a code that wins no token for this many steps is re-seeded too
+    # issue 24: re-seeds that split a loaded cell (D² rule), and group sizes that follow each group's
+    # error mass (every this many steps; 0 = fixed groups). See FastSemanticQuantizer.
+    reseed_split: bool = False
+    rebalance_every: int = 0
+    rebalance_rate: float = 0.5
     kmeans_init: bool = True
     kmeans_iters: int = 10
     semantic_loss_weight: float = 0.0
@@ -78,6 +83,10 @@ class ModelConfig:
     group_loss_margin: float | None = 1.0
     group_loss_max_tokens: int = 4096
     group_loss_levels: str = "all"
+    # issue 24: a token whose cell's majority class holds less than this share of its pixels (a
+    # boundary cell) searches all codes instead of its majority class's group; the group loss still
+    # takes its majority class. 0: every labelled token searches its group (DESIGN.md §1.3).
+    label_min_share: float = 0.0
     disc_channels: int = 32
     disc_layers: int = 3
 
@@ -117,6 +126,8 @@ class ModelConfig:
                              "must be >= 0")
         if self.group_loss_margin is not None and self.group_loss_margin < 0:
             raise ValueError(f"ModelConfig.group_loss_margin={self.group_loss_margin} must be None or >= 0")
+        if not 0.0 <= self.label_min_share <= 1.0:
+            raise ValueError(f"ModelConfig.label_min_share={self.label_min_share} must be in [0, 1]")
         if self.group_loss_levels not in ("all", "coarse"):
             raise ValueError(f"ModelConfig.group_loss_levels={self.group_loss_levels!r} must be 'all' or 'coarse'")
         if self.num_classes is not None and self.group_sizes == "frequency" and (

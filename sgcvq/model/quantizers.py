@@ -182,6 +182,7 @@ def build_quantizer(cfg, level_dims: tuple[int, ...]) -> nn.Module:
             min_codes_per_class=cfg.min_codes_per_class,
             decay=cfg.decay, eps=cfg.eps, commitment_weight=cfg.commitment_weight,
             threshold_dead=cfg.threshold_dead, max_idle_steps=cfg.max_idle_steps,
+            reseed_split=cfg.reseed_split, rebalance_every=cfg.rebalance_every, rebalance_rate=cfg.rebalance_rate,
             kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
             level_weights=list(cfg.level_weights), semantic_loss_weight=cfg.semantic_loss_weight,
             channel_last=True, level_dims=list(level_dims),

@@ -96,10 +96,21 @@ class SGCVQGAN(nn.Module):
             raise ValueError(f"labels {list(labels.shape)} do not match images {list(images.shape)}: "
                              "expected [B, H, W] with the images' B, H, W")
 
-    def _quantize(self, z: torch.Tensor, token_labels: torch.Tensor | None):
+    def _search_labels(self, labels: torch.Tensor | None, token_labels: torch.Tensor | None):
+        """The labels the quantizer searches with: token_labels, with boundary cells (majority share under
+        cfg.label_min_share) set to -1 (all codes). None for the baseline, which ignores labels."""
+        if self.cfg.num_classes is None or token_labels is None:
+            return None
+        if self.cfg.label_min_share <= 0:
+            return token_labels
+        return pool_labels(labels, tuple(token_labels.shape[-2:]), self.cfg.num_classes, IGNORE_LABEL,
+                           self.cfg.label_min_share)
+
+    def _quantize(self, z: torch.Tensor, token_labels: torch.Tensor | None, search_labels: torch.Tensor | None = None):
         tokens = z.permute(0, 2, 3, 1)  # [B, h, w, D]
         labels = token_labels if self.cfg.num_classes is not None else None  # the baseline ignores labels
-        quantized, indices, loss = self.quantizer(tokens, labels=labels)
+        search = token_labels if search_labels is None else search_labels
+        quantized, indices, loss = self.quantizer(tokens, labels=search if labels is not None else None)
         if self.training and labels is not None and self.cfg.group_loss_weight > 0:
             loss = loss + self._group_loss(tokens, labels)
         return quantized.permute(0, 3, 1, 2), indices, loss
@@ -132,7 +143,7 @@ class SGCVQGAN(nn.Module):
         self._check_labels(images, labels)
         z = self.encode_features(images)
         token_labels = self.token_labels(labels, tuple(z.shape[-2:])) if labels is not None else None
-        quantized, indices, quant_loss = self._quantize(z, token_labels)
+        quantized, indices, quant_loss = self._quantize(z, token_labels, self._search_labels(labels, token_labels))
         recon = self.decoder(quantized)
         return ModelOutput(recon=recon, indices=indices, quant_loss=quant_loss, token_labels=token_labels)
 
@@ -148,7 +159,7 @@ class SGCVQGAN(nn.Module):
         was_training = self.quantizer.training
         self.quantizer.train(False)
         try:
-            return self._quantize(z, token_labels)[1]
+            return self._quantize(z, token_labels, self._search_labels(labels, token_labels))[1]
         finally:
             self.quantizer.train(was_training)
 
