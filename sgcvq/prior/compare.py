@@ -144,7 +144,7 @@ def _image_part(name: str, tok: Tokenizer, data: _Data, judge, ref: _Judged, s: 
                 imgs = tok.decode(g.view(L, *tok.grid))
                 j = _Judged(judge, imgs)
                 per[key].append({"miou": miou(j.labels, data.layout_labels, C), **_realism(j, ref, C)})
-                shown.setdefault(key, imgs[:8])
+                shown.setdefault(key, imgs[:8].clone())
     for key, rows in per.items():
         r[key] = _mean_over_seeds(rows)
     offsets = tok.offsets
@@ -154,7 +154,7 @@ def _image_part(name: str, tok: Tokenizer, data: _Data, judge, ref: _Judged, s: 
         r["bits"] = bits_per_token(bundle.prior, held.flatten(1)[:s.bits_grids], code_class, C if split else None)
     with _timed(log, f"{name}: edits"):
         r["edit"], shown["edit"] = _edits(tok, bundle, data, judge, s, held)
-    figs = {"recon": recon[:8], **shown}
+    figs = {"recon": recon[:8].clone(), **shown}
     return r, figs, grids, tl, class_codes, counts
 
 
@@ -174,7 +174,7 @@ def _edits(tok: Tokenizer, bundle, data: _Data, judge, s: CompareSettings, held:
     pred = judge.predict(img_after)
     scores = edit_scores(pred, region_px[idx], int(new_labels[idx][region_px[idx]][0]), img_after, img_before)
     scores["scenes"] = int(idx.numel())
-    return scores, {"before": img_before[:6], "map": new_labels[idx][:6], "after": img_after[:6]}
+    return scores, {"before": img_before[:6].clone(), "map": new_labels[idx][:6].clone(), "after": img_after[:6].clone()}
 
 
 def _video_part(name: str, tok: Tokenizer, data: _Data, judge, s: CompareSettings, log) -> tuple[dict, dict]:
@@ -207,9 +207,9 @@ def _video_part(name: str, tok: Tokenizer, data: _Data, judge, s: CompareSetting
                          "copy_miou": miou(judge.predict(copy_img), truth_lab, C),
                          "copy_psnr": float(psnr(copy_img, truth).mean())})
             if ctx == 2:
-                figs.setdefault("pred", []).append(img[:3])
+                figs.setdefault("pred", []).append(img[:3].clone())
         out[f"context_{ctx}"] = rows
-    figs["copy"] = copy_img[:3]
+    figs["copy"] = copy_img[:3].clone()
     return out, figs
 
 
@@ -226,7 +226,7 @@ def _conditioned_part(tok: Tokenizer, data: _Data, judge, ref: _Judged, grids, t
         imgs = tok.decode(sample_grids(bundle, L, layout, False, s.decode_steps, s.temperature, gen).view(L, *tok.grid))
         j = _Judged(judge, imgs)
         per.append({"miou": miou(j.labels, data.layout_labels, C), **_realism(j, ref, C)})
-        shown = imgs[:8] if shown is None else shown
+        shown = imgs[:8].clone() if shown is None else shown
     return {"conditioned": _mean_over_seeds(per), "prior_parameters": bundle.info["parameters"],
             "prior_train_s": bundle.info["train_wall_s"]}, shown
 
