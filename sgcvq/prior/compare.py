@@ -6,6 +6,7 @@ and report.html (report.py's prior section) into one folder.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -87,27 +88,38 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
 
 
 class _Data:
-    """Scenes and clips shared by every tokenizer (painted once)."""
+    """Scenes and clips shared by every tokenizer: the held-out ones painted at once, the training
+    scenes and clips when a tokenizer first needs them (a run that only re-renders kept results
+    paints none of them)."""
 
     def __init__(self, tok: Tokenizer, s: CompareSettings, log):
         d = tok.cfg.data
-        res = tok.resolution
+        self._res, self._seed, self._length, self._s, self._log = tok.resolution, d.seed, d.length, s, log
         scene_seed, clip_seed = held_out_seeds(d.seed)
-        with _timed(log, f"painting {d.length} training scenes, {s.reference} held-out scenes, "
-                         f"{s.clips_train} + {s.eval_clips} clips"):
-            self.train_images, self.train_labels = scene_tensors(d.length, res, d.seed, cache="auto")
-            self.ref_images, self.ref_labels = scene_tensors(s.reference, res, scene_seed)
-            self.clip_frames, self.clip_labels = clip_tensors(s.clips_train, s.clip_frames, res, PRIOR_CLIP_SEED)
-            self.eval_frames, self.eval_labels = clip_tensors(s.eval_clips, 2 + s.horizon, res, clip_seed)
+        with _timed(log, f"painting {s.reference} held-out scenes and {s.eval_clips} clips"):
+            self.ref_images, self.ref_labels = scene_tensors(s.reference, self._res, scene_seed)
+            self.eval_frames, self.eval_labels = clip_tensors(s.eval_clips, 2 + s.horizon, self._res, clip_seed)
         self.layout_images = self.ref_images[:s.layouts]
         self.layout_labels = self.ref_labels[:s.layouts]
-        self.setting = (res, d.seed, d.length)
+        self.setting = (self._res, d.seed, d.length)
+
+    @functools.cached_property
+    def train_scenes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with _timed(self._log, f"painting (or reading) {self._length} training scenes"):
+            return scene_tensors(self._length, self._res, self._seed, cache="auto")
+
+    @functools.cached_property
+    def train_clips(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self._s
+        with _timed(self._log, f"painting {s.clips_train} training clips"):
+            return clip_tensors(s.clips_train, s.clip_frames, self._res, PRIOR_CLIP_SEED)
 
 
 def _image_part(name: str, tok: Tokenizer, data: _Data, judge, ref: _Judged, s: CompareSettings, log) -> tuple:
     C, f, L = tok.num_classes, tok.factor, s.layouts
-    grids = tok.encode(data.train_images, data.train_labels).flatten(1)
-    tl = token_layout(data.train_labels, f, C).flatten(1)
+    train_images, train_labels = data.train_scenes
+    grids = tok.encode(train_images, train_labels).flatten(1)
+    tl = token_layout(train_labels, f, C).flatten(1)
     class_codes, counts = class_tables(tok, grids, tl)
     train = PriorTrainConfig(steps=s.prior_steps, batch_size=s.batch_size, seed=s.prior_seed)
     with _timed(log, f"{name}: image prior, {s.prior_steps} steps"):
@@ -132,7 +144,7 @@ def _image_part(name: str, tok: Tokenizer, data: _Data, judge, ref: _Judged, s: 
                 imgs = tok.decode(g.view(L, *tok.grid))
                 j = _Judged(judge, imgs)
                 per[key].append({"miou": miou(j.labels, data.layout_labels, C), **_realism(j, ref, C)})
-                shown.setdefault(key, imgs[:8])
+                shown.setdefault(key, imgs[:8].clone())
     for key, rows in per.items():
         r[key] = _mean_over_seeds(rows)
     offsets = tok.offsets
@@ -142,7 +154,7 @@ def _image_part(name: str, tok: Tokenizer, data: _Data, judge, ref: _Judged, s: 
         r["bits"] = bits_per_token(bundle.prior, held.flatten(1)[:s.bits_grids], code_class, C if split else None)
     with _timed(log, f"{name}: edits"):
         r["edit"], shown["edit"] = _edits(tok, bundle, data, judge, s, held)
-    figs = {"recon": recon[:8], **shown}
+    figs = {"recon": recon[:8].clone(), **shown}
     return r, figs, grids, tl, class_codes, counts
 
 
@@ -162,13 +174,14 @@ def _edits(tok: Tokenizer, bundle, data: _Data, judge, s: CompareSettings, held:
     pred = judge.predict(img_after)
     scores = edit_scores(pred, region_px[idx], int(new_labels[idx][region_px[idx]][0]), img_after, img_before)
     scores["scenes"] = int(idx.numel())
-    return scores, {"before": img_before[:6], "map": new_labels[idx][:6], "after": img_after[:6]}
+    return scores, {"before": img_before[:6].clone(), "map": new_labels[idx][:6].clone(), "after": img_after[:6].clone()}
 
 
 def _video_part(name: str, tok: Tokenizer, data: _Data, judge, s: CompareSettings, log) -> tuple[dict, dict]:
     C, n = tok.num_classes, tok.grid[0] * tok.grid[1]
-    B, T = data.clip_frames.shape[:2]
-    grids = tok.encode(data.clip_frames.flatten(0, 1), data.clip_labels.flatten(0, 1)).view(B, T, n)
+    clip_frames, clip_labels = data.train_clips
+    B, T = clip_frames.shape[:2]
+    grids = tok.encode(clip_frames.flatten(0, 1), clip_labels.flatten(0, 1)).view(B, T, n)
     seqs = clip_windows(grids, 3)
     train = PriorTrainConfig(steps=s.video_steps, batch_size=s.video_batch_size, seed=s.prior_seed + 1)
     empty = torch.zeros(tok.num_classes, tok.num_codes, dtype=torch.bool)
@@ -194,9 +207,9 @@ def _video_part(name: str, tok: Tokenizer, data: _Data, judge, s: CompareSetting
                          "copy_miou": miou(judge.predict(copy_img), truth_lab, C),
                          "copy_psnr": float(psnr(copy_img, truth).mean())})
             if ctx == 2:
-                figs.setdefault("pred", []).append(img[:3])
+                figs.setdefault("pred", []).append(img[:3].clone())
         out[f"context_{ctx}"] = rows
-    figs["copy"] = copy_img[:3]
+    figs["copy"] = copy_img[:3].clone()
     return out, figs
 
 
@@ -213,7 +226,7 @@ def _conditioned_part(tok: Tokenizer, data: _Data, judge, ref: _Judged, grids, t
         imgs = tok.decode(sample_grids(bundle, L, layout, False, s.decode_steps, s.temperature, gen).view(L, *tok.grid))
         j = _Judged(judge, imgs)
         per.append({"miou": miou(j.labels, data.layout_labels, C), **_realism(j, ref, C)})
-        shown = imgs[:8] if shown is None else shown
+        shown = imgs[:8].clone() if shown is None else shown
     return {"conditioned": _mean_over_seeds(per), "prior_parameters": bundle.info["parameters"],
             "prior_train_s": bundle.info["train_wall_s"]}, shown
 
