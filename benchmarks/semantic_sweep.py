@@ -40,7 +40,7 @@ _EMA = ["model.num_classes=null", "model.group_sizes=equal", "model.class_freque
 VARIANTS = {
     "ema": (_EMA, "EMA-VQ baseline (no groups)"),
     "sgc_base": (["model.group_loss_weight=0.0"], "SGC as before this study: groups, no semantic loss"),
-    "centre_pull": (["model.semantic_loss_weight=0.1"], "class-centre pull λ=0.1 (DESIGN §1.9)"),
+    "centre_pull": (["model.semantic_loss_weight=0.1"], "class-centre pull λ=0.1 (docs/method.md §1.9)"),
     "group_l0.1": (_softmax(0.1), "group loss λ=0.1, τ=1"),
     "group_l1": (_softmax(1.0), "group loss λ=1, τ=1"),
     "group_l1_t0.3": (_softmax(1.0, "model.group_loss_temperature=0.3"), "group loss λ=1, τ=0.3"),

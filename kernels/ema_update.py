@@ -1,4 +1,4 @@
-"""ema_update on the GPU in Triton: the EMA codebook update of DESIGN.md §1.6, fused.
+"""ema_update on the GPU in Triton: the EMA codebook update of docs/method.md §1.6, fused.
 
 Two launches instead of torch's ~8 elementwise passes:
 

@@ -1,6 +1,6 @@
 """Class-group sizes that follow demand, and re-seeds that land (issue 24).
 
-DESIGN.md §1.2 fixed the size of every class group at construction. Measured (benchmarks/RESULTS.md,
+docs/method.md §1.2 fixed the size of every class group at construction. Measured (benchmarks/RESULTS.md,
 issue 24): at K = 8192 the fixed road group held 3250 codes and the held-out set used 38% of them,
 while the varied classes used 93-95% of theirs. Here the groups move codes during training:
 

@@ -1,4 +1,4 @@
-"""torch.distributed helpers for the quantizer (DESIGN.md §4).
+"""torch.distributed helpers for the quantizer (docs/method.md §4).
 
 The EMA statistics of a step (code counts and sums, class counts and sums) are summed across ranks
 with ONE all-reduce of one flat float32 buffer; decisions that involve randomness (re-seeding,

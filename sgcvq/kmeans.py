@@ -1,4 +1,4 @@
-"""Per-group k-means initialisation of the codebook (DESIGN.md §1.10), on the project's own ops.
+"""Per-group k-means initialisation of the codebook (docs/method.md §1.10), on the project's own ops.
 
 Lloyd steps where the assignment is `sgcvq.nearest_code` (grouped by the token labels, so each
 class's tokens only move its own codes) and the update is `sgcvq.cluster_stats`. Under

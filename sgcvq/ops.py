@@ -441,7 +441,7 @@ def ema_update(
     *,
     backend: str | None = None,
 ) -> None:
-    """In place EMA codebook update (DESIGN.md §1.6) on float32 buffers.
+    """In place EMA codebook update (docs/method.md §1.6) on float32 buffers.
 
     cluster_size [K], embed_sum [K, D], codebook [K, D] are updated; counts [K] and sums [K, D]
     are this step's statistics (from cluster_stats).

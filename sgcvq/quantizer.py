@@ -1,6 +1,6 @@
 """FastSemanticQuantizer: the semantic-guided clustering vector quantizer as one nn.Module.
 
-DESIGN.md §1, steps 1-10, on the project's own ops (`sgcvq.nearest_code`,
+docs/method.md §1, steps 1-10, on the project's own ops (`sgcvq.nearest_code`,
 `sgcvq.cluster_stats`, `sgcvq.ema_update`, which choose the backend):
 
     vq = FastSemanticQuantizer(dim=256, codebook_size=8192, num_classes=19)
@@ -48,7 +48,7 @@ class FastSemanticQuantizer(CodeUsage):
             An int: the semantic codebook, class c owns codes [class_offsets[c], class_offsets[c+1]).
         group_sizes: "equal", "frequency" (∝ class_frequencies ** 0.5, at least
             min_codes_per_class) or an explicit list of C sizes summing to K.
-        decay, eps: EMA decay γ and Laplace smoothing ε (DESIGN.md §1.6).
+        decay, eps: EMA decay γ and Laplace smoothing ε (docs/method.md §1.6).
         commitment_weight: β of the commitment loss β · mean ||x − sg(q)||².
         threshold_dead: a code whose EMA count falls under this is re-seeded in training (0: off).
             Counts are tokens per step, so keep it below the expected tokens per code per step
@@ -56,7 +56,7 @@ class FastSemanticQuantizer(CodeUsage):
             training step re-seeds every code from the batch: a data-driven start.
         kmeans_init: run per-group k-means (kmeans_iters Lloyd steps) on the first training batch
             (semantic mode: the first labelled one; tokens labelled -1 take no part).
-        level_weights: pyramid weights w_l (DESIGN.md §1.4). The levels are consecutive channel
+        level_weights: pyramid weights w_l (docs/method.md §1.4). The levels are consecutive channel
             blocks of x: sizes `level_dims` (summing to dim), or an equal split of dim when
             level_dims is None. Internally x_l is scaled by sqrt(w_l), so the search distance is
             Σ_l w_l ||x_l − e_l||²; the codebook and class_centers live in that scaled space,
@@ -83,12 +83,12 @@ class FastSemanticQuantizer(CodeUsage):
             code, the token drawn with probability ∝ its squared error (k-means++'s D² rule): it
             splits a loaded cell; its count restarts at threshold_dead / decay^max_idle_steps, so it
             has max_idle_steps steps to win a token. False: a uniformly drawn token of the class,
-            count restarting at threshold_dead (DESIGN.md §1.8).
+            count restarting at threshold_dead (docs/method.md §1.8).
         rebalance_every: semantic mode: every this many training steps, codes move between class
             groups toward sizes ∝ each group's quantization error per step (EMA), a donor's least
             used codes first, re-seeded in their new group; the codebook, its EMA state and
             class_offsets are permuted together so groups stay contiguous (sgcvq/codebook_rebalance.py).
-            0: group sizes fixed at construction (DESIGN.md §1.2).
+            0: group sizes fixed at construction (docs/method.md §1.2).
         rebalance_rate: the fraction of the gap to the target sizes closed at each rebalance.
 
     Buffers (float32 unless said): codebook [K, D], cluster_size [K], embed_sum [K, D],
@@ -196,7 +196,7 @@ class FastSemanticQuantizer(CodeUsage):
         codebook = torch.empty(codebook_size, dim)
         nn.init.kaiming_uniform_(codebook)  # the same start as vector-quantize-pytorch
         self.register_buffer("codebook", codebook)
-        self.register_buffer("cluster_size", torch.ones(codebook_size))  # DESIGN §1.6: N = 1, M = E
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # docs/method.md §1.6: N = 1, M = E
         self.register_buffer("embed_sum", codebook.clone())
         self.register_buffer("class_offsets", offsets)
         self.register_buffer("class_centers", torch.zeros(C, dim))
@@ -534,7 +534,7 @@ class FastSemanticQuantizer(CodeUsage):
         stats = [counts, sums, class_counts, class_sums, err, n_tokens]
         if self.rebalance_every:
             stats.append(rebalance.group_errors(index, sqdist, self.code_class, C))
-        # ONE all-reduce per step for every statistic (DESIGN.md §4)
+        # ONE all-reduce per step for every statistic (docs/method.md §4)
         counts, sums, class_counts, class_sums, err, n_tokens, *group_err = all_reduce_flat(stats)
         ema_update(self.cluster_size, self.embed_sum, self.codebook, counts, sums, self.decay, self.eps)
         update_class_centers(self.class_centers, self.class_counts, class_counts, class_sums, self.decay)

@@ -204,7 +204,7 @@ def ema_vq_step_reference(
     guidance, k-means and re-seeding off: x [..., D] -> (index [...] int64, quantized [..., D]
     float32, commitment loss) from the codebook before the step; then, in place, the EMA of the
     batch's counts and sums and the Laplace-smoothed codebook (ema_update_reference).
-    The start state of a fresh quantizer is N = 1, M = E (DESIGN.md §1.6 reading of VQ-VAE-2)."""
+    The start state of a fresh quantizer is N = 1, M = E (docs/method.md §1.6 reading of VQ-VAE-2)."""
     D = codebook.shape[1]
     flat = x.reshape(-1, D).float()
     index, _ = nearest_code_reference(flat, codebook)

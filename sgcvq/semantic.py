@@ -1,4 +1,4 @@
-"""The semantic side of the codebook (DESIGN.md §1.1-1.3, §1.7-1.8).
+"""The semantic side of the codebook (docs/method.md §1.1-1.3, §1.7-1.8).
 
 * `pool_labels`: token labels from pixel-level label maps by majority vote per f x f cell.
 * `group_sizes_for` / `class_offsets_from_sizes` / `code_classes`: the class groups of the codebook.
@@ -161,7 +161,7 @@ def update_class_centers(
     class_sums: torch.Tensor,
     decay: float,
 ) -> None:
-    """In place EMA of the class centres (DESIGN.md §1.7), only for classes present in the batch.
+    """In place EMA of the class centres (docs/method.md §1.7), only for classes present in the batch.
 
     centers [C, D] float32 (mu_c), center_counts [C] float32 (EMA of the token count per step),
     class_counts [C] / class_sums [C, D] float32: this step's statistics (cluster_stats with

@@ -83,7 +83,7 @@ def check_nearest(x, codebook, labels, offsets, index, sqdist):
     d_chosen = ((x64 - e64[index]) ** 2).sum(1)
     d_best = ((x64 - e64[ref_index]) ** 2).sum(1)
     # Exact up to fp32 rounding of the distances themselves: a different index is only allowed
-    # where the two codes are within the fp32 error of a D-term sum (DESIGN.md: exact mode).
+    # where the two codes are within the fp32 error of a D-term sum (docs/method.md: exact mode).
     near_tie = d_chosen <= d_best * (1 + (D + 8) * 2.0**-22) + 1e-30
     bad = ~((index == ref_index) | near_tie)
     assert not bool(bad.any()), (

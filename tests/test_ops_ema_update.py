@@ -1,4 +1,4 @@
-"""ema_update (DESIGN.md §1.6) on the "auto" path and the "cpu" / "reference" backends."""
+"""ema_update (docs/method.md §1.6) on the "auto" path and the "cpu" / "reference" backends."""
 from __future__ import annotations
 
 import pytest

@@ -65,7 +65,7 @@ def group_bounds(labels, offsets, N, K, device):
 
 
 def assert_nearest_matches(x, codebook, labels, offsets, index, sqdist):
-    """The kernel's answer against the float64 reference (DESIGN.md §2 numerics).
+    """The kernel's answer against the float64 reference (docs/method.md §2 numerics).
 
     The index must equal the reference's except where the two are within 1e-6 relative distance
     (the allowed near-tie), lie in the token's group, and sqdist must be its distance. Every

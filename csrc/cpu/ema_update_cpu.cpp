@@ -1,4 +1,4 @@
-// The EMA codebook update (DESIGN.md §1.6) fused into one pass over [K, D]:
+// The EMA codebook update (docs/method.md §1.6) fused into one pass over [K, D]:
 //   N <- decay N + (1 - decay) counts;  M <- decay M + (1 - decay) sums
 //   codebook[k] = M[k] / ((N[k] + eps) / (sum N + K eps) * sum N)     (Laplace smoothing)
 #include "../checks.h"

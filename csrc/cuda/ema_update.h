@@ -10,7 +10,7 @@ namespace sgcvq::gpu {
 // Bytes of device scratch ema_update_launch needs (the total count, one double).
 size_t ema_update_workspace_bytes();
 
-// In place, float32 (DESIGN.md section 1.6, the arithmetic of csrc/cpu/ema_update_cpu.cpp):
+// In place, float32 (docs/method.md §1.6, the arithmetic of csrc/cpu/ema_update_cpu.cpp):
 //   N <- decay N + (1 - decay) counts;  M <- decay M + (1 - decay) sums;
 //   codebook[k] = M[k] / ((N[k] + eps) / (sum N + K eps) * sum N).
 cudaError_t ema_update_launch(float* cluster_size,   // [K] in/out

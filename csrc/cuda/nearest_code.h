@@ -11,7 +11,7 @@
 namespace sgcvq::gpu {
 
 
-// Which candidate path a search takes (the op's `mode`; DESIGN.md, the mode decision):
+// Which candidate path a search takes (the op's `mode`; docs/method.md, the mode decision):
 //   kFloat32:      float32 inputs take the FFMA (all-fp32) tile path   ("exact_fp32");
 //   kLowPrecision: float32 inputs take the TF32 tensor-core tile path ("fast_exact");
 //   kFastest:      the fastest certified path measured on this backend ("exact", the default):

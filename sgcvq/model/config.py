@@ -21,7 +21,7 @@ class ModelConfig:
     num_classes: semantic classes of the codebook groups; None = plain-VQ baseline.
     group_sizes: "equal", "frequency" (needs class_frequencies: C pixel frequencies; group sizes
         follow frequency ** 0.5, at least min_codes_per_class) or C explicit sizes.
-    level_weights: distance weights (fine, coarse) of the pyramid levels (DESIGN.md §1.4).
+    level_weights: distance weights (fine, coarse) of the pyramid levels (docs/method.md §1.4).
     pyramid_channels: width of the pyramid's lateral convs (0 = the encoder's last width).
     quantizer: "auto" (sgc with num_classes, ema without), "sgc", "ema", "vqgan" (taming's
         gradient-learned codebook) or "cvq" (CVQ-VAE-style anchored re-initialisation); see
@@ -85,7 +85,7 @@ class ModelConfig:
     group_loss_levels: str = "all"
     # issue 24: a token whose cell's majority class holds less than this share of its pixels (a
     # boundary cell) searches all codes instead of its majority class's group; the group loss still
-    # takes its majority class. 0: every labelled token searches its group (DESIGN.md §1.3).
+    # takes its majority class. 0: every labelled token searches its group (docs/method.md §1.3).
     label_min_share: float = 0.0
     disc_channels: int = 32
     disc_layers: int = 3

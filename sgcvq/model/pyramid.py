@@ -5,7 +5,7 @@ stages to a common width, the coarse one is upsampled to the token grid and adde
 Each level is then projected to its share of the embedding (level_dims) and the levels are
 concatenated along channels, so the quantizer sees one vector per token whose slices are the
 levels; the quantizer's level_weights turn its distance into sum_l w_l ||x^l - e^l||^2
-(DESIGN.md §1.4).
+(docs/method.md §1.4).
 """
 from __future__ import annotations
 

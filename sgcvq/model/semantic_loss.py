@@ -14,7 +14,7 @@ cross-entropy of the label-free group prediction. Dividing by s makes the loss i
 feature scale (the encoder cannot win by scaling its features up); τ sets how many quantization
 errors of margin the loss asks for. The gradient reaches the encoder only: the codebook is an EMA
 of the tokens and follows them. This is the project's reading of the paper's "consistent semantic
-learning" (DESIGN.md §1.9).
+learning" (docs/method.md §1.9).
 
 Each g_{:, c} is one grouped `nearest_code` call with every token labelled c: the N x K distance
 matrix is never formed, and its sqdist is differentiable with respect to x.
