@@ -19,8 +19,9 @@ int avx2_setting() {
   const char* env = value.c_str();
   if (env[0] == '\0') return -1;
   if (std::strcmp(env, "1") == 0) return 1;
-  if (std::strcmp(env, "0") == 0) return 0;
-  TORCH_CHECK(false, "SGCVQ_CPU_AVX2 must be '1' (force the AVX2 kernels) or '0' (turn them off), got '", env, "'");
+  TORCH_CHECK(std::strcmp(env, "0") == 0,
+              "SGCVQ_CPU_AVX2 must be '1' (force the AVX2 kernels) or '0' (turn them off), got '", env, "'");
+  return 0;
 }
 
 bool portable_forced() { return cpu_options().portable; }
