@@ -24,6 +24,8 @@ bool probe_float32_certificate(int64_t D, double max_norm2, bool rounds_to_bf16,
 std::vector<std::pair<const char*, std::string>> cpu_option_values();
 std::vector<const char*> collector_names();
 int64_t last_float32_uncertified();
+std::pair<int64_t, int64_t> last_leaf_visits();
+int64_t leaf_search_calls();
 }  // namespace sgcvq::cpu
 
 // No pybind11: the ops go through torch.ops.sgcvq; the module itself only answers what the CPU
@@ -52,6 +54,13 @@ static PyObject* last_fast_exact_redo(PyObject*, PyObject*) {
 }
 static PyObject* last_float32_uncertified(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_float32_uncertified()));
+}
+static PyObject* last_leaf_visits(PyObject*, PyObject*) {
+  const auto [visits, possible] = sgcvq::cpu::last_leaf_visits();
+  return Py_BuildValue("(LL)", static_cast<long long>(visits), static_cast<long long>(possible));
+}
+static PyObject* leaf_search_calls(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::leaf_search_calls()));
 }
 static PyObject* last_bf16_searched(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(sgcvq::cpu::last_bf16_searched()));
@@ -105,6 +114,11 @@ static PyMethodDef kMethods[] = {
     {"last_float32_uncertified", last_float32_uncertified, METH_NOARGS,
      "Tokens the last CPU call with float32 (top-2) candidates could not certify and searched exactly "
      "(-1: none ran yet)."},
+    {"last_leaf_visits", last_leaf_visits, METH_NOARGS,
+     "(visits, possible) of the last CPU call the k-d leaf search served: the (token, leaf) visits it made and "
+     "tokens x leaves (the tokens it handed to the scan count in neither); (-1, -1) before the first."},
+    {"leaf_search_calls", leaf_search_calls, METH_NOARGS,
+     "nearest_code calls the CPU k-d leaf search served since the library was loaded."},
     {"last_bf16_searched", last_bf16_searched, METH_NOARGS,
      "Tokens (times code splits) the last CPU bf16 call searched with bf16 tiles: fewer than N when "
      "it gave up early on near-duplicate codes and sent the rest to the float32 search (-1: none ran yet)."},

@@ -201,6 +201,7 @@ def test_cpu_options_report_what_the_search_reads(monkeypatch):
     assert got["env"]["SGCVQ_CPU_RESEARCH"] == "loop"
     assert got["env"]["SGCVQ_CPU_F32_GEMM"] is None
     assert set(got["env"]) == {"SGCVQ_CPU_PORTABLE", "SGCVQ_CPU_BF16", "SGCVQ_CPU_F32_GEMM", "SGCVQ_CPU_SMALLD",
-                               "SGCVQ_CPU_SMALLD_SEED", "SGCVQ_CPU_RESEARCH", "SGCVQ_CPU_AVX2"}
+                               "SGCVQ_CPU_SMALLD_SEED", "SGCVQ_CPU_RESEARCH", "SGCVQ_CPU_AVX2",
+                               "SGCVQ_CPU_LEAVES"}
     # The dispatch table, tried in order: the low-precision lists first, at::mm (serves every call) last.
     assert got["collectors"][0] == "bf16" and got["collectors"][-1] == "f32_mm"

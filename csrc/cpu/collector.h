@@ -18,11 +18,13 @@
 #include "nearest_code_scan.h"
 #include "options.h"
 #include "search_plan.h"
+#include "token_rows.h"
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace sgcvq {
@@ -67,6 +69,9 @@ class Top2Collector {
   virtual bool rounds_inputs() const { return false; }
   // Floats of per-thread scratch that collect() needs.
   virtual int64_t scratch_floats() const { return 0; }
+  // An order for the tokens of a call over all codes (no class groups), when the collector is
+  // faster on tokens in that order: perm [N] <- the tokens, position by position. False: as given.
+  virtual bool order_tokens(const TokenRows&, int64_t /*N*/, std::vector<int64_t>& /*perm*/) const { return false; }
   // best[t] <- the top-2 over codes k in [k0, k1) of norms[k] + xs[t] . e_k, for t < tpad (best
   // arrives as Top2{}). xs: [tpad, D] rows of -2 x (exact), the first tn real. Called from worker
   // threads, each with its own scratch.
@@ -106,6 +111,17 @@ bool low_precision_pays(const CollectorSetup& s, int64_t min_codes);
 
 // The factories of the collectors in this library (one file each).
 std::unique_ptr<Top2Collector> make_f32_scan_collector(const CollectorSetup& s);    // collect_f32_scan.cpp
+std::unique_ptr<Top2Collector> make_f32_leaves_collector(const CollectorSetup& s);  // collect_f32_leaves.cpp
+bool f32_leaves_serves(const CollectorSetup& s);                                    // collect_f32_leaves.cpp
+// Where the leaf search serves by default (SGCVQ_CPU_LEAVES unset): from this many codes and tokens
+// on (below them the tree's build and the box bounds cost more than the leaves they skip).
+constexpr int64_t kLeavesMinCodes = 2048;
+// (token, leaf) visits of the last call the leaf search served, and how many a scan would make
+// (tokens x leaves; the tokens the scan took over count in neither); -1, -1 before the first.
+void note_leaf_visits(int64_t visits, int64_t possible);
+std::pair<int64_t, int64_t> last_leaf_visits();
+int64_t leaf_search_calls();  // calls the leaf search served since the library was loaded
+constexpr int64_t kLeavesMinTokens = 512;
 std::unique_ptr<Top2Collector> make_f32_brgemm_collector(const CollectorSetup& s);  // collect_f32_gemm.cpp
 std::unique_ptr<Top2Collector> make_f32_mm_collector(const CollectorSetup& s);      // collect_f32_gemm.cpp
 bool f32_brgemm_serves(const CollectorSetup& s);                                    // collect_f32_gemm.cpp

@@ -14,6 +14,7 @@ bool small_d(const CollectorSetup& s) { return s.D <= kSmallMaxD; }
 // whether it pays (low_precision_pays) and whether this CPU runs it.
 const CollectorEntry kCollectors[] = {
     {"bf16", bf16_serves, make_bf16_collector, nullptr},                    // AMX / AVX512_BF16 lists
+    {"f32_small_d_leaves", f32_leaves_serves, nullptr, make_f32_leaves_collector},  // D <= 16, AVX2: k-d leaves
     {"f32_small_d_scan", small_d, nullptr, make_f32_scan_collector},      // D <= 16: register-blocked scan
     {"f32_brgemm", f32_brgemm_serves, nullptr, make_f32_brgemm_collector},  // AVX-512: oneDNN brgemm tiles
     {"f32_mm", always, nullptr, make_f32_mm_collector},                     // at::mm tiles

@@ -29,6 +29,7 @@ CpuOptions cpu_options() {
   o.smalld_seed = env_or_empty("SGCVQ_CPU_SMALLD_SEED");
   o.research = env_or_empty("SGCVQ_CPU_RESEARCH");
   o.avx2 = env_or_empty("SGCVQ_CPU_AVX2");
+  o.leaves = env_or_empty("SGCVQ_CPU_LEAVES");
   return o;
 }
 
@@ -37,7 +38,7 @@ std::vector<std::pair<const char*, std::string>> cpu_option_values() {
   return {{"SGCVQ_CPU_PORTABLE", o.portable ? "1" : ""}, {"SGCVQ_CPU_BF16", o.bf16},
           {"SGCVQ_CPU_F32_GEMM", o.f32_gemm},           {"SGCVQ_CPU_SMALLD", o.smalld},
           {"SGCVQ_CPU_SMALLD_SEED", o.smalld_seed},     {"SGCVQ_CPU_RESEARCH", o.research},
-          {"SGCVQ_CPU_AVX2", o.avx2}};
+          {"SGCVQ_CPU_AVX2", o.avx2},                   {"SGCVQ_CPU_LEAVES", o.leaves}};
 }
 
 }  // namespace cpu

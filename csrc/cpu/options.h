@@ -29,6 +29,9 @@ struct CpuOptions {
   // SGCVQ_CPU_AVX2: "1" forces the AVX2 kernels (also on an AVX-512 CPU), "0" turns them off,
   // empty: the CPU's features decide (avx2/cpu_kind.h).
   std::string avx2;
+  // SGCVQ_CPU_LEAVES: "1" takes the k-d leaf search (collect_f32_leaves.cpp) wherever it can run
+  // (AVX2 kernels on, D <= 16, all codes, two leaves or more), "0" never; empty: by size.
+  std::string leaves;
 };
 
 // The settings now (SGCVQ_CPU_PORTABLE as read when the library first asked).

@@ -67,8 +67,18 @@ struct Top2Settler {
 
 }  // namespace
 
-void run_top2_search(const SearchPlan& plan, const TokenRows& rows, const FloatCodebook& cb, const Top2Collector& c,
+void run_top2_search(const SearchPlan& given, const TokenRows& rows, const FloatCodebook& cb, const Top2Collector& c,
                      const CpuOptions& opts, const Answers& out) {
+  // The collector's token order, where it has one (the tokens then gather through perm, as the
+  // class-sorted order does).
+  SearchPlan ordered;
+  const bool reorder = given.perm.empty() && given.off.empty() && c.order_tokens(rows, given.N, ordered.perm);
+  if (reorder) {
+    std::vector<int64_t> perm = std::move(ordered.perm);
+    ordered = given;
+    ordered.perm = std::move(perm);
+  }
+  const SearchPlan& plan = reorder ? ordered : given;
   const int64_t N = plan.N, D = cb.D;
   const Certificate cert(D, cb.max_norm2, c.rounds_inputs());
   // With one code split the worker finishes each token straight from its own buffers; with

@@ -70,6 +70,13 @@ SGCVQ_BOUND_FN bool certifies(float xx, float thr, float best, double delta, dou
   return unlisted_floor(static_cast<double>(xx), static_cast<double>(thr), delta, g) > static_cast<double>(best);
 }
 
+// ---- skipping a leaf of codes by its box (the AVX2 leaf search, csrc/cpu/avx2/leaf_search_avx2.cpp) ----
+// lb = fl(sum_d t_d^2), t_d = max(fl(lo_d - x_d), fl(x_d - hi_d), 0), is at most (1 + u)^(D + 2)
+// times the box's exact squared distance LB (each t_d is rounded up by at most u, each square and
+// add once); scaled by this factor (rounded down to a float, then rounded again by the multiply)
+// it is <= LB, so a leaf whose scaled lb exceeds v2 + ||x||^2 holds no code with a* < v2.
+SGCVQ_BOUND_FN double leaf_bound_scale(int64_t D) { return 1.0 - (2.0 * static_cast<double>(D) + 8.0) * kU; }
+
 // ---- GPU tiles from a tensor-core dot (csrc/cuda/nearest_code.cu) -----------------------------
 // delta for a_k = n_k - 2 x.e_k where the dot's products have relative error rho (the core's
 // operand rounding) and the sums gamma = sum_error(D): nmax >= max_k n_k (rounded up), xx =
