@@ -9,14 +9,13 @@
 namespace sgcvq {
 namespace cpu {
 
-constexpr int64_t kLeafGroup = 8;  // tokens that pass over the leaves together
-
 // For t = order[i], i < n: best[t] <- a top-2 of norms[k] + xs[t] . e_k over every code k of the
 // leaves (xs: rows of -2 x, D floats apart), with Top2's invariants (every code other than i1, i2
 // has a value >= v2: a skipped leaf provably so, see leaf_search_avx2.cpp). home[t]: the token's
 // own leaf (CodeLeaves::home); order: the tokens sorted by it (neighbours then visit the same
-// leaves). bound: scratch of kLeafGroup * L.leaves_pad floats. Returns how many (token, leaf) visits it made
-// (at most n * leaves), or -1 (nothing written) where the AVX2 kernels are off or D > kSmallMaxD.
+// leaves). bound, list: scratch of L.leaves_pad floats and L.leaves_pad + 8 int32s. Returns how
+// many (token, leaf) visits it made (at most n * leaves), or -1 (nothing written) where the AVX2
+// kernels are off or D > kSmallMaxD.
 int64_t leaf_search_avx2(const float* xs, const int32_t* order, const int32_t* home, int64_t n,
                          const CodeLeaves::View& L, float* bound, int32_t* list, Top2* best);
 
