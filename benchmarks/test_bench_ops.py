@@ -11,8 +11,9 @@ Groups (one pytest-benchmark group each, providers side by side in one run):
                          forced (SGCVQ_CPU_AVX2=1, both modes: csrc/cpu/avx2/) and FAISS;
 * nearest-code ... 1 thread, CPU time: ours vs FAISS vs addmm, each on one thread, timed in the
                          calling thread's CPU time (robust to other load on a shared machine);
-* semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes vs a
-                         full distance matrix masked outside each token's group (1 thread, CPU time);
+* semantic N,K,D C=16  : ours with labels over 16 equal code groups vs ours over all codes (the
+                         default, and with the k-d leaf search off: SGCVQ_CPU_LEAVES=0) vs a full
+                         distance matrix masked outside each token's group (1 thread, CPU time);
 * nearest-code taming-init N,K,D, 1 thread, CPU time: taming-transformers' codebook init
                          uniform(-1/K, 1/K), where nearly every token is a near-tie the certificate cannot
                          settle: ours (default mode, exact_fp32) vs the former one-token-at-a-time exact
@@ -58,7 +59,7 @@ AVX2_PROVIDERS = ["ours avx2", "ours avx2 exact_fp32"]
 DATA_KINDS = ["randn", "relu+1", "near codes"]
 DATA_PROVIDERS = ["ours", "ours exact_fp32", *AVX2_PROVIDERS, "faiss.IndexFlatL2"]
 NEAREST_PROVIDERS = ["ours", *OUR_PATHS, "torch.cdist+argmin", "torch.addmm+argmin", "faiss.IndexFlatL2"]
-SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "masked full matrix"]
+SEMANTIC_PROVIDERS = ["ours C=16", "ours all codes", "ours all codes, scan", "masked full matrix"]
 STATS_PROVIDERS = ["ours", "one-hot matmul", "index_add_"]
 
 
@@ -209,6 +210,17 @@ def semantic_provider(name: str, inp: dict):
         return lambda: sgcvq.nearest_code(x, e, labels, offsets, check=False)[0]
     if name == "ours all codes":
         return lambda: sgcvq.nearest_code(x, e, check=False)[0]
+    if name == "ours all codes, scan":  # the leaf search off (D <= 16 on AVX2): the grouped search's own kernel family
+
+        def scan():
+            old = os.environ.get("SGCVQ_CPU_LEAVES")
+            os.environ["SGCVQ_CPU_LEAVES"] = "0"
+            try:
+                return sgcvq.nearest_code(x, e, check=False)[0]
+            finally:
+                os.environ["SGCVQ_CPU_LEAVES"] = old if old is not None else ""
+
+        return scan
     if name == "masked full matrix":
         group_of_code = torch.bucketize(torch.arange(e.shape[0]), offsets[1:], right=True)
 
@@ -367,7 +379,7 @@ def test_semantic_search(benchmark, matmul_gflops, bench_record, peak_memory_mb,
     inp = _cached_inputs("nearest", N, K, D)
     fn = semantic_provider(provider, inp)
     index = fn()
-    if provider != "ours all codes":
+    if not provider.startswith("ours all codes"):
         lo, hi = inp["offsets"][inp["labels"]], inp["offsets"][inp["labels"] + 1]
         assert bool(((index >= lo) & (index < hi)).all()), f"{provider} left a token's code group"
         grouped = sgcvq.nearest_code(inp["x"], inp["codebook"], inp["labels"], inp["offsets"], check=False)[0]
