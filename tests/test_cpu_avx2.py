@@ -263,3 +263,24 @@ def test_distances_have_the_portable_bits(D):
     index, sqdist = nearest(x, codebook, None, None, "exact")
     want = portable_sqdist(x, codebook[index])
     assert torch.equal(sqdist, want)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "AVX512",
+                    reason="an AVX-512 CPU keeps its own distance sums (FMA), whatever kernels run")
+@pytest.mark.parametrize("D", [17, 40, 256, 300])
+def test_exact_search_of_near_identical_codes_has_the_portable_bits(D):
+    # taming-transformers' init: every code within 1/K of 0, so many tokens cannot be certified and
+    # go to the exact search (exact_rows_avx2 for D > 16: four codes a pass, L1 blocks). Its
+    # answer must be the argmin of the portable distance's bits, ties to the lowest index.
+    g = torch.Generator().manual_seed(D)
+    K = 301
+    codebook = torch.empty(K, D).uniform_(-1 / 8192, 1 / 8192, generator=g)  # K = 8192 in taming
+    codebook[200] = codebook[17]  # an exact tie: the lower index wins
+    x = torch.cat([torch.randn(40, D, generator=g), codebook[17:18].clone()])
+    index, dist = torch.ops.sgcvq.nearest_code(x, codebook, None, None, "exact_fp32")
+    assert sgcvq._C.last_float32_uncertified() >= 10  # of 41: these go to the exact search
+    d = torch.stack([portable_sqdist(x, codebook[k].expand_as(x)) for k in range(K)], 1)
+    want_d, want_i = d.min(1)  # torch's min: the first index of the smallest value
+    assert torch.equal(index, want_i), (index != want_i).nonzero()[:5, 0].tolist()
+    assert torch.equal(dist, want_d)
+    assert index[-1].item() == 17

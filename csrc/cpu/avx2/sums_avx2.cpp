@@ -51,10 +51,58 @@ inline float sums(const float* a, const float* b, int64_t D) {
   return tree(lo, hi);
 }
 
+// Four codes a pass for one token: sums<true>'s operations for each, the token's 16 features
+// loaded once for the four, eight independent accumulator chains.
+inline void four_sqdists(const float* x, const float* e, int64_t D, float* out) {
+  __m256 lo[4], hi[4];
+  for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    const __m256 x0 = load8(x + d, D - d), x1 = load8(x + d + 8, D - d - 8);
+    for (int j = 0; j < 4; ++j) {
+      const __m256 t0 = _mm256_sub_ps(x0, load8(e + j * D + d, D - d));
+      const __m256 t1 = _mm256_sub_ps(x1, load8(e + j * D + d + 8, D - d - 8));
+      lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(t0, t0));
+      hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(t1, t1));
+    }
+  }
+  for (int j = 0; j < 4; ++j) out[j] = tree(lo[j], hi[j]);
+}
+
 }  // namespace
 
 float direct_sqdist_avx2(const float* a, const float* b, int64_t D) { return sums<true>(a, b, D); }
 float sum_squares_avx2(const float* a, int64_t D) { return sums<false>(a, nullptr, D); }
+
+void exact_rows_avx2(const float* xs, int64_t T, int64_t D, const float* e, int64_t k0, int64_t k1, int64_t block,
+                     float* val, int64_t* arg) {
+  for (int64_t kb = k0; kb < k1; kb += block) {
+    const int64_t ke = kb + block < k1 ? kb + block : k1;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* x = xs + t * D;
+      float bv = val[t];
+      int64_t bi = arg[t];
+      int64_t k = kb;
+      alignas(16) float v[4];
+      for (; k + 4 <= ke; k += 4) {
+        four_sqdists(x, e + k * D, D, v);
+        for (int j = 0; j < 4; ++j)  // codes in index order, strict '<': the first of equal values
+          if (v[j] < bv) {
+            bv = v[j];
+            bi = k + j;
+          }
+      }
+      for (; k < ke; ++k) {
+        const float w = sums<true>(x, e + k * D, D);
+        if (w < bv) {
+          bv = w;
+          bi = k;
+        }
+      }
+      val[t] = bv;
+      arg[t] = bi;
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace sgcvq
@@ -67,6 +115,7 @@ namespace sgcvq {
 namespace cpu {
 float direct_sqdist_avx2(const float*, const float*, int64_t) { return 0.f; }
 float sum_squares_avx2(const float*, int64_t) { return 0.f; }
+void exact_rows_avx2(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t*) {}
 }  // namespace cpu
 }  // namespace sgcvq
 
