@@ -51,21 +51,38 @@ inline float sums(const float* a, const float* b, int64_t D) {
   return tree(lo, hi);
 }
 
+// One chunk of 16 features of one code: sums<true>'s step (t = x - e, acc += t * t, no FMA).
+__attribute__((always_inline)) inline void chunk(__m256 x0, __m256 x1, __m256 e0, __m256 e1, __m256& lo, __m256& hi) {
+  const __m256 t0 = _mm256_sub_ps(x0, e0), t1 = _mm256_sub_ps(x1, e1);
+  lo = _mm256_add_ps(lo, _mm256_mul_ps(t0, t0));
+  hi = _mm256_add_ps(hi, _mm256_mul_ps(t1, t1));
+}
+
 // Four codes a pass for one token: sums<true>'s operations for each, the token's 16 features
-// loaded once for the four, eight independent accumulator chains.
+// loaded once for the four, eight independent accumulator chains in named registers (as arrays,
+// with load8's tail test inside the loop, GCC kept them on the stack: a store per add).
 inline void four_sqdists(const float* x, const float* e, int64_t D, float* out) {
-  __m256 lo[4], hi[4];
-  for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < D; d += 16) {
-    const __m256 x0 = load8(x + d, D - d), x1 = load8(x + d + 8, D - d - 8);
-    for (int j = 0; j < 4; ++j) {
-      const __m256 t0 = _mm256_sub_ps(x0, load8(e + j * D + d, D - d));
-      const __m256 t1 = _mm256_sub_ps(x1, load8(e + j * D + d + 8, D - d - 8));
-      lo[j] = _mm256_add_ps(lo[j], _mm256_mul_ps(t0, t0));
-      hi[j] = _mm256_add_ps(hi[j], _mm256_mul_ps(t1, t1));
-    }
+  const float *p0 = e, *p1 = e + D, *p2 = e + 2 * D, *p3 = e + 3 * D;
+  __m256 l0 = _mm256_setzero_ps(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + d), x1 = _mm256_loadu_ps(x + d + 8);
+    chunk(x0, x1, _mm256_loadu_ps(p0 + d), _mm256_loadu_ps(p0 + d + 8), l0, h0);
+    chunk(x0, x1, _mm256_loadu_ps(p1 + d), _mm256_loadu_ps(p1 + d + 8), l1, h1);
+    chunk(x0, x1, _mm256_loadu_ps(p2 + d), _mm256_loadu_ps(p2 + d + 8), l2, h2);
+    chunk(x0, x1, _mm256_loadu_ps(p3 + d), _mm256_loadu_ps(p3 + d + 8), l3, h3);
   }
-  for (int j = 0; j < 4; ++j) out[j] = tree(lo[j], hi[j]);
+  if (d < D) {  // the last, partial chunk: zero lanes past D (t = 0 adds nothing)
+    const __m256 x0 = load8(x + d, D - d), x1 = load8(x + d + 8, D - d - 8);
+    chunk(x0, x1, load8(p0 + d, D - d), load8(p0 + d + 8, D - d - 8), l0, h0);
+    chunk(x0, x1, load8(p1 + d, D - d), load8(p1 + d + 8, D - d - 8), l1, h1);
+    chunk(x0, x1, load8(p2 + d, D - d), load8(p2 + d + 8, D - d - 8), l2, h2);
+    chunk(x0, x1, load8(p3 + d, D - d), load8(p3 + d + 8, D - d - 8), l3, h3);
+  }
+  out[0] = tree(l0, h0);
+  out[1] = tree(l1, h1);
+  out[2] = tree(l2, h2);
+  out[3] = tree(l3, h3);
 }
 
 }  // namespace
