@@ -114,16 +114,23 @@ def cpu_bf16_paths() -> tuple:
 @contextlib.contextmanager
 def forced_bf16_path(path: str | None):
     """SGCVQ_CPU_BF16=path for the duration (the CPU kernels read it on every call)."""
-    old = os.environ.get("SGCVQ_CPU_BF16")
-    if path is not None:
-        os.environ["SGCVQ_CPU_BF16"] = path
+    with cpu_setting("SGCVQ_CPU_BF16", path):
+        yield
+
+
+@contextlib.contextmanager
+def cpu_setting(name: str, value: str | None):
+    """The CPU kernels' switch `name` = value for the duration (None: as it is)."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("SGCVQ_CPU_BF16", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["SGCVQ_CPU_BF16"] = old
+            os.environ[name] = old
 
 
 def avx2_here() -> bool:
@@ -161,15 +168,8 @@ def nearest_provider(name: str, inp: dict):
     if name == "ours re-search=loop":  # the former exact re-search, one token at a time
 
         def loop():
-            old = os.environ.get("SGCVQ_CPU_RESEARCH")
-            os.environ["SGCVQ_CPU_RESEARCH"] = "loop"
-            try:
+            with cpu_setting("SGCVQ_CPU_RESEARCH", "loop"):
                 return sgcvq.nearest_code(x, e, check=False)[0]
-            finally:
-                if old is None:
-                    os.environ.pop("SGCVQ_CPU_RESEARCH", None)
-                else:
-                    os.environ["SGCVQ_CPU_RESEARCH"] = old
 
         return loop
     if name == "ours exact_fp32":  # the same answer from float32 candidates
@@ -213,12 +213,8 @@ def semantic_provider(name: str, inp: dict):
     if name == "ours all codes, scan":  # the leaf search off (D <= 16 on AVX2): the grouped search's own kernel family
 
         def scan():
-            old = os.environ.get("SGCVQ_CPU_LEAVES")
-            os.environ["SGCVQ_CPU_LEAVES"] = "0"
-            try:
+            with cpu_setting("SGCVQ_CPU_LEAVES", "0"):
                 return sgcvq.nearest_code(x, e, check=False)[0]
-            finally:
-                os.environ["SGCVQ_CPU_LEAVES"] = old if old is not None else ""
 
         return scan
     if name == "masked full matrix":

@@ -15,28 +15,13 @@ import pytest
 import torch
 
 import sgcvq
+from cpu_kind import avx2_here
 from sgcvq import nearest_code_reference, ops
 
 N = 600  # the int16 path needs at least 256 tokens (kBf16MinTokens)
 
 
-def _avx2_here() -> bool:
-    if not ops.HAS_CPU_EXTENSION:
-        return False
-    old = os.environ.get("SGCVQ_CPU_AVX2")
-    os.environ["SGCVQ_CPU_AVX2"] = "1"
-    try:
-        return "avx2int16" in sgcvq._C.cpu_capabilities()["bf16_paths"]
-    except RuntimeError:  # "this CPU has no AVX2"
-        return False
-    finally:
-        if old is None:
-            del os.environ["SGCVQ_CPU_AVX2"]
-        else:
-            os.environ["SGCVQ_CPU_AVX2"] = old
-
-
-pytestmark = pytest.mark.skipif(not _avx2_here(), reason="needs an x86-64 CPU with AVX2 + FMA + F16C")
+pytestmark = pytest.mark.skipif(not avx2_here(), reason="needs an x86-64 CPU with AVX2 + FMA + F16C")
 
 
 @pytest.fixture(autouse=True)

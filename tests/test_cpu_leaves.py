@@ -17,27 +17,11 @@ import pytest
 import torch
 
 import sgcvq
-from sgcvq import ops
+from cpu_kind import avx2_here
 from sgcvq.reference import exact_index_required, nearest_code_oracle
 
 
-def _avx2_here() -> bool:
-    if not ops.HAS_CPU_EXTENSION:
-        return False
-    old = os.environ.get("SGCVQ_CPU_AVX2")
-    os.environ["SGCVQ_CPU_AVX2"] = "1"
-    try:
-        return "avx2int16" in sgcvq._C.cpu_capabilities()["bf16_paths"]
-    except RuntimeError:  # "this CPU has no AVX2"
-        return False
-    finally:
-        if old is None:
-            del os.environ["SGCVQ_CPU_AVX2"]
-        else:
-            os.environ["SGCVQ_CPU_AVX2"] = old
-
-
-pytestmark = pytest.mark.skipif(not _avx2_here(), reason="needs an x86-64 CPU with AVX2 + FMA + F16C")
+pytestmark = pytest.mark.skipif(not avx2_here(), reason="needs an x86-64 CPU with AVX2 + FMA + F16C")
 
 
 @pytest.fixture(autouse=True)
