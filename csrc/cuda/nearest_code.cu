@@ -451,17 +451,26 @@ __global__ void code_norms_kernel(const T* __restrict__ E,  // [K, D]
   }
 }
 
-// Warp-aggregated: lanes with the same bucket add their count once.
-__global__ void label_histogram_kernel(const int32_t* __restrict__ labels,  // [N] in [-1, C)
-                                       int N, int* __restrict__ count) {     // [C + 1]
+// The warp-strided pass of the label kernels: whole warps step through the tokens together (so
+// every lane takes part in __match_any_sync), and fn(i, b, peers, lane) sees token i's bucket
+// b = labels[i] + 1 (-1 for lanes past N) and the lanes of its warp in the same bucket.
+template <class Fn>
+__device__ __forceinline__ void for_each_bucket_group(const int32_t* __restrict__ labels, int N, Fn fn) {
   const int lane = threadIdx.x % 32;
   const int stride = gridDim.x * blockDim.x;
   for (int base = blockIdx.x * blockDim.x + (threadIdx.x - lane); base < N; base += stride) {
     const int i = base + lane;
     const int b = i < N ? labels[i] + 1 : -1;
-    const unsigned peers = __match_any_sync(kFullMask, b);
-    if (b >= 0 && (peers & ((1u << lane) - 1)) == 0) atomicAdd(count + b, __popc(peers));
+    fn(i, b, __match_any_sync(kFullMask, b), lane);
   }
+}
+
+// Warp-aggregated: lanes with the same bucket add their count once.
+__global__ void label_histogram_kernel(const int32_t* __restrict__ labels,  // [N] in [-1, C)
+                                       int N, int* __restrict__ count) {     // [C + 1]
+  for_each_bucket_group(labels, N, [&](int, int b, unsigned peers, int lane) {
+    if (b >= 0 && (peers & ((1u << lane) - 1)) == 0) atomicAdd(count + b, __popc(peers));
+  });
 }
 
 // Exclusive scans of the bucket sizes and of their tile counts (one block, any number of buckets).
@@ -502,18 +511,13 @@ label_scan_kernel(const int* __restrict__ count,   // [buckets]
 __global__ void label_scatter_kernel(const int32_t* __restrict__ labels,  // [N]
                                      int N, int* __restrict__ cursor,     // [C + 1]
                                      int32_t* __restrict__ perm) {        // [N]
-  const int lane = threadIdx.x % 32;
-  const int stride = gridDim.x * blockDim.x;
-  for (int base = blockIdx.x * blockDim.x + (threadIdx.x - lane); base < N; base += stride) {
-    const int i = base + lane;
-    const int b = i < N ? labels[i] + 1 : -1;
-    const unsigned peers = __match_any_sync(kFullMask, b);
+  for_each_bucket_group(labels, N, [&](int i, int b, unsigned peers, int lane) {
     const int leader = __ffs(peers) - 1;
     int start = 0;
     if (b >= 0 && lane == leader) start = atomicAdd(cursor + b, __popc(peers));
     start = __shfl_sync(kFullMask, start, leader);
     if (b >= 0) perm[start + __popc(peers & ((1u << lane) - 1))] = i;
-  }
+  });
 }
 
 __global__ void unpack_kernel(const unsigned long long* __restrict__ packed,  // [N]
