@@ -14,17 +14,23 @@ benchmarks); "auto" (default) lets the dispatcher choose. Forced backends are ca
 are not differentiable. On CUDA tensors the search path (the CUDA extension's generic or Hopper
 kernel, or Triton) comes from `sgcvq.gpu_dispatch`: the options, then the table measured on a GPU.
 
+The extensions are loaded on the first call that needs one (`load()`), not by `import sgcvq`:
+the import stays light (no compiled library, no Triton), and the first op call pays the load once.
+
 Inputs are validated here, before any kernel runs, with messages that name the argument. The
 checks that need values (label range, offsets, finiteness) synchronise with the device; they are
 skipped under torch.compile and when `check=False`.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 import warnings
 
 import torch
 
+from . import gpu_dispatch as _gpu_dispatch  # plain Python, caches its table
 from . import options as _options
 from . import reference
 
@@ -50,30 +56,42 @@ SCHEMAS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Loading the backends
+# Loading the backends: on the first call that needs one, not at `import sgcvq`
 # --------------------------------------------------------------------------------------------
-def _try_import(name: str) -> bool:
-    try:
-        __import__(name)
-        return True
-    except ImportError:
-        return False
-
-
-HAS_CPU_EXTENSION = _try_import("sgcvq._C")
-HAS_CUDA_EXTENSION = HAS_CPU_EXTENSION and _try_import("sgcvq._C_cuda")
+# The compiled extensions register their kernels under torch.ops.sgcvq when imported; importing
+# them (and Triton) costs a large part of `import sgcvq` and is only needed by an op call. So
+# load() runs once, on the first op call, `available_backends`, `sgcvq.capabilities()` or the
+# first read of one of the module attributes below (PEP 562 `__getattr__`): HAS_CPU_EXTENSION,
+# HAS_CUDA_EXTENSION, _HAS_KERNEL_OP, _HAS_TRITON_OP, then plain globals.
+_LAZY = ("HAS_CPU_EXTENSION", "HAS_CUDA_EXTENSION", "_HAS_KERNEL_OP", "_HAS_TRITON_OP", "CPU_EXTENSION_ERROR")
+_load_lock = threading.RLock()
+_loaded = False
 _library_refs: list = []  # keeps Python-side registrations alive
 
 
-def _reference_with_warning(fn, key):
+def _import_extension(name: str) -> str | None:
+    """None when `name` imports; else why not (a missing module reads "not built")."""
+    try:
+        importlib.import_module(name)
+        return None
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return f"{name} is not built"
+        return f"{name} did not load: {exc}"
+    except ImportError as exc:  # built, but against another torch, or a missing symbol
+        return f"{name} did not load: {exc}"
+
+
+def _reference_with_warning(fn, key, why=None):
     warned = []
 
     def impl(*args):
         if not warned:
             warned.append(True)
             warnings.warn(
-                f"sgcvq: no compiled {key} backend is available; using the slow pure-torch reference "
-                "(build with `python setup.py build_ext --inplace`, or install triton for CUDA tensors)",
+                f"sgcvq: no compiled {key} backend is available{f' ({why})' if why else ''}; using the slow pure-torch "
+                "reference (build with `python setup.py build_ext --inplace`, or install triton for "
+                "CUDA tensors)",
                 stacklevel=3,
             )
         return fn(*args)
@@ -88,16 +106,16 @@ _REFERENCE_IMPLS = {
 }
 
 
-def _register_python_fallbacks() -> None:
+def _register_python_fallbacks(cpu_error: str | None, cuda_extension: bool) -> None:
     """Define the schema in Python and register the reference when the C++ library is missing."""
-    if not HAS_CPU_EXTENSION:
+    if cpu_error is not None:
         lib = torch.library.Library("sgcvq", "DEF")
         _library_refs.append(lib)
         for name, schema in SCHEMAS.items():
             lib.define(name + schema)
         for name, fn in _REFERENCE_IMPLS.items():
-            lib.impl(name, _reference_with_warning(fn, "CPU"), "CPU")
-    if not HAS_CUDA_EXTENSION and torch.cuda.is_available():
+            lib.impl(name, _reference_with_warning(fn, "CPU", cpu_error), "CPU")
+    if not cuda_extension and torch.cuda.is_available():
         lib = torch.library.Library("sgcvq", "IMPL")
         _library_refs.append(lib)
         if _triton_available():
@@ -107,7 +125,7 @@ def _register_python_fallbacks() -> None:
                 lib.impl(name, getattr(_kernels, name), "CUDA")
         else:
             for name, fn in _REFERENCE_IMPLS.items():
-                lib.impl(name, _reference_with_warning(fn, "CUDA"), "CUDA")
+                lib.impl(name, _reference_with_warning(fn, "CUDA", "no CUDA extension, no triton"), "CUDA")
 
 
 def _triton_available() -> bool:
@@ -118,18 +136,66 @@ def _triton_available() -> bool:
     return True
 
 
-_register_python_fallbacks()
+def _register_triton_op() -> bool:
+    """torch.ops.sgcvq.nearest_code_triton: the Triton search beside the CUDA extension's, for the
+    measured table's choice (it needs the schema from the CUDA extension's library)."""
+    lib = torch.library.Library("sgcvq", "FRAGMENT")
+    _library_refs.append(lib)
+    lib.define("nearest_code_triton" + SCHEMAS["nearest_code"])
+
+    def _nearest_code_triton_impl(x, codebook, labels=None, offsets=None, mode="exact"):
+        from . import kernels as _kernels
+
+        return _kernels.nearest_code(x, codebook, labels, offsets, mode)
+
+    lib.impl("nearest_code_triton", _nearest_code_triton_impl, "CUDA")
+    return True
+
+
+def load() -> bool:
+    """Import the compiled extensions (once) and register every op's kernels, fake and autograd.
+
+    Called by each op before it dispatches; returns True. Without the CPU extension the ops run
+    the pure-torch reference with one warning that says why (`CPU_EXTENSION_ERROR`).
+    """
+    global _loaded, HAS_CPU_EXTENSION, HAS_CUDA_EXTENSION, _HAS_KERNEL_OP, _HAS_TRITON_OP, CPU_EXTENSION_ERROR
+    if _loaded:
+        return True
+    with _load_lock:
+        if _loaded:
+            return True
+        cpu_error = _import_extension("sgcvq._C")
+        cuda_extension = cpu_error is None and _import_extension("sgcvq._C_cuda") is None
+        _register_python_fallbacks(cpu_error, cuda_extension)
+        # The CUDA extension's search with its kernel named per call ("generic" or "sm90"; csrc/
+        # cuda/ops_cuda.cpp). An extension built before that op existed has only the plain op.
+        kernel_op = cuda_extension and hasattr(torch.ops.sgcvq, "nearest_code_kernel")
+        triton_op = cuda_extension and torch.cuda.is_available() and _triton_available() and _register_triton_op()
+        _register_fakes_and_autograd(kernel_op, triton_op)
+        HAS_CPU_EXTENSION, HAS_CUDA_EXTENSION = cpu_error is None, cuda_extension
+        _HAS_KERNEL_OP, _HAS_TRITON_OP, CPU_EXTENSION_ERROR = kernel_op, bool(triton_op), cpu_error
+        _loaded = True
+    return True
+
+
+# Under torch.compile, dynamo runs load() at trace time (its result a constant) instead of tracing
+# the imports and registrations. This marker is all torch.compiler.assume_constant_result sets
+# (torch marks its own functions so too), and the decorator would import torch._dynamo, and with
+# it Triton, at `import sgcvq`.
+load._dynamo_marked_constant = True
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
 # CUDA tensors: the path per (dtype, D, grouped, device capability) from the options and the table
 # measured on a GPU (sgcvq/gpu_dispatch.json, written by benchmarks/test_bench_gpu.py)
 # --------------------------------------------------------------------------------------------
-from . import gpu_dispatch as _gpu_dispatch  # noqa: E402  (plain Python, caches its table)
-
-# The CUDA extension's search with its kernel named per call ("generic" or "sm90"; csrc/cuda/
-# ops_cuda.cpp). An extension built before that op existed has only the plain op.
-_HAS_KERNEL_OP = HAS_CUDA_EXTENSION and hasattr(torch.ops.sgcvq, "nearest_code_kernel")
 _CAPABILITY: dict = {}
 
 
@@ -142,22 +208,9 @@ def _capability(device: torch.device):
 
 def gpu_choice(x: torch.Tensor, grouped: bool) -> "_gpu_dispatch.Choice":
     """The path an "auto" search on these CUDA tensors takes, and why."""
+    load()
     return _gpu_dispatch.choose(x.dtype, x.shape[1], grouped, _capability(x.device),
                                 has_cuda_extension=HAS_CUDA_EXTENSION, has_triton=_HAS_TRITON_OP)
-
-_HAS_TRITON_OP = False
-if HAS_CUDA_EXTENSION and torch.cuda.is_available() and _triton_available():
-    _triton_lib = torch.library.Library("sgcvq", "FRAGMENT")
-    _library_refs.append(_triton_lib)
-    _triton_lib.define("nearest_code_triton" + SCHEMAS["nearest_code"])
-
-    def _nearest_code_triton_impl(x, codebook, labels=None, offsets=None, mode="exact"):
-        from . import kernels as _kernels
-
-        return _kernels.nearest_code(x, codebook, labels, offsets, mode)
-
-    _triton_lib.impl("nearest_code_triton", _nearest_code_triton_impl, "CUDA")
-    _HAS_TRITON_OP = True
 
 
 def _measured_triton(x: torch.Tensor, labels) -> bool:
@@ -178,6 +231,7 @@ def _cuda_search(x, codebook, labels, offsets, mode):
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on `device` here ("reference" always can)."""
     device = torch.device(device)
+    load()
     out = ["reference"]
     if device.type == "cpu":
         if HAS_CPU_EXTENSION:
@@ -210,7 +264,8 @@ def _forced(op: str, backend: str, device: torch.device):
     if device.type != want:
         raise ValueError(f"{op}: backend {backend!r} needs {want} tensors, got tensors on {device}")
     if backend == "cpu" and not HAS_CPU_EXTENSION:
-        raise RuntimeError(f"{op}: backend 'cpu' forced but the C++ extension sgcvq._C is not built")
+        raise RuntimeError(f"{op}: backend 'cpu' forced but {CPU_EXTENSION_ERROR} "
+                           "(python setup.py build_ext --inplace)")
     if backend == "cuda" and not HAS_CUDA_EXTENSION:
         raise RuntimeError(f"{op}: backend 'cuda' forced but the CUDA extension sgcvq._C_cuda is not built")
     return getattr(torch.ops.sgcvq, op).default
@@ -394,6 +449,7 @@ def nearest_code(
         sqdist is differentiable w.r.t. x and codebook (auto backend).
     """
     validate_nearest_code(x, codebook, labels, offsets, mode, _checking(check))
+    load()
     b = _resolve_backend(backend)
     if b == "auto":
         if _measured_triton(x, labels):
@@ -424,6 +480,7 @@ def cluster_stats(
     validate_cluster_stats(index, x, K, _checking(check))
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
+    load()
     b = _resolve_backend(backend)
     if b == "auto":
         return torch.ops.sgcvq.cluster_stats(index, x, K, deterministic)
@@ -447,6 +504,7 @@ def ema_update(
     are this step's statistics (from cluster_stats).
     """
     validate_ema_update(cluster_size, embed_sum, codebook, counts, sums, decay, eps)
+    load()
     b = _resolve_backend(backend)
     if b == "auto":
         return torch.ops.sgcvq.ema_update(cluster_size, embed_sum, codebook, counts, sums, float(decay), float(eps))
@@ -457,18 +515,15 @@ def ema_update(
 # --------------------------------------------------------------------------------------------
 # Fake (meta) kernels for torch.compile, and autograd
 # --------------------------------------------------------------------------------------------
-@torch.library.register_fake("sgcvq::nearest_code")
 def _nearest_code_fake(x, codebook, labels=None, offsets=None, mode="exact"):
     n = x.shape[0]
     return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.float32)
 
 
-@torch.library.register_fake("sgcvq::cluster_stats")
 def _cluster_stats_fake(index, x, K, deterministic=False):
     return x.new_empty(K, dtype=torch.float32), x.new_empty(K, x.shape[1], dtype=torch.float32)
 
 
-@torch.library.register_fake("sgcvq::ema_update")
 def _ema_update_fake(cluster_size, embed_sum, codebook, counts, sums, decay, eps):
     return None
 
@@ -496,18 +551,23 @@ def _nearest_code_backward(ctx, grad_index, grad_sqdist):
     return grad_x, grad_codebook, None, None, None
 
 
-torch.library.register_autograd(
-    "sgcvq::nearest_code", _nearest_code_backward, setup_context=_nearest_code_setup_context
-)
-if _HAS_KERNEL_OP:
-    torch.library.register_fake("sgcvq::nearest_code_kernel")(
-        lambda x, codebook, labels=None, offsets=None, mode="exact", kernel="generic":
-        _nearest_code_fake(x, codebook, labels, offsets, mode))
+def _register_fakes_and_autograd(kernel_op: bool, triton_op: bool) -> None:
+    """Called by load() once the ops exist (register_autograd needs the op's schema)."""
+    torch.library.register_fake("sgcvq::nearest_code")(_nearest_code_fake)
+    torch.library.register_fake("sgcvq::cluster_stats")(_cluster_stats_fake)
+    torch.library.register_fake("sgcvq::ema_update")(_ema_update_fake)
     torch.library.register_autograd(
-        "sgcvq::nearest_code_kernel", lambda ctx, gi, gs: _nearest_code_backward(ctx, gi, gs) + (None,),
-        setup_context=_nearest_code_setup_context)
-if _HAS_TRITON_OP:
-    torch.library.register_fake("sgcvq::nearest_code_triton")(_nearest_code_fake)
-    torch.library.register_autograd(
-        "sgcvq::nearest_code_triton", _nearest_code_backward, setup_context=_nearest_code_setup_context
+        "sgcvq::nearest_code", _nearest_code_backward, setup_context=_nearest_code_setup_context
     )
+    if kernel_op:
+        torch.library.register_fake("sgcvq::nearest_code_kernel")(
+            lambda x, codebook, labels=None, offsets=None, mode="exact", kernel="generic":
+            _nearest_code_fake(x, codebook, labels, offsets, mode))
+        torch.library.register_autograd(
+            "sgcvq::nearest_code_kernel", lambda ctx, gi, gs: _nearest_code_backward(ctx, gi, gs) + (None,),
+            setup_context=_nearest_code_setup_context)
+    if triton_op:
+        torch.library.register_fake("sgcvq::nearest_code_triton")(_nearest_code_fake)
+        torch.library.register_autograd(
+            "sgcvq::nearest_code_triton", _nearest_code_backward, setup_context=_nearest_code_setup_context
+        )

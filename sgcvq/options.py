@@ -235,7 +235,7 @@ _DISPATCH_WIDTHS = (8, 64, 256)  # one D per shape family: the small-D kernels, 
 def _cpu_report(ops) -> dict:
     out: dict = {"extension_built": ops.HAS_CPU_EXTENSION}
     if not ops.HAS_CPU_EXTENSION:
-        out["why"] = "sgcvq._C is not built (python setup.py build_ext --inplace): the reference runs"
+        out["why"] = f"{ops.CPU_EXTENSION_ERROR} (python setup.py build_ext --inplace): the reference runs"
         return out
     from . import _C
 

@@ -68,15 +68,17 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return arr.permute(2, 0, 1) / 127.5 - 1.0
 
 
-def load_label_map(path: Path, size: int) -> torch.Tensor:
-    """A label map (single-channel PNG of class ids, 255 = ignore) resized with nearest, [size, size] int64."""
+def load_label_map(path: Path, size: int | None = None) -> torch.Tensor:
+    """A label map (single-channel PNG of class ids, 255 = ignore) as [H, W] int64, resized with
+    nearest to [size, size] when size is given."""
     try:
         img = Image.open(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read label map {str(path)!r}: {exc}") from None
     if img.mode not in ("L", "P", "I", "I;16"):
         raise ValueError(f"label map {str(path)!r} has mode {img.mode}: expected one channel of class ids")
-    img = img.resize((size, size), Image.NEAREST)
+    if size is not None:
+        img = img.resize((size, size), Image.NEAREST)
     return torch.from_numpy(np.asarray(img).astype(np.int64))
 
 

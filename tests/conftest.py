@@ -16,6 +16,16 @@ import pytest  # noqa: E402
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sgcvq_ops_loaded():
+    # sgcvq loads its extensions on the first op call; tests that call torch.ops.sgcvq.* directly
+    # (opcheck, the C++ kernels' own checks) need them registered before. That `import sgcvq`
+    # alone loads nothing is checked in fresh interpreters (test_lazy_import.py).
+    from sgcvq import ops
+
+    ops.load()
+
+
 @pytest.fixture(autouse=True)
 def _seed_per_test(request):
     # Fresh random data per test, reproducible from the test's name (crc32, not hash(): Python

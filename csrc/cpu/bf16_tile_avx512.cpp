@@ -137,7 +137,7 @@ SGCVQ_BF16_TARGET __attribute__((always_inline)) inline void take_step_hits(cons
     total += __builtin_popcount(hit[j]);
   }
   if (__builtin_expect(n + total > cap, 0)) {  // full: drop the entries at or above the threshold
-    n = compact(idx, val, n, thr);
+    n = drop_at_or_above(idx, val, n, thr);
     if (n + total > cap) {
       count = -1;
       return;

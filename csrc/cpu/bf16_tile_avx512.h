@@ -6,6 +6,8 @@
 // bfloat16 numbers are exact in float32; the accumulation rounds to float32 (DAZ/FTZ, like AMX),
 // which the bf16 bound (nearest_code_bf16.cpp) covers.
 #pragma once
+#include "candidates.h"
+
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -14,18 +16,6 @@ namespace sgcvq {
 namespace cpu {
 
 constexpr int64_t kBf16Block = 64;  // codes per packed block
-
-// Drops a candidate list's entries at or above thr (keeping their order); returns the new size.
-inline int32_t compact(int32_t* idx, float* val, int32_t n, float thr) {
-  int32_t m = 0;
-  for (int32_t j = 0; j < n; ++j)
-    if (val[j] < thr) {
-      idx[m] = idx[j];
-      val[m] = val[j];
-      ++m;
-    }
-  return m;
-}
 
 // True when the CPU has AVX512-F/DQ/BW/VL and AVX512_BF16.
 bool cpu_has_avx512_bf16();

@@ -49,6 +49,20 @@ struct ListBound {
   float margin_up;  // margin as a float, rounded up: what the scans and the certificate add to b
 };
 
+// Drops a candidate list's entries at or above thr (keeping their order); returns the new size.
+// A plain scalar loop: it is inlined into the SIMD scans of every ISA file, and its own
+// out-of-line (COMDAT) copy is generic code, whichever file the linker keeps it from.
+inline int32_t drop_at_or_above(int32_t* idx, float* val, int32_t n, float thr) {
+  int32_t m = 0;
+  for (int32_t j = 0; j < n; ++j)
+    if (val[j] < thr) {
+      idx[m] = idx[j];
+      val[m] = val[j];
+      ++m;
+    }
+  return m;
+}
+
 // std::nextafter(x, +inf) without the libm call (it showed in profiles: a call per token).
 inline float next_up(float x) {
   if (!(x < std::numeric_limits<float>::infinity())) return x;  // +inf, NaN

@@ -70,7 +70,7 @@ __attribute__((target("avx512f,avx512dq"))) inline bool append_hits(__mmask16 hi
                                                                     float thr, int32_t& n, int32_t* idx,
                                                                     float* val) {
   if (n + kLanes > kListCap) {
-    n = compact(idx, val, n, thr);
+    n = drop_at_or_above(idx, val, n, thr);
     if (n + kLanes > kListCap) {
       n = -1;
       return false;
@@ -155,7 +155,7 @@ __attribute__((target("avx512f,avx512dq,avx512bw"))) void scan_row_known_min(con
     total += __builtin_popcount(hit);
   }
   if (__builtin_expect(n + total > kListCap, 0)) {
-    n = compact(idx, val, n, t);
+    n = drop_at_or_above(idx, val, n, t);
     if (n + total > kListCap) {
       count = -1;
       return;
@@ -255,15 +255,6 @@ bool amx_brgemm_here() {
 }
 
 }  // namespace
-
-const char* bf16_path_name(Bf16Path p) {
-  switch (p) {
-    case Bf16Path::kAmx: return "amx";
-    case Bf16Path::kAvx512Bf16: return "avx512bf16";
-    case Bf16Path::kAvx2Int16: return "avx2int16";
-    default: return "off";
-  }
-}
 
 std::vector<Bf16Path> bf16_paths_here() {
   std::vector<Bf16Path> paths;
@@ -809,7 +800,7 @@ int64_t bf16_search_item(const float* xs, int64_t tn, const Bf16Codebook& cb, in
     int32_t n = sc.count[t];
     // The branchy scan's and the tiles' lists may hold entries from before b last fell (the
     // window, above, lists only codes below its final b + margin).
-    if (n > 0) n = compact(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
+    if (n > 0) n = drop_at_or_above(sc.idx.data() + t * kListCap, sc.val.data() + t * kListCap, n, o.b + margin[t]);
     o.n = n > kMaxCand ? -1 : n;
     overflowed += o.n < 0;
     // A fixed-size copy (the entries past n are not read): no loop whose trip count varies by token.

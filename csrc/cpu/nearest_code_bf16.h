@@ -29,7 +29,16 @@ namespace cpu {
 // On AVX2 CPUs without AVX-512 the same contract comes from int16 tiles (kAvx2Int16,
 // avx2/int16_search_avx2.h: per-token and per-code power-of-two scales, exact int32 sums).
 enum class Bf16Path { kOff, kAmx, kAvx512Bf16, kAvx2Int16 };
-const char* bf16_path_name(Bf16Path p);
+// The path's name in SGCVQ_CPU_BF16 and cpu_capabilities() (one spelling for every build,
+// nearest_code_bf16.cpp and portable/bf16_off.cpp alike).
+inline const char* bf16_path_name(Bf16Path p) {
+  switch (p) {
+    case Bf16Path::kAmx: return "amx";
+    case Bf16Path::kAvx512Bf16: return "avx512bf16";
+    case Bf16Path::kAvx2Int16: return "avx2int16";
+    default: return "off";
+  }
+}
 // The fastest path this CPU runs, unless SGCVQ_CPU_BF16 (opts.bf16) forces one: "amx",
 // "avx512bf16", "avx2int16", or "off" (also "0"). Forcing a path this CPU (or this torch build) cannot run
 // raises an error that says so. SGCVQ_CPU_PORTABLE=1 (the portable scans) turns the bf16 paths off.

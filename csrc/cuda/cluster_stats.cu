@@ -26,6 +26,7 @@
 
 #include "cuda_try.h"
 #include "float_load.cuh"
+#include "workspace.h"
 
 namespace sgcvq::gpu {
 namespace {
@@ -194,33 +195,26 @@ struct Layout {
   size_t keys_in, tokens_in, keys_out, tokens_out, start, head, tail, temp, temp_bytes, total;
 };
 
-size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
-
 Layout layout(int64_t N, int64_t D, int64_t K, bool deterministic) {
   Layout l{};
   if (!deterministic || N == 0) return l;
-  size_t at = 0;
-  auto take = [&](size_t bytes) {
-    const size_t here = at;
-    at += align256(bytes);
-    return here;
-  };
+  WorkspaceCarver w;
   const int64_t pieces = cdiv(N, kPiece);
-  l.keys_in = take(sizeof(int32_t) * N);
-  l.tokens_in = take(sizeof(int32_t) * N);
-  l.keys_out = take(sizeof(int32_t) * N);
-  l.tokens_out = take(sizeof(int32_t) * N);
-  l.start = take(sizeof(int) * (K + 1));
-  l.head = take(sizeof(float) * pieces * D);
-  l.tail = take(sizeof(float) * pieces * D);
+  l.keys_in = w.take(sizeof(int32_t) * N);
+  l.tokens_in = w.take(sizeof(int32_t) * N);
+  l.keys_out = w.take(sizeof(int32_t) * N);
+  l.tokens_out = w.take(sizeof(int32_t) * N);
+  l.start = w.take(sizeof(int) * (K + 1));
+  l.head = w.take(sizeof(float) * pieces * D);
+  l.tail = w.take(sizeof(float) * pieces * D);
   // cub's scratch size depends only on N and the key bits (a host computation, no sync).
   size_t temp_bytes = 0;
   cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, static_cast<const int32_t*>(nullptr),
                                   static_cast<int32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
                                   static_cast<int32_t*>(nullptr), static_cast<int>(N), 0, key_bits(K));
   l.temp_bytes = temp_bytes;
-  l.temp = take(temp_bytes);
-  l.total = at;
+  l.temp = w.take(temp_bytes);
+  l.total = w.total;
   return l;
 }
 

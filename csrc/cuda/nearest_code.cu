@@ -12,8 +12,8 @@
 // distances, ties to the lowest index.
 //
 // Paths (see nearest_code.h): float32 'exact' and 'exact_fp32' -> SimtCore (FFMA, fp32 products,
-// R = 4); float32 'fast_exact' -> Tf32Core (inputs rounded to TF32, R = 8); bfloat16 / float16 in
-// every mode -> Wmma16Core (bf16 x bf16 and fp16 x fp16 products are exact in fp32, R = 8).
+// R = 4); float32 'fast_exact' -> WmmaCore<float> (inputs rounded to TF32, R = 8); bfloat16 / float16
+// in every mode -> WmmaCore<bf16 / fp16> (bf16 x bf16 and fp16 x fp16 products are exact in fp32, R = 8).
 //
 // Small N: the code range is split over gridDim.y blocks; each block certifies within its own range
 // and the blocks merge with one 64-bit atomicMin per token on (distance bits << 32 | index). A
@@ -42,10 +42,12 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda_try.h"
 #include "float_load.cuh"
 #include "nearest_code_sm90.h"
+#include "workspace.h"
 
 namespace sgcvq::gpu {
 namespace {
@@ -101,35 +103,59 @@ __device__ __forceinline__ void fetch_vec(const T* src, int remaining, bool vec,
 // transposed), put_x / put_e (write kVec staged elements), zero / step / store (the accumulators), and
 // dot_rel_error(D): a bound on |computed x.e - x.e| relative to sum_d |x_d e_d|.
 
-// bfloat16 / float16 through WMMA m16n16k16 with fp32 accumulators. Warp w computes rows
-// [32w, 32w + 32) x all 64 codes: 2 x 4 fragments.
+// The tensor-core core through WMMA with fp32 accumulators: bfloat16 / float16 as m16n16k16,
+// float32 rounded to TF32 as m16n16k8. They differ only in the operand
+// (WmmaOperand below: the fragment's element type and K, and TF32's rounding while staged). Warp w
+// computes rows [32w, 32w + 32) x all 64 codes: 2 x 4 fragments.
 template <typename T>
-struct Wmma16Core {
+struct WmmaOperand {  // bfloat16, float16: staged as they are
+  using Frag = T;
+  static constexpr int kFragK = 16;
+  __device__ static T staged(T v) { return v; }
+};
+template <>
+struct WmmaOperand<float> {  // float32: rounded to TF32 (cvt.rna) while staged
+  using Frag = wmma::precision::tf32;
+  static constexpr int kFragK = 8;
+  __device__ static float staged(float v) { return wmma::__float_to_tf32(v); }
+};
+
+template <typename T>
+struct WmmaCore {
   using Elem = T;
+  using Op = WmmaOperand<T>;
   static constexpr int kTopR = 8;
-  static constexpr int kLdX = kBlockK + 8;  // 80-byte rows: wmma needs ldm % 8 == 0 for 16-bit types
+  static constexpr int kFragK = Op::kFragK;
+  // Rows padded by 16 bytes (80 bytes for 16-bit types, 144 for float): wmma needs ldm % 8 == 0
+  // for 16-bit types and % 4 == 0 for float.
+  static constexpr int kLdX = kBlockK + kVec<T>;
   struct Stage {
     T xs[kBlockM][kLdX];
     T es[kBlockN][kLdX];
   };
   // NOTE: products of two bf16 (or two fp16) values are exact in fp32; only the accumulation rounds.
   // The tensor core's internal fp32 accumulation order and rounding are not documented, so allow 16x
-  // the bound of a sequential fp32 sum.
-  __device__ static double dot_rel_error(int D) { return (D + 32) * 0x1p-20; }
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
-
-  // 8 elements at a column multiple of 8: 16-byte aligned (rows are 80 bytes).
-  __device__ static void put_x(Stage& st, int row, int col, const T (&v)[8]) {
-    uint4 raw;
-    memcpy(&raw, v, sizeof(raw));
-    *reinterpret_cast<uint4*>(&st.xs[row][col]) = raw;
+  // the bound of a sequential fp32 sum. TF32: round-to-nearest to 10 explicit mantissa bits moves
+  // each input by <= 2^-11 relative, so each product by <= 2^-10 + 2^-22, plus the same
+  // accumulation bound.
+  __device__ static double dot_rel_error(int D) {
+    if constexpr (std::is_same_v<T, float>) return 0x1.04p-10 + (D + 32) * 0x1p-20;
+    else return (D + 32) * 0x1p-20;
   }
-  __device__ static void put_e(Stage& st, int row, int col, const T (&v)[8]) {
+
+  wmma::fragment<wmma::accumulator, 16, 16, kFragK, float> acc[2][4];
+
+  // kVec<T> elements (16 bytes) at a column multiple of kVec<T>: 16-byte aligned.
+  __device__ static void put(T (&dst)[kLdX], int col, const T (&v)[kVec<T>]) {
+    T r[kVec<T>];
+#pragma unroll
+    for (int i = 0; i < kVec<T>; ++i) r[i] = Op::staged(v[i]);
     uint4 raw;
-    memcpy(&raw, v, sizeof(raw));
-    *reinterpret_cast<uint4*>(&st.es[row][col]) = raw;
+    memcpy(&raw, r, sizeof(raw));
+    *reinterpret_cast<uint4*>(&dst[col]) = raw;
   }
+  __device__ static void put_x(Stage& st, int row, int col, const T (&v)[kVec<T>]) { put(st.xs[row], col, v); }
+  __device__ static void put_e(Stage& st, int row, int col, const T (&v)[kVec<T>]) { put(st.es[row], col, v); }
   __device__ void zero() {
 #pragma unroll
     for (int r = 0; r < 2; ++r)
@@ -139,71 +165,14 @@ struct Wmma16Core {
   __device__ void step(const Stage& st, int tid) {
     const int warp = tid / 32;
 #pragma unroll
-    for (int kk = 0; kk < kBlockK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a[2];
+    for (int kk = 0; kk < kBlockK; kk += kFragK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kFragK, typename Op::Frag, wmma::row_major> a[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) wmma::load_matrix_sync(a[r], &st.xs[warp * 32 + r * 16][kk], kLdX);
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         // B = E_tile^T: element (kk, code) sits at es[code][kk], i.e. column-major.
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-        wmma::load_matrix_sync(b, &st.es[c * 16][kk], kLdX);
-#pragma unroll
-        for (int r = 0; r < 2; ++r) wmma::mma_sync(acc[r][c], a[r], b, acc[r][c]);
-      }
-    }
-  }
-  __device__ void store(float* s, int tid) {
-    const int warp = tid / 32;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        wmma::store_matrix_sync(s + (warp * 32 + r * 16) * kLdS + c * 16, acc[r][c], kLdS, wmma::mem_row_major);
-  }
-};
-
-// float32 through WMMA m16n16k8 TF32. Inputs are rounded to TF32 (cvt.rna) while staged.
-struct Tf32Core {
-  using Elem = float;
-  static constexpr int kTopR = 8;
-  static constexpr int kLdX = kBlockK + 4;  // ldm % 4 == 0 for float
-  struct Stage {
-    float xs[kBlockM][kLdX];
-    float es[kBlockN][kLdX];
-  };
-  // NOTE: round-to-nearest to TF32 (10 explicit mantissa bits) moves each input by <= 2^-11
-  // relative, so each product by <= 2^-10 + 2^-22; plus the accumulation bound of Wmma16Core.
-  __device__ static double dot_rel_error(int D) { return 0x1.04p-10 + (D + 32) * 0x1p-20; }
-
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][4];
-
-  __device__ static float4 to_tf32(const float (&v)[4]) {
-    return make_float4(wmma::__float_to_tf32(v[0]), wmma::__float_to_tf32(v[1]),
-                       wmma::__float_to_tf32(v[2]), wmma::__float_to_tf32(v[3]));
-  }
-  __device__ static void put_x(Stage& st, int row, int col, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(&st.xs[row][col]) = to_tf32(v);
-  }
-  __device__ static void put_e(Stage& st, int row, int col, const float (&v)[4]) {
-    *reinterpret_cast<float4*>(&st.es[row][col]) = to_tf32(v);
-  }
-  __device__ void zero() {
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) wmma::fill_fragment(acc[r][c], 0.f);
-  }
-  __device__ void step(const Stage& st, int tid) {
-    const int warp = tid / 32;
-#pragma unroll
-    for (int kk = 0; kk < kBlockK; kk += 8) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) wmma::load_matrix_sync(a[r], &st.xs[warp * 32 + r * 16][kk], kLdX);
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+        wmma::fragment<wmma::matrix_b, 16, 16, kFragK, typename Op::Frag, wmma::col_major> b;
         wmma::load_matrix_sync(b, &st.es[c * 16][kk], kLdX);
 #pragma unroll
         for (int r = 0; r < 2; ++r) wmma::mma_sync(acc[r][c], a[r], b, acc[r][c]);
@@ -482,17 +451,26 @@ __global__ void code_norms_kernel(const T* __restrict__ E,  // [K, D]
   }
 }
 
-// Warp-aggregated: lanes with the same bucket add their count once.
-__global__ void label_histogram_kernel(const int32_t* __restrict__ labels,  // [N] in [-1, C)
-                                       int N, int* __restrict__ count) {     // [C + 1]
+// The warp-strided pass of the label kernels: whole warps step through the tokens together (so
+// every lane takes part in __match_any_sync), and fn(i, b, peers, lane) sees token i's bucket
+// b = labels[i] + 1 (-1 for lanes past N) and the lanes of its warp in the same bucket.
+template <class Fn>
+__device__ __forceinline__ void for_each_bucket_group(const int32_t* __restrict__ labels, int N, Fn fn) {
   const int lane = threadIdx.x % 32;
   const int stride = gridDim.x * blockDim.x;
   for (int base = blockIdx.x * blockDim.x + (threadIdx.x - lane); base < N; base += stride) {
     const int i = base + lane;
     const int b = i < N ? labels[i] + 1 : -1;
-    const unsigned peers = __match_any_sync(kFullMask, b);
-    if (b >= 0 && (peers & ((1u << lane) - 1)) == 0) atomicAdd(count + b, __popc(peers));
+    fn(i, b, __match_any_sync(kFullMask, b), lane);
   }
+}
+
+// Warp-aggregated: lanes with the same bucket add their count once.
+__global__ void label_histogram_kernel(const int32_t* __restrict__ labels,  // [N] in [-1, C)
+                                       int N, int* __restrict__ count) {     // [C + 1]
+  for_each_bucket_group(labels, N, [&](int, int b, unsigned peers, int lane) {
+    if (b >= 0 && (peers & ((1u << lane) - 1)) == 0) atomicAdd(count + b, __popc(peers));
+  });
 }
 
 // Exclusive scans of the bucket sizes and of their tile counts (one block, any number of buckets).
@@ -533,18 +511,13 @@ label_scan_kernel(const int* __restrict__ count,   // [buckets]
 __global__ void label_scatter_kernel(const int32_t* __restrict__ labels,  // [N]
                                      int N, int* __restrict__ cursor,     // [C + 1]
                                      int32_t* __restrict__ perm) {        // [N]
-  const int lane = threadIdx.x % 32;
-  const int stride = gridDim.x * blockDim.x;
-  for (int base = blockIdx.x * blockDim.x + (threadIdx.x - lane); base < N; base += stride) {
-    const int i = base + lane;
-    const int b = i < N ? labels[i] + 1 : -1;
-    const unsigned peers = __match_any_sync(kFullMask, b);
+  for_each_bucket_group(labels, N, [&](int i, int b, unsigned peers, int lane) {
     const int leader = __ffs(peers) - 1;
     int start = 0;
     if (b >= 0 && lane == leader) start = atomicAdd(cursor + b, __popc(peers));
     start = __shfl_sync(kFullMask, start, leader);
     if (b >= 0) perm[start + __popc(peers & ((1u << lane) - 1))] = i;
-  }
+  });
 }
 
 __global__ void unpack_kernel(const unsigned long long* __restrict__ packed,  // [N]
@@ -562,27 +535,20 @@ struct Layout {
   size_t norms, max_norm, packed, count, bucket_start, tile_start, cursor, perm, total;
 };
 
-size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
-
 Layout layout(int64_t N, int64_t K, int64_t C) {
   Layout l{};
-  size_t at = 0;
-  auto take = [&](size_t bytes) {
-    const size_t here = at;
-    at += align256(bytes);
-    return here;
-  };
-  l.norms = take(sizeof(float) * K);
-  l.max_norm = take(sizeof(unsigned));
-  l.packed = take(sizeof(unsigned long long) * N);
+  WorkspaceCarver w;
+  l.norms = w.take(sizeof(float) * K);
+  l.max_norm = w.take(sizeof(unsigned));
+  l.packed = w.take(sizeof(unsigned long long) * N);
   if (C > 0) {
-    l.count = take(sizeof(int) * (C + 1));
-    l.bucket_start = take(sizeof(int) * (C + 2));
-    l.tile_start = take(sizeof(int) * (C + 2));
-    l.cursor = take(sizeof(int) * (C + 1));
-    l.perm = take(sizeof(int32_t) * N);
+    l.count = w.take(sizeof(int) * (C + 1));
+    l.bucket_start = w.take(sizeof(int) * (C + 2));
+    l.tile_start = w.take(sizeof(int) * (C + 2));
+    l.cursor = w.take(sizeof(int) * (C + 1));
+    l.perm = w.take(sizeof(int32_t) * N);
   }
-  l.total = at;
+  l.total = w.total;
   return l;
 }
 
@@ -708,12 +674,12 @@ cudaError_t nearest_code_launch(const void* x, const void* codebook, ScalarKind 
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
 
   if (dtype == ScalarKind::kFloat32) {
-    if (mode == SearchMode::kLowPrecision) SGCVQ_CUDA_TRY(launch_search<Tf32Core>(args, grid, stream));
+    if (mode == SearchMode::kLowPrecision) SGCVQ_CUDA_TRY(launch_search<WmmaCore<float>>(args, grid, stream));
     else SGCVQ_CUDA_TRY(launch_search<SimtCore>(args, grid, stream));
   } else if (dtype == ScalarKind::kBFloat16) {
-    SGCVQ_CUDA_TRY(launch_search<Wmma16Core<__nv_bfloat16>>(args, grid, stream));
+    SGCVQ_CUDA_TRY(launch_search<WmmaCore<__nv_bfloat16>>(args, grid, stream));
   } else {
-    SGCVQ_CUDA_TRY(launch_search<Wmma16Core<__half>>(args, grid, stream));
+    SGCVQ_CUDA_TRY(launch_search<WmmaCore<__half>>(args, grid, stream));
   }
   unpack_kernel<<<static_cast<unsigned>(cdiv(N, 256)), 256, 0, stream>>>(packed, n, index, sqdist);
   return cudaGetLastError();

@@ -43,6 +43,7 @@
 
 #include "cuda_try.h"
 #include "float_load.cuh"
+#include "workspace.h"
 
 // wgmma and setmaxnreg exist only in the arch-specific sm_90a target.
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -461,27 +462,20 @@ struct Sm90Layout {
   size_t mu_sum, bound, todo_count, enorm2, xx, margin, todo, xb, eb, total;
 };
 
-size_t align256(size_t v) { return (v + 255) & ~static_cast<size_t>(255); }
-
 Sm90Layout sm90_layout(int64_t N, int64_t K, int64_t D) {
   const int64_t Dp = round_up(D, kChunk);
   Sm90Layout l{};
-  size_t at = 0;
-  auto take = [&](size_t bytes) {
-    const size_t here = at;
-    at += align256(bytes);
-    return here;
-  };
-  l.mu_sum = take(sizeof(float) * Dp);
-  l.bound = take(sizeof(Bound));
-  l.todo_count = take(sizeof(int));
-  l.enorm2 = take(sizeof(float) * K);
-  l.xx = take(sizeof(float) * N);
-  l.margin = take(sizeof(float) * N);
-  l.todo = take(sizeof(int) * N);
-  l.xb = take(sizeof(__nv_bfloat16) * N * Dp);
-  l.eb = take(sizeof(__nv_bfloat16) * K * Dp);
-  l.total = at;
+  WorkspaceCarver w;
+  l.mu_sum = w.take(sizeof(float) * Dp);
+  l.bound = w.take(sizeof(Bound));
+  l.todo_count = w.take(sizeof(int));
+  l.enorm2 = w.take(sizeof(float) * K);
+  l.xx = w.take(sizeof(float) * N);
+  l.margin = w.take(sizeof(float) * N);
+  l.todo = w.take(sizeof(int) * N);
+  l.xb = w.take(sizeof(__nv_bfloat16) * N * Dp);
+  l.eb = w.take(sizeof(__nv_bfloat16) * K * Dp);
+  l.total = w.total;
   return l;
 }
 

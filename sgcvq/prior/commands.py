@@ -83,15 +83,9 @@ def _open(prior: str, tokenizer: str | None):
 
 
 def _read_label_map(path: Path, tok: Tokenizer) -> torch.Tensor:
-    from PIL import Image
+    from ..tokenizer_io import load_label_map
 
-    try:
-        img = Image.open(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read label map {str(path)!r}: {exc}") from None
-    if img.mode not in ("L", "P", "I", "I;16"):
-        raise ValueError(f"label map {str(path)!r} has mode {img.mode}: expected one channel of class ids")
-    lab = torch.from_numpy(np.asarray(img).astype(np.int64))
+    lab = load_label_map(path)  # not resized: a map of another size is an error (check_label_map)
     check_label_map(lab, (tok.resolution, tok.resolution), tok.num_classes, f"label map {str(path)!r}")
     return lab
 

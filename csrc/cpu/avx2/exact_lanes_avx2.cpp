@@ -21,6 +21,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#include "lanes_avx2.h"
 
 namespace sgcvq {
 namespace cpu {
@@ -59,7 +60,7 @@ template <int D>
 void exact_lanes(const float* xs, int64_t T, const SmallDCodebook& cb, int64_t k0, int64_t k1, float* val,
                  int64_t* arg) {
   const __m256 inf = _mm256_set1_ps(__builtin_inff());
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i iota = lane_index();
   const int64_t c0 = k0 / kV, c1 = (k1 + kV - 1) / kV;
   alignas(32) float bv[kV];
   alignas(32) int32_t bk[kV];

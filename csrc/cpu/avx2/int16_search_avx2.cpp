@@ -63,18 +63,6 @@ namespace sgcvq {
 namespace cpu {
 namespace {
 
-// Drops a list's entries at or above thr (keeping their order); returns the new size.
-int32_t drop_at_or_above(int32_t* idx, float* val, int32_t n, float thr) {
-  int32_t m = 0;
-  for (int32_t j = 0; j < n; ++j)
-    if (val[j] < thr) {
-      idx[m] = idx[j];
-      val[m] = val[j];
-      ++m;
-    }
-  return m;
-}
-
 // 64-byte aligned scratch (at::empty storage), per thread.
 struct Scratch {
   at::Tensor a;                // int16 [tokens, lda] the quantised rows
@@ -98,15 +86,11 @@ T* at_least(at::Tensor& t, int64_t n, at::ScalarType dt) {
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#include "lanes_avx2.h"
 
 namespace sgcvq {
 namespace cpu {
 namespace {
-
-inline __m256i tail_mask(int64_t left) {  // lanes < left set
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(left < 8 ? left : 8)),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // Rows xs [mm, D] centred on c: a [mm, lda] = round(x' / s_x) as int16 (zero past D), rt = -2 s_x,
 // xx = sum x'^2 and r2 = sum (2 (x' - s_x q))^2 (float32 sums; each residual is exact).
@@ -117,7 +101,7 @@ void quantise_rows(const float* xs, int64_t mm, int64_t D, int64_t lda, const fl
     const float* x = xs + t * D;
     __m256 mx = _mm256_setzero_ps(), sx = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
-      const __m256i m = tail_mask(D - d);
+      const __m256i m = lanes_below(D - d);
       const __m256 v = _mm256_sub_ps(_mm256_maskload_ps(x + d, m), _mm256_maskload_ps(c + d, m));
       mx = _mm256_max_ps(_mm256_andnot_ps(sign, v), mx);
       sx = _mm256_fmadd_ps(v, v, sx);
@@ -136,7 +120,7 @@ void quantise_rows(const float* xs, int64_t mm, int64_t D, int64_t lda, const fl
       __m256i qi[2];
       for (int h = 0; h < 2; ++h) {
         const int64_t at = d + 8 * h;
-        const __m256i m = tail_mask(D - at);
+        const __m256i m = lanes_below(D - at);
         const __m256 v = _mm256_sub_ps(_mm256_maskload_ps(x + at, m), _mm256_maskload_ps(c + at, m));
         qi[h] = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));  // round to nearest even
         const __m256 res = _mm256_sub_ps(v, _mm256_mul_ps(_mm256_cvtepi32_ps(qi[h]), vs));
@@ -206,7 +190,7 @@ void strip(const int32_t* a, int64_t lda32, const float* rt, const Bf16Codebook&
       __m256 out = _mm256_setzero_ps();  // lanes inside [k0, k1): all-ones
       const bool edge = k < k0 || k + 8 > k1;
       if (edge) {
-        const __m256i code = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i code = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(k)), lane_index());
         out = _mm256_castsi256_ps(_mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(k0)), code),
                                                   _mm256_cmpgt_epi32(code, _mm256_set1_epi32(static_cast<int32_t>(k1 - 1)))));
       }

@@ -9,15 +9,11 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#include "lanes_avx2.h"
 
 namespace sgcvq {
 namespace cpu {
 namespace {
-
-inline __m256i lanes_below(int64_t n) {  // lanes l < n set (n may be <= 0 or >= 8)
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n < 0 ? 0 : n > 8 ? 8 : n)),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // acc[l] + acc[l + 8], then + 4, + 2, + 1: reduce_lanes's tree, in its association.
 inline float tree(__m256 lo, __m256 hi) {

@@ -14,15 +14,6 @@
 namespace sgcvq {
 namespace cpu {
 
-const char* bf16_path_name(Bf16Path p) {
-  switch (p) {
-    case Bf16Path::kAmx: return "amx";
-    case Bf16Path::kAvx512Bf16: return "avx512bf16";
-    case Bf16Path::kAvx2Int16: return "avx2int16";
-    default: return "off";
-  }
-}
-
 std::vector<Bf16Path> bf16_paths_here() { return {Bf16Path::kOff}; }
 
 Bf16Path bf16_path(const CpuOptions& opts) {

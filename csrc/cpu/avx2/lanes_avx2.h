@@ -1,0 +1,29 @@
+// Lane helpers shared by the AVX2 kernel files (exact_lanes_avx2.cpp, int16_search_avx2.cpp,
+// sums_avx2.cpp).
+//
+// Include it after the file's `#pragma GCC target("avx2,...")`, as the kernels themselves are:
+// these are AVX2 code, always inlined and of internal linkage (an anonymous namespace), so no
+// out-of-line copy of them can be shared (COMDAT) with code for CPUs without AVX2.
+#pragma once
+#if !defined(__x86_64__)
+#error "lanes_avx2.h is AVX2 code: include it only inside a file's x86-64 section"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace sgcvq {
+namespace cpu {
+namespace {
+
+// 0, 1, ..., 7: each lane's own index (code or feature offsets within a vector).
+__attribute__((always_inline)) inline __m256i lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+
+// Lanes l < n set, n any value (<= 0: none, >= 8: all): the mask of a row's last, partial vector.
+__attribute__((always_inline)) inline __m256i lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n < 0 ? 0 : n > 8 ? 8 : n)), lane_index());
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace sgcvq
