@@ -1,5 +1,5 @@
 // Lane helpers shared by the AVX2 kernel files (exact_lanes_avx2.cpp, int16_search_avx2.cpp,
-// sums_avx2.cpp).
+// sums_avx2.cpp, small_scan_avx2.cpp, leaf_search_avx2.cpp).
 //
 // Include it after the file's `#pragma GCC target("avx2,...")`, as the kernels themselves are:
 // these are AVX2 code, always inlined and of internal linkage (an anonymous namespace), so no
@@ -22,6 +22,14 @@ __attribute__((always_inline)) inline __m256i lane_index() { return _mm256_setr_
 // Lanes l < n set, n any value (<= 0: none, >= 8: all): the mask of a row's last, partial vector.
 __attribute__((always_inline)) inline __m256i lanes_below(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n < 0 ? 0 : n > 8 ? 8 : n)), lane_index());
+}
+
+// The smallest of 8 lanes (with a NaN lane the result depends on its position: callers keep NaN
+// out of the vectors they reduce).
+__attribute__((always_inline)) inline float hmin(__m256 v) {
+  const __m128 h = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 q = _mm_min_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_min_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 
 }  // namespace

@@ -31,6 +31,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 
+#include "lanes_avx2.h"
+
 namespace sgcvq {
 namespace cpu {
 namespace {
@@ -64,11 +66,6 @@ inline void keep(Top2& o, float v, int64_t i) {
   }
 }
 
-inline float hmin(__m256 v) {
-  const __m128 h = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 q = _mm_min_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_min_ss(q, _mm_shuffle_ps(q, q, 1)));
-}
 
 // The smallest value of 8 vectors; a NaN value is never it (the running minimum is the second
 // operand, which _mm256_min_ps returns when either is NaN), +inf when none is finite.

@@ -24,6 +24,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 
+#include "lanes_avx2.h"
+
 namespace sgcvq {
 namespace cpu {
 namespace {
@@ -66,12 +68,6 @@ __attribute__((always_inline)) inline void load_bcast_fma2(const float* e, const
       : [e] "m"(*reinterpret_cast<const __m256*>(e)), [x0] "m"(x0), [x1] "m"(x1));
 }
 
-// The smallest of 8 lanes (NaN lanes are never the minimum here: the window keeps none).
-inline float hmin(__m256 v) {
-  const __m128 h = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 q = _mm_min_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_min_ss(q, _mm_shuffle_ps(q, q, 1)));
-}
 
 // The window over code vectors [c0, cw): per token and lane the smallest value m1 (with the vector
 // it came from) and the second smallest m2 (five vector ops per 8 codes next to the FMAs). Then
