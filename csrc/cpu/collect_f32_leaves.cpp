@@ -119,7 +119,7 @@ int64_t leaf_search_calls() { return g_calls.load(); }
 
 bool f32_leaves_serves(const CollectorSetup& s) {
   if (s.D > kSmallMaxD || !avx2_kernels_on()) return false;
-    // All codes (no class groups); each code range (all codes, or one code split) of two leaves or more.
+  // All codes (no class groups); each code range (all codes, or one code split) of two leaves or more.
   if (!s.plan.off.empty() || s.opts.leaves == "0" || s.plan.item_codes < 2 * kLeafCodes) return false;
   for (const WorkItem& it : s.plan.items)
     if (it.k1 - it.k0 < 2 * kLeafCodes) return false;

@@ -116,12 +116,12 @@ bool f32_leaves_serves(const CollectorSetup& s);                                
 // Where the leaf search serves by default (SGCVQ_CPU_LEAVES unset): from this many codes and tokens
 // on (below them the tree's build and the box bounds cost more than the leaves they skip).
 constexpr int64_t kLeavesMinCodes = 2048;
+constexpr int64_t kLeavesMinTokens = 512;
 // (token, leaf) visits of the last call the leaf search served, and how many a scan would make
 // (tokens x leaves; the tokens the scan took over count in neither); -1, -1 before the first.
 void note_leaf_visits(int64_t visits, int64_t possible);
 std::pair<int64_t, int64_t> last_leaf_visits();
 int64_t leaf_search_calls();  // calls the leaf search served since the library was loaded
-constexpr int64_t kLeavesMinTokens = 512;
 std::unique_ptr<Top2Collector> make_f32_brgemm_collector(const CollectorSetup& s);  // collect_f32_gemm.cpp
 std::unique_ptr<Top2Collector> make_f32_mm_collector(const CollectorSetup& s);      // collect_f32_gemm.cpp
 bool f32_brgemm_serves(const CollectorSetup& s);                                    // collect_f32_gemm.cpp

@@ -3,8 +3,9 @@
 // Per token: the box bounds of every leaf (D vector steps per 8 leaves), the token's own leaf
 // (the k-d tree's descent, by the caller) scanned with a branch-free top-2, then the leaves in
 // tree order, each skipped when its box proves it holds no code below the running second best v2.
-// The caller hands the tokens in the order of their own leaves, so neighbouring tokens visit the
-// same leaves while those are in L1.
+// The caller hands the tokens in the order of their own leaves, so neighbouring tokens visit much
+// the same leaves (a token's ~40 leaves do not fit in L1: the visits stream from L2, which is what
+// limits this search; benchmarks/NOTES.md, AVX2 entry 7).
 //
 // The skip (rigorous; the certificate then holds as for a full scan): for every code e of a leaf,
 // ||x - e||^2 >= LB = dist(x, box)^2, so its exact approximate value a* = ||e||^2 - 2 x.e =
