@@ -1,6 +1,7 @@
 """Which CPU kernels this machine can run, for the tests' skip marks."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import sgcvq
@@ -23,3 +24,18 @@ def avx2_here() -> bool:
             del os.environ["SGCVQ_CPU_AVX2"]
         else:
             os.environ["SGCVQ_CPU_AVX2"] = old
+
+
+@contextlib.contextmanager
+def cpu_setting(name: str, value: str):
+    """The CPU kernels' switch `name` = value for the duration (they read it on every call); the
+    old value (or none) afterwards."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old

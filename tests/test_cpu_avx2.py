@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sgcvq
-from cpu_kind import avx2_here
+from cpu_kind import avx2_here, cpu_setting
 from sgcvq import nearest_code_reference, ops
 
 N = 600  # the int16 path needs at least 256 tokens (kBf16MinTokens)
@@ -31,12 +31,8 @@ def avx2(monkeypatch):
 
 
 def nearest(x, codebook, labels, offsets, mode, avx2="1"):
-    old = os.environ.get("SGCVQ_CPU_AVX2")
-    os.environ["SGCVQ_CPU_AVX2"] = avx2
-    try:
+    with cpu_setting("SGCVQ_CPU_AVX2", avx2):
         return torch.ops.sgcvq.nearest_code(x, codebook, labels, offsets, mode)
-    finally:
-        os.environ["SGCVQ_CPU_AVX2"] = old if old is not None else ""
 
 
 def check_exact(x, codebook, labels=None, offsets=None, oracle=True):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import sgcvq
-from cpu_kind import avx2_here
+from cpu_kind import avx2_here, cpu_setting
 from sgcvq.reference import exact_index_required, nearest_code_oracle
 
 
@@ -30,12 +30,8 @@ def avx2(monkeypatch):
 
 
 def search(x, codebook, leaves: str, mode="exact"):
-    old = os.environ.get("SGCVQ_CPU_LEAVES")
-    os.environ["SGCVQ_CPU_LEAVES"] = leaves
-    try:
+    with cpu_setting("SGCVQ_CPU_LEAVES", leaves):
         return torch.ops.sgcvq.nearest_code(x, codebook, None, None, mode)
-    finally:
-        os.environ["SGCVQ_CPU_LEAVES"] = old if old is not None else ""
 
 
 def check(x, codebook, oracle=True):

@@ -32,6 +32,22 @@ __attribute__((always_inline)) inline float hmin(__m256 v) {
   return _mm_cvtss_f32(_mm_min_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 
+// Top2::push's rule (candidates.h), here so that no inline function of a shared header is called
+// from AVX2 code (a COMDAT copy compiled with AVX2 could be the one the linker keeps for every
+// caller). A template so that this header needs no Top2; internal linkage like the rest.
+template <typename Top2T>
+__attribute__((always_inline)) inline void keep(Top2T& o, float v, int64_t i) {
+  if (v < o.v1) {
+    o.v2 = o.v1;
+    o.i2 = o.i1;
+    o.v1 = v;
+    o.i1 = i;
+  } else if (v < o.v2) {
+    o.v2 = v;
+    o.i2 = i;
+  }
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace sgcvq

@@ -53,21 +53,6 @@ struct CompressTable {
 };
 constexpr CompressTable kCompress;
 
-// Top2::push's rule, here so that no inline function of a shared header is emitted with AVX2
-// code (a COMDAT copy the linker might pick for callers on CPUs without it).
-inline void keep(Top2& o, float v, int64_t i) {
-  if (v < o.v1) {
-    o.v2 = o.v1;
-    o.i2 = o.i1;
-    o.v1 = v;
-    o.i1 = i;
-  } else if (v < o.v2) {
-    o.v2 = v;
-    o.i2 = i;
-  }
-}
-
-
 // The smallest value of 8 vectors; a NaN value is never it (the running minimum is the second
 // operand, which _mm256_min_ps returns when either is NaN), +inf when none is finite.
 inline __m256 min8(const __m256* a) {

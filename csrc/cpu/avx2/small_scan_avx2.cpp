@@ -202,7 +202,7 @@ void branchy_top2(const float* xs, int64_t T, const SmallDCodebook& cb, int64_t 
         _mm256_store_ps(tmp + kV, a1[r]);
         for (int m = h; m != 0; m &= m - 1) {
           const int l = __builtin_ctz(static_cast<unsigned>(m));
-          bt[r].push(tmp[l], b * kLanes + l);
+          keep(bt[r], tmp[l], b * kLanes + l);
         }
         thr[r] = _mm256_set1_ps(bt[r].v2);
       }
